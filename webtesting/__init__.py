@@ -1,0 +1,1 @@
+"""WebTesting: chat with deployed bots and watch their per-user state live."""

@@ -1,0 +1,293 @@
+"""
+YAML configuration for the daemons, loaded into frozen objects.
+
+Every daemon's configuration is a tree of frozen dataclasses. ``load`` reads a
+YAML file with ``yaml.safe_load`` and checks it against that tree: unknown
+keys, wrong types, values out of range and endpoint strings that do not parse
+are all collected, then reported together in one ``ConfigError`` naming the
+file and the dotted key of each problem. Nothing listens before this passes.
+
+Relative paths in a file are taken relative to that file's folder, so
+``twistd -n webtesting-web --config etc/web.yaml`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import yaml
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IReactorCore
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file, one per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(
+            "\n".join(f"{source}: {problem}" for problem in problems)
+        )
+
+
+# Field kinds: a field's metadata says how its value is checked beyond its type.
+SERVER_ENDPOINT = "server-endpoint"
+PATH = "path"
+
+
+def endpoint_field(default: str, **meta: Any) -> Any:
+    """A listening address: a Twisted server endpoint string."""
+    return field(default=default, metadata={"kind": SERVER_ENDPOINT, **meta})
+
+
+def path_field(default: str) -> Any:
+    """A filesystem path; a relative one is relative to the config file."""
+    return field(default=default, metadata={"kind": PATH})
+
+
+def number_field(default: float | int, minimum: float, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={"min": minimum, "max": maximum})
+
+
+def check_server_endpoint(description: str) -> str | None:
+    """
+    Return why C{description} is not a usable server endpoint string, or None.
+
+    Parsing needs a reactor but does not listen; the global reactor is only
+    consulted for its interfaces here.
+    """
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(typing.cast(IReactorCore, reactor), description)
+    except (ValueError, TypeError, KeyError) as e:
+        return f"not a valid endpoint string ({e})"
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if typing.get_origin(tp) is list:
+        return "a list"
+    return str(tp)
+
+
+class _Builder:
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}" if key else message)
+
+    def build(self, cls: type[T], data: Any, key: str) -> T | None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(key, f"expected a mapping, got {_describe(data)}")
+            return None
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for name in data:
+            if name not in known:
+                self.fail(_join(key, str(name)), f"unknown key (known: {', '.join(sorted(known))})")
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            if name not in data:
+                continue
+            value = self.value(hints[name], f, data[name], _join(key, name))
+            if value is not _INVALID:
+                values[name] = value
+        try:
+            return cls(**values)
+        except TypeError as e:  # a required field is missing
+            self.fail(key, str(e))
+            return None
+
+    def value(self, tp: Any, f: dataclasses.Field[Any], raw: Any, key: str) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(tp) if a is not type(None)]
+            if raw is None:
+                return None
+            tp = options[0]
+            origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            built = self.build(typing.cast(type, tp), raw, key)
+            return _INVALID if built is None else built
+        if origin is list:
+            (item_type,) = typing.get_args(tp)
+            if not isinstance(raw, list):
+                self.fail(key, f"expected a list, got {_describe(raw)}")
+                return _INVALID
+            items = [self.value(item_type, f, item, f"{key}[{i}]") for i, item in enumerate(raw)]
+            return _INVALID if _INVALID in items else tuple(items)
+        if not _is_instance(raw, tp):
+            self.fail(key, f"expected {_type_name(tp)}, got {_describe(raw)}")
+            return _INVALID
+        if tp is float:
+            raw = float(raw)
+        meta = f.metadata
+        low, high = meta.get("min"), meta.get("max")
+        if low is not None and raw < low or high is not None and raw > high:
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            self.fail(key, f"must be {bounds}, got {raw!r}")
+            return _INVALID
+        kind = meta.get("kind")
+        if kind == SERVER_ENDPOINT:
+            why = check_server_endpoint(raw)
+            if why is not None:
+                self.fail(key, f"{raw!r} is {why}")
+                return _INVALID
+        elif kind == PATH and raw:
+            raw = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(raw)))
+        check: Callable[[Any], str | None] | None = meta.get("check")
+        if check is not None:
+            why = check(raw)
+            if why is not None:
+                self.fail(key, why)
+                return _INVALID
+        return raw
+
+
+_INVALID = object()
+
+
+def _is_instance(raw: Any, tp: Any) -> bool:
+    if tp is float:
+        return isinstance(raw, (int, float)) and not isinstance(raw, bool)
+    if tp is int:
+        return isinstance(raw, int) and not isinstance(raw, bool)
+    return isinstance(raw, tp)
+
+
+def _describe(raw: Any) -> str:
+    if raw is None:
+        return "nothing"
+    return f"{type(raw).__name__} {raw!r}"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def from_mapping(cls: type[T], data: Any, source: str = "<config>", base_dir: str = ".") -> T:
+    """Check C{data} against C{cls}; raise L{ConfigError} listing every problem."""
+    builder = _Builder(base_dir)
+    result = builder.build(cls, data, "")
+    if builder.problems or result is None:
+        raise ConfigError(source, builder.problems or ["invalid configuration"])
+    return result
+
+
+def load(cls: type[T], path: str | None) -> T:
+    """
+    Load C{cls} from the YAML file at C{path}, or its defaults when C{path} is None.
+
+    Defaults go through the same checks so that a bad default cannot slip by.
+    """
+    if path is None:
+        return from_mapping(cls, {}, "<defaults>", os.getcwd())
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read: {e.strerror}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [f"not valid YAML: {e}"]) from None
+    return from_mapping(cls, data, path, os.path.dirname(os.path.abspath(path)))
+
+
+@dataclass(frozen=True)
+class MySQLConfig:
+    """How to reach a MySQL/MariaDB server."""
+
+    host: str = "127.0.0.1"
+    port: int = number_field(3306, 1, 65535)
+    user: str = "root"
+    password: str = ""
+    database: str = "webtesting"
+    connect_timeout: float = number_field(2.0, 0.1, 60)
+    read_timeout: float = number_field(5.0, 0.1, 600)
+    write_timeout: float = number_field(5.0, 0.1, 600)
+
+    def __repr__(self) -> str:
+        # Keep the password out of logs and tracebacks.
+        return (
+            f"MySQLConfig(host={self.host!r}, port={self.port}, user={self.user!r}, "
+            f"password=<hidden>, database={self.database!r})"
+        )
+
+
+def _check_ws_path(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"must start with '/', got {value!r}"
+    return None
+
+
+def _check_ws_url(value: str) -> str | None:
+    if value and not value.startswith(("ws://", "wss://")):
+        return f"must be empty or a ws:// or wss:// address, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = endpoint_field("tcp:2019")
+    webroot: str = path_field("")
+    max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class BrowserWebSocketConfig:
+    listen: str = endpoint_field("tcp:2020")
+    path: str = field(default="/WebTesting", metadata={"check": _check_ws_path})
+    public_url: str = field(default="", metadata={"check": _check_ws_url})
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    sqlite_path: str = path_field("webtesting-registry.sqlite3")
+    mysql: MySQLConfig | None = None
+    request_timeout: float = number_field(1.0, 0.05, 60)
+    retry_interval: float = number_field(2.0, 0.05, 3600)
+    threads: int = number_field(4, 1, 64)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Everything ``twistd webtesting-web`` reads; see etc/web.yaml."""
+
+    http: HTTPConfig = HTTPConfig()
+    websocket: BrowserWebSocketConfig = BrowserWebSocketConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+@dataclass(frozen=True)
+class AgentListenConfig:
+    listen: str = endpoint_field("tcp:2021")
+    path: str = field(default="/WebTesting/Agent", metadata={"check": _check_ws_path})
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``twistd webtesting-agent`` reads; see etc/agent.yaml."""
+
+    websocket: AgentListenConfig = AgentListenConfig()
+
+
+def default_webroot() -> str:
+    """The checkout's webroot/, used when the configuration names none."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "webroot")

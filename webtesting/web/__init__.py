@@ -1,0 +1,1 @@
+"""The web server: pages, registry HTTP API, browser sessions, agent links."""
