@@ -14,3 +14,9 @@ webtesting_agent = ServiceMaker(
     "WebTesting agent: runs on a bot host and relays one bot deployment",
     "webtesting-agent",
 )
+webtesting_wxsim = ServiceMaker(
+    "webtesting-wxsim",
+    "webtesting.wxsim.tap",
+    "WebTesting reference bot: a WxService that writes user state like a real bot",
+    "webtesting-wxsim",
+)

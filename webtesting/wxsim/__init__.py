@@ -1,0 +1,1 @@
+"""The reference bot: a small, deterministic WxService (see docs/wxservice-protocol.md)."""
