@@ -291,3 +291,18 @@ class AgentConfig:
 def default_webroot() -> str:
     """The checkout's webroot/, used when the configuration names none."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "webroot")
+
+
+def endpoint_port(description: str) -> int | None:
+    """The port of a tcp/tcp6/ssl endpoint string, or None (e.g. a UNIX socket)."""
+    # The tokenizer serverFromString itself uses (it handles escaped colons).
+    from twisted.internet.endpoints import _parse
+
+    args, kwargs = _parse(description)  # type: ignore[no-untyped-call]
+    if not args or str(args[0]).lower() not in ("tcp", "tcp6", "ssl"):
+        return None
+    port = kwargs.get("port", args[1] if len(args) > 1 else None)
+    try:
+        return int(port) if port is not None else None
+    except ValueError:
+        return None

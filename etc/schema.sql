@@ -1,0 +1,20 @@
+-- The registry table (MySQL/MariaDB). The web server creates it when missing;
+-- this file is for people who prefer to create it themselves:
+--   mysql webtesting < etc/schema.sql
+-- Keep it identical to MYSQL_SCHEMA in webtesting/web/registry.py (a test checks).
+CREATE TABLE IF NOT EXISTS `tb_service_info` (
+  `id` int(11) NOT NULL AUTO_INCREMENT COMMENT 'the serviceId',
+  `redisCluster` varchar(1024) DEFAULT NULL COMMENT 'JSON [{"host":..,"port":..}] of all masters',
+  `mysqlAddr` varchar(64) DEFAULT NULL COMMENT 'the bot''s MySQL: tag and topic dictionaries',
+  `mysqlPort` int(11) DEFAULT '3306',
+  `mysqlUser` varchar(64) DEFAULT NULL,
+  `mysqlPwd` varchar(64) DEFAULT NULL,
+  `mysqlDbname` varchar(64) DEFAULT NULL,
+  `wxServiceAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:1443/5.00034',
+  `agentAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:2021/WebTesting/Agent',
+  `allowedAppids` varchar(1024) DEFAULT NULL COMMENT 'JSON ["1.00002","1.00003"]',
+  `description` varchar(1024) DEFAULT NULL,
+  `status` int(11) DEFAULT '1' COMMENT '1 ok, 0 down; written by the web server',
+  `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

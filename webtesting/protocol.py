@@ -1,0 +1,300 @@
+"""
+Message shapes, validation and result codes shared by the web server and the agent.
+
+Every answer on every leg carries ``result`` (1 = success) and ``msg``. Error
+codes follow HTTP's so that a reader knows them at sight, and the HTTP API
+answers with the same number as its status code.
+
+Validation turns untrusted JSON into plain, checked values or raises
+L{InvalidInput} naming the field the way a client wrote it
+(``[1].redisCluster[0].port``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from enum import IntEnum
+from typing import Any
+
+from autobahn.websocket.util import parse_url
+
+
+class Result(IntEnum):
+    OK = 1
+    BAD_REQUEST = 400
+    UNAUTHORIZED = 401
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    METHOD_NOT_ALLOWED = 405
+    TOO_LARGE = 413
+    UNSUPPORTED_MEDIA_TYPE = 415
+    INTERNAL = 500
+    UNAVAILABLE = 503
+
+
+class InvalidInput(Exception):
+    """Input that breaks the contract; C{str()} names the field and the problem."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+# The seed's column sizes (tb_service_info), in characters.
+SERVICE_FIELD_LIMITS = {
+    "redisCluster": 1024,
+    "mysqlAddr": 64,
+    "mysqlUser": 64,
+    "mysqlPwd": 64,
+    "mysqlDbname": 64,
+    "wxServiceAddr": 64,
+    "agentAddr": 64,
+    "allowedAppids": 1024,
+    "description": 1024,
+}
+STATUS_MSG_LIMIT = 256
+
+SERVICE_FIELDS = (
+    "redisCluster",
+    "mysqlAddr",
+    "mysqlPort",
+    "mysqlUser",
+    "mysqlPwd",
+    "mysqlDbname",
+    "wxServiceAddr",
+    "agentAddr",
+    "allowedAppids",
+    "description",
+)
+# Written by the web server, shown by getServices; ignored when sent back.
+READ_ONLY_FIELDS = ("status", "msg")
+
+# What getServices shows instead of a stored password; sent back unchanged in
+# an update, it keeps the stored password.
+PASSWORD_MASK = "********"
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$"
+)
+_APPID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_DBNAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+MAX_REDIS_NODES = 64
+MAX_APPIDS = 64
+
+
+def json_text(value: Any) -> str:
+    """The compact JSON text that goes into a JSON column."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def require_int(value: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(where, f"must be an integer, got {_kind(value)}")
+    if not low <= value <= high:
+        raise InvalidInput(where, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def require_str(value: Any, where: str, max_len: int, min_len: int = 1) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(where, f"must be a string, got {_kind(value)}")
+    if len(value) < min_len:
+        raise InvalidInput(where, "must not be empty")
+    if len(value) > max_len:
+        raise InvalidInput(where, f"must be at most {max_len} characters, got {len(value)}")
+    return value
+
+
+def require_list(value: Any, where: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidInput(where, f"must be an array, got {_kind(value)}")
+    if not value:
+        raise InvalidInput(where, "must not be empty")
+    if len(value) > max_items:
+        raise InvalidInput(where, f"must have at most {max_items} items, got {len(value)}")
+    return value
+
+
+def require_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(where, f"must be an object, got {_kind(value)}")
+    return value
+
+
+def require_host(value: Any, where: str, max_len: int = 253) -> str:
+    host = require_str(value, where, max_len)
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(host):
+        raise InvalidInput(where, f"must be a host name or IP address, got {host!r}")
+    return host
+
+
+def require_ws_url(value: Any, where: str, max_len: int) -> str:
+    url = require_str(value, where, max_len)
+    if not url.startswith(("ws://", "wss://")):
+        raise InvalidInput(where, f"must be a ws:// or wss:// address, got {url!r}")
+    try:
+        _secure, host, _port, _resource, _path, _params = parse_url(url)
+    except Exception as e:  # noqa: BLE001 - autobahn raises plain Exception for bad URLs
+        raise InvalidInput(where, f"is not a valid WebSocket address ({e})") from None
+    if not host:
+        raise InvalidInput(where, f"has no host: {url!r}")
+    return url
+
+
+def require_appid(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(where, f"must be a string, got {_kind(value)}")
+    if not _APPID.match(value):
+        raise InvalidInput(
+            where, f"must be 1-32 letters, digits, '.', '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def _redis_cluster(value: Any, where: str) -> list[dict[str, Any]]:
+    nodes = require_list(value, where, MAX_REDIS_NODES)
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
+    for i, raw in enumerate(nodes):
+        at = f"{where}[{i}]"
+        node = require_object(raw, at)
+        for key in node:
+            if key not in ("host", "port"):
+                raise InvalidInput(_join(at, key), "unknown field (a node has host and port)")
+        if "host" not in node:
+            raise InvalidInput(_join(at, "host"), "is required")
+        if "port" not in node:
+            raise InvalidInput(_join(at, "port"), "is required")
+        host = require_host(node["host"], _join(at, "host"))
+        port = require_int(node["port"], _join(at, "port"), 1, 65535)
+        if (host, port) in seen:
+            raise InvalidInput(at, f"duplicate node {host}:{port}")
+        seen.add((host, port))
+        out.append({"host": host, "port": port})
+    return out
+
+
+def _appids(value: Any, where: str) -> list[str]:
+    items = require_list(value, where, MAX_APPIDS)
+    out: list[str] = []
+    for i, raw in enumerate(items):
+        appid = require_appid(raw, f"{where}[{i}]")
+        if appid in out:
+            raise InvalidInput(f"{where}[{i}]", f"duplicate appid {appid!r}")
+        out.append(appid)
+    return out
+
+
+def _check_field(name: str, value: Any, where: str) -> Any:
+    limit = SERVICE_FIELD_LIMITS.get(name, 0)
+    if name == "redisCluster":
+        checked: Any = _redis_cluster(value, where)
+    elif name == "allowedAppids":
+        checked = _appids(value, where)
+    elif name == "mysqlPort":
+        return require_int(value, where, 1, 65535)
+    elif name == "mysqlAddr":
+        return require_host(value, where, limit)
+    elif name == "mysqlPwd":
+        return require_str(value, where, limit, min_len=0)
+    elif name == "mysqlDbname":
+        name_ = require_str(value, where, limit)
+        if not _DBNAME.match(name_):
+            raise InvalidInput(where, f"must be letters, digits, '_', '$' or '-', got {name_!r}")
+        return name_
+    elif name in ("wxServiceAddr", "agentAddr"):
+        return require_ws_url(value, where, limit)
+    else:  # mysqlUser, description
+        return require_str(value, where, limit)
+    # Arrays are stored as JSON text in columns of a fixed size.
+    size = len(json_text(checked))
+    if size > limit:
+        raise InvalidInput(where, f"is {size} characters as JSON; at most {limit} fit")
+    return checked
+
+
+def validate_service(raw: Any, where: str, *, with_id: bool) -> dict[str, Any]:
+    """
+    Check one service object of an add (C{with_id=False}: every field
+    required, no C{serviceId}) or an update (C{with_id=True}: C{serviceId}
+    required, any other fields optional, at least one).
+
+    @return: the checked fields, C{serviceId} included for an update.
+    """
+    obj = require_object(raw, where)
+    out: dict[str, Any] = {}
+    for key in obj:
+        if key == "serviceId":
+            if not with_id:
+                raise InvalidInput(_join(where, key), "is assigned by the server; leave it out when adding")
+        elif key not in SERVICE_FIELDS and key not in READ_ONLY_FIELDS:
+            raise InvalidInput(_join(where, key), "unknown field")
+    if with_id:
+        if "serviceId" not in obj:
+            raise InvalidInput(_join(where, "serviceId"), "is required")
+        out["serviceId"] = require_int(obj["serviceId"], _join(where, "serviceId"), 1, 2**31 - 1)
+    for name in SERVICE_FIELDS:
+        if name in obj:
+            out[name] = _check_field(name, obj[name], _join(where, name))
+        elif not with_id:
+            raise InvalidInput(_join(where, name), "is required")
+    if with_id and len(out) == 1:
+        raise InvalidInput(where, "names no field to change")
+    return out
+
+
+def validate_service_list(raw: Any, *, with_id: bool, max_items: int = 1000) -> list[dict[str, Any]]:
+    """Check the body of addServices/updateServices: a non-empty array of services."""
+    if not isinstance(raw, list):
+        raise InvalidInput("", f"the body must be a JSON array of services, got {_kind(raw)}")
+    if not raw:
+        raise InvalidInput("", "the body must list at least one service")
+    if len(raw) > max_items:
+        raise InvalidInput("", f"at most {max_items} services at once, got {len(raw)}")
+    items = raw
+    services = [validate_service(item, f"[{i}]", with_id=with_id) for i, item in enumerate(items)]
+    if with_id:
+        seen: dict[int, int] = {}
+        for i, s in enumerate(services):
+            if s["serviceId"] in seen:
+                raise InvalidInput(
+                    f"[{i}].serviceId", f"{s['serviceId']} is already updated by [{seen[s['serviceId']]}]"
+                )
+            seen[s["serviceId"]] = i
+    return services
+
+
+def validate_service_ids(raw: Any) -> list[int]:
+    """Check the body of delServices: C{{"serviceIds": [1, 2]}}; duplicates are merged."""
+    obj = require_object(raw, "")
+    for key in obj:
+        if key != "serviceIds":
+            raise InvalidInput(key, "unknown field")
+    if "serviceIds" not in obj:
+        raise InvalidInput("serviceIds", "is required")
+    ids = require_list(obj["serviceIds"], "serviceIds", 1000)
+    out: list[int] = []
+    for i, raw_id in enumerate(ids):
+        sid = require_int(raw_id, f"serviceIds[{i}]", 1, 2**31 - 1)
+        if sid not in out:
+            out.append(sid)
+    return out

@@ -1,0 +1,238 @@
+"""
+The web server's HTTP side: the registry API (SPEC §2) and the pages.
+
+Every answer of the API is JSON with ``result`` and ``msg``; a failed request
+answers with the same code as its HTTP status (see L{Result}) and a ``msg``
+naming what was wrong. Bodies are size-limited while they arrive
+(L{LimitedRequest}), so an oversized upload is never held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any, Callable
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from webtesting.dbpool import DatabaseUnavailable
+from webtesting.protocol import (
+    PASSWORD_MASK,
+    InvalidInput,
+    Result,
+    validate_service_ids,
+    validate_service_list,
+)
+from webtesting.web.registry import Registry, UnknownServices
+
+PREFIX = "/WebTesting"
+SERVICE = f"{PREFIX}/Service"
+
+
+class LimitedRequest(Request):
+    """
+    A request that stops keeping its body once it passes C{max_body} bytes.
+
+    The handler then answers 413 (L{RegistryAPI._json_body}); the bytes that
+    still arrive are read and dropped so that the answer can be sent.
+    """
+
+    def __init__(self, *args: Any, max_body: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_body = max_body
+        self.body_too_large = False
+        self._body_seen = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_seen += len(data)
+        if self._body_seen > self.max_body:
+            self.body_too_large = True
+        if not self.body_too_large:
+            super().handleContentChunk(data)
+
+
+def make_site(resource: Resource, max_body: int) -> Site:
+    site = Site(resource, requestFactory=partial(LimitedRequest, max_body=max_body))
+    site.displayTracebacks = False
+    return site
+
+
+class HTTPError(Exception):
+    """An answer other than success: an HTTP status, a L{Result} and a reason."""
+
+    def __init__(self, result: Result, msg: str) -> None:
+        self.result = result
+        self.msg = msg
+        super().__init__(msg)
+
+
+def _answer(request: Any, status: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def ok(request: Any, **fields: Any) -> bytes:
+    return _answer(request, 200, {**fields, "result": int(Result.OK), "msg": "ok"})
+
+
+def public_service(service: dict[str, Any]) -> dict[str, Any]:
+    """A service as getServices shows it: the stored password masked."""
+    shown = dict(service)
+    if shown.get("mysqlPwd"):
+        shown["mysqlPwd"] = PASSWORD_MASK
+    return shown
+
+
+def tester_service(service: dict[str, Any]) -> dict[str, Any]:
+    """A service as getServiceList shows it: no addresses, no credentials."""
+    return {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
+
+
+class RegistryAPI:
+    """
+    The HTTP routes of SPEC §2 and the static pages under C{/WebTesting/}.
+
+    @param ws_addr: gives the browser WebSocket address for a request
+        (``wsAddr`` in getServiceList).
+    """
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, registry: Registry, webroot: str, ws_addr: Callable[[Any], str]) -> None:
+        self.registry = registry
+        self.webroot = webroot
+        self.ws_addr = ws_addr
+
+    # -- request bodies -----------------------------------------------------
+
+    def _json_body(self, request: Any) -> Any:
+        if getattr(request, "body_too_large", False):
+            limit = getattr(request, "max_body", 0)
+            raise HTTPError(Result.TOO_LARGE, f"the body is larger than {limit} bytes")
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        media, _, params = content_type.partition(";")
+        if media.strip().lower() != "application/json":
+            raise HTTPError(
+                Result.UNSUPPORTED_MEDIA_TYPE,
+                f"the body must be sent as application/json, not {media.strip() or 'nothing'}",
+            )
+        charset = params.strip().lower()
+        if charset and charset.replace(" ", "") not in ("charset=utf-8", "charset=utf8"):
+            raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8")
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HTTPError(Result.BAD_REQUEST, "the body is not UTF-8") from None
+        except RecursionError:
+            raise HTTPError(Result.BAD_REQUEST, "the body is nested too deeply") from None
+        except ValueError as e:
+            raise HTTPError(Result.BAD_REQUEST, f"the body is not valid JSON ({e})") from None
+
+    # -- the registry API ---------------------------------------------------
+
+    @app.route(f"{SERVICE}/addServices", methods=["PUT"])
+    async def add_services(self, request: Any) -> bytes:
+        services = validate_service_list(self._json_body(request), with_id=False)
+        count = await self.registry.add_services(services)
+        self._log.info("added {count} services", count=count)
+        return ok(request, affectedRows=count)
+
+    @app.route(f"{SERVICE}/delServices", methods=["DELETE"])
+    async def del_services(self, request: Any) -> bytes:
+        ids = validate_service_ids(self._json_body(request))
+        count = await self.registry.delete_services(ids)
+        self._log.info("deleted services {ids}", ids=ids)
+        return ok(request, affectedRows=count)
+
+    @app.route(f"{SERVICE}/updateServices", methods=["POST"])
+    async def update_services(self, request: Any) -> bytes:
+        services = validate_service_list(self._json_body(request), with_id=True)
+        count = await self.registry.update_services(services)
+        self._log.info("updated services {ids}", ids=[s["serviceId"] for s in services])
+        return ok(request, affectedRows=count)
+
+    @app.route(f"{SERVICE}/getServices", methods=["GET"])
+    async def get_services(self, request: Any) -> bytes:
+        services = [public_service(s) for s in await self.registry.list_services()]
+        return ok(request, servicdLists=services)
+
+    @app.route(f"{SERVICE}/getServiceList", methods=["GET"])
+    async def get_service_list(self, request: Any) -> bytes:
+        services = [tester_service(s) for s in await self.registry.list_services()]
+        return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
+
+    # -- pages ----------------------------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root(self, request: Any) -> bytes:
+        request.redirect(f"{PREFIX}/index.html".encode())
+        return b""
+
+    @app.route(f"{PREFIX}/", branch=True, methods=["GET", "HEAD"])
+    def pages(self, request: Any) -> Resource:
+        return File(self.webroot)
+
+    # -- errors: every failure is a JSON answer -----------------------------
+
+    @app.handle_errors(HTTPError)
+    def _http_error(self, request: Any, failure: Failure) -> bytes:
+        e = failure.value
+        return _answer(request, int(e.result), {"result": int(e.result), "msg": e.msg})
+
+    @app.handle_errors(InvalidInput)
+    def _invalid(self, request: Any, failure: Failure) -> bytes:
+        return _answer(request, 400, {"result": int(Result.BAD_REQUEST), "msg": str(failure.value)})
+
+    @app.handle_errors(UnknownServices)
+    def _unknown(self, request: Any, failure: Failure) -> bytes:
+        return _answer(
+            request, 404,
+            {"affectedRows": 0, "result": int(Result.NOT_FOUND),
+             "msg": f"{failure.value}; nothing was changed"},
+        )
+
+    @app.handle_errors(DatabaseUnavailable)
+    def _unavailable(self, request: Any, failure: Failure) -> bytes:
+        # The reason (which may name hosts or users) goes to the log, not to
+        # the client.
+        return _answer(
+            request, 503,
+            {"result": int(Result.UNAVAILABLE), "msg": "the registry database is unavailable; try again shortly"},
+        )
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: Any, failure: Failure) -> bytes:
+        return _answer(
+            request, 404,
+            {"result": int(Result.NOT_FOUND), "msg": f"no such path: {request.path.decode('latin-1')}"},
+        )
+
+    @app.handle_errors(MethodNotAllowed)
+    def _wrong_method(self, request: Any, failure: Failure) -> bytes:
+        allowed = ", ".join(failure.value.valid_methods or [])
+        request.setHeader(b"Allow", allowed.encode())
+        return _answer(
+            request, 405,
+            {"result": int(Result.METHOD_NOT_ALLOWED),
+             "msg": f"{request.method.decode('latin-1')} is not allowed here; use {allowed}"},
+        )
+
+    @app.handle_errors(Exception)
+    def _internal(self, request: Any, failure: Failure) -> bytes:
+        self._log.failure("unexpected error answering {path}", failure, path=request.path)
+        return _answer(request, 500, {"result": int(Result.INTERNAL), "msg": "internal error"})

@@ -1,0 +1,283 @@
+"""
+The service registry: table ``tb_service_info`` on MySQL/MariaDB, or on an
+SQLite file when no MySQL is configured (the embedded default).
+
+All SQL is parameterised; the only names spliced into statements are the
+fixed column names below. Multi-row changes run in one transaction, so they
+happen for every row or for none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from webtesting import dbpool
+from webtesting.config import RegistryConfig
+from webtesting.protocol import (
+    PASSWORD_MASK,
+    SERVICE_FIELDS,
+    STATUS_MSG_LIMIT,
+    json_text,
+)
+
+TABLE = "tb_service_info"
+_JSON_FIELDS = ("redisCluster", "allowedAppids")
+_COLUMNS = ("id",) + SERVICE_FIELDS + ("status", "msg")
+
+_log = Logger()
+
+MYSQL_SCHEMA = """\
+CREATE TABLE IF NOT EXISTS `tb_service_info` (
+  `id` int(11) NOT NULL AUTO_INCREMENT COMMENT 'the serviceId',
+  `redisCluster` varchar(1024) DEFAULT NULL COMMENT 'JSON [{"host":..,"port":..}] of all masters',
+  `mysqlAddr` varchar(64) DEFAULT NULL COMMENT 'the bot''s MySQL: tag and topic dictionaries',
+  `mysqlPort` int(11) DEFAULT '3306',
+  `mysqlUser` varchar(64) DEFAULT NULL,
+  `mysqlPwd` varchar(64) DEFAULT NULL,
+  `mysqlDbname` varchar(64) DEFAULT NULL,
+  `wxServiceAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:1443/5.00034',
+  `agentAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:2021/WebTesting/Agent',
+  `allowedAppids` varchar(1024) DEFAULT NULL COMMENT 'JSON ["1.00002","1.00003"]',
+  `description` varchar(1024) DEFAULT NULL,
+  `status` int(11) DEFAULT '1' COMMENT '1 ok, 0 down; written by the web server',
+  `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+SQLITE_SCHEMA = """\
+CREATE TABLE IF NOT EXISTS tb_service_info (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  redisCluster TEXT,
+  mysqlAddr TEXT,
+  mysqlPort INTEGER DEFAULT 3306,
+  mysqlUser TEXT,
+  mysqlPwd TEXT,
+  mysqlDbname TEXT,
+  wxServiceAddr TEXT,
+  agentAddr TEXT,
+  allowedAppids TEXT,
+  description TEXT,
+  status INTEGER DEFAULT 1,
+  msg TEXT DEFAULT 'ok'
+)
+"""
+
+# A new service is not known to be up until its agent link says so.
+NEW_SERVICE_STATUS = (0, "waiting for the agent link")
+
+
+class UnknownServices(Exception):
+    """Some of the given serviceIds are not in the registry; nothing was changed."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = sorted(ids)
+        super().__init__("no such serviceIds: " + ", ".join(str(i) for i in self.ids))
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    name: str
+    schema: str
+    for_update: str
+
+    def sql(self, statement: str) -> str:
+        # Statements are written with %s (pymysql's style); sqlite3 wants ?.
+        return statement if self.name == "mysql" else statement.replace("%s", "?")
+
+
+MYSQL = _Dialect("mysql", MYSQL_SCHEMA, " FOR UPDATE")
+SQLITE = _Dialect("sqlite", SQLITE_SCHEMA, "")
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+def _to_row(service: dict[str, Any], fields: Sequence[str]) -> list[Any]:
+    return [json_text(service[f]) if f in _JSON_FIELDS else service[f] for f in fields]
+
+
+def _from_row(row: Sequence[Any]) -> dict[str, Any]:
+    record = dict(zip(_COLUMNS, row))
+    service: dict[str, Any] = {"serviceId": record.pop("id")}
+    for f in SERVICE_FIELDS:
+        value = record[f]
+        if f in _JSON_FIELDS:
+            try:
+                value = json.loads(value) if value else []
+            except ValueError:
+                _log.warn(
+                    "service {service_id}: column {column} is not JSON; shown as []",
+                    service_id=service["serviceId"], column=f,
+                )
+                value = []
+        service[f] = value
+    service["status"] = record["status"]
+    service["msg"] = record["msg"]
+    return service
+
+
+class Registry:
+    """The registry's operations, each one transaction on the L{dbpool.Database}."""
+
+    def __init__(self, db: dbpool.Database, dialect: _Dialect) -> None:
+        self.db = db
+        self._dialect = dialect
+
+    def add_services(self, services: Sequence[dict[str, Any]]) -> Deferred[int]:
+        """Insert every service or none; fire with the number inserted."""
+        fields = SERVICE_FIELDS + ("status", "msg")
+        rows = [_to_row(s, SERVICE_FIELDS) + list(NEW_SERVICE_STATUS) for s in services]
+        statement = self._dialect.sql(
+            f"INSERT INTO {TABLE} ({', '.join(fields)}) VALUES ({_placeholders(len(fields))})"
+        )
+
+        def work(cursor: Any) -> int:
+            cursor.executemany(statement, rows)
+            return len(rows)
+
+        return self.db.run(work)
+
+    def delete_services(self, ids: Sequence[int]) -> Deferred[int]:
+        """Delete every given service, or none if any is unknown (L{UnknownServices})."""
+        marks = _placeholders(len(ids))
+        select = self._dialect.sql(
+            f"SELECT id FROM {TABLE} WHERE id IN ({marks}){self._dialect.for_update}"
+        )
+        delete = self._dialect.sql(f"DELETE FROM {TABLE} WHERE id IN ({marks})")
+
+        def work(cursor: Any) -> int:
+            cursor.execute(select, list(ids))
+            found = {row[0] for row in cursor.fetchall()}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownServices(missing)
+            cursor.execute(delete, list(ids))
+            return int(cursor.rowcount)
+
+        return self.db.run(work)
+
+    def update_services(self, services: Sequence[dict[str, Any]]) -> Deferred[int]:
+        """
+        Change the given fields of every given service, or of none if any is
+        unknown (L{UnknownServices}). A C{mysqlPwd} equal to L{PASSWORD_MASK}
+        keeps the stored password.
+        """
+        ids = [s["serviceId"] for s in services]
+        select = self._dialect.sql(
+            f"SELECT id FROM {TABLE} WHERE id IN ({_placeholders(len(ids))}){self._dialect.for_update}"
+        )
+        updates: list[tuple[str, list[Any]]] = []
+        for s in services:
+            fields = [
+                f for f in SERVICE_FIELDS
+                if f in s and not (f == "mysqlPwd" and s[f] == PASSWORD_MASK)
+            ]
+            if not fields:
+                continue
+            assignments = ", ".join(f"{f} = %s" for f in fields)
+            updates.append((
+                self._dialect.sql(f"UPDATE {TABLE} SET {assignments} WHERE id = %s"),
+                _to_row(s, fields) + [s["serviceId"]],
+            ))
+
+        def work(cursor: Any) -> int:
+            cursor.execute(select, ids)
+            found = {row[0] for row in cursor.fetchall()}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownServices(missing)
+            for statement, params in updates:
+                cursor.execute(statement, params)
+            return len(ids)
+
+        return self.db.run(work)
+
+    def list_services(self) -> Deferred[list[dict[str, Any]]]:
+        """Every service with all its fields (the real password included), by id."""
+        statement = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} ORDER BY id"
+
+        def work(cursor: Any) -> list[dict[str, Any]]:
+            cursor.execute(statement)
+            return [_from_row(row) for row in cursor.fetchall()]
+
+        return self.db.run(work)
+
+    def set_status(self, service_id: int, status: int, msg: str) -> Deferred[bool]:
+        """Record a service's health; fire with whether the service still exists."""
+        statement = self._dialect.sql(f"UPDATE {TABLE} SET status = %s, msg = %s WHERE id = %s")
+        params = [status, msg[:STATUS_MSG_LIMIT], service_id]
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(statement, params)
+            return bool(cursor.rowcount)
+
+        return self.db.run(work)
+
+
+def open_registry(config: RegistryConfig, reactor: Any) -> Registry:
+    """
+    Build the registry on MySQL when C{config.mysql} is set, else on SQLite.
+
+    The returned registry's C{db} is a service: start it to connect.
+    """
+    if config.mysql is not None:
+        m = config.mysql
+        connect_db = dbpool.mysql_connector(
+            m.host, m.port, m.user, m.password, m.database,
+            m.connect_timeout, m.read_timeout, m.write_timeout,
+        )
+        connect_server = dbpool.mysql_connector(
+            m.host, m.port, m.user, m.password, None,
+            m.connect_timeout, m.read_timeout, m.write_timeout,
+        )
+
+        def connect() -> Any:
+            import pymysql
+
+            try:
+                return connect_db()
+            except pymysql.err.OperationalError as e:
+                if e.args[0] != 1049:  # unknown database: create it, once
+                    raise
+            server = connect_server()
+            try:
+                with server.cursor() as cursor:
+                    cursor.execute(
+                        f"CREATE DATABASE IF NOT EXISTS `{m.database.replace('`', '``')}` "
+                        "CHARACTER SET utf8mb4"
+                    )
+            finally:
+                server.close()
+            return connect_db()
+
+        dialect, is_fault, threads = MYSQL, dbpool.mysql_is_fault, config.threads
+        name = f"registry (mysql {m.host}:{m.port}/{m.database})"
+    else:
+        path = config.sqlite_path
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        connect = dbpool.sqlite_connector(path, busy_timeout=config.request_timeout)
+        # One writer at a time is all SQLite does; one thread keeps it simple.
+        dialect, is_fault, threads = SQLITE, dbpool.sqlite_is_fault, 1
+        name = f"registry (sqlite {path})"
+
+    db = dbpool.Database(
+        name,
+        connect,
+        reactor,
+        is_fault=is_fault,
+        threads=threads,
+        request_timeout=config.request_timeout,
+        retry_interval=config.retry_interval,
+        # Runs on every reconnect: the table may have been dropped meanwhile.
+        prepare=lambda cursor: cursor.execute(dialect.schema),
+    )
+    return Registry(db, dialect)

@@ -1,0 +1,73 @@
+"""
+``twistd webtesting-web``: the service tree of the web server.
+
+    MultiService
+    ├── Database          the registry's connection pool and reconnect timer
+    └── HTTP listener     Klein: registry API (SPEC §2) and pages
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
+from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.registry import open_registry
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (see etc/web.yaml); built-in defaults if left out"],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.config: WebConfig = load(WebConfig, self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration errors:\n{e}") from None
+
+
+def ws_addr_for(config: WebConfig) -> Any:
+    """
+    How getServiceList tells browsers where the WebSocket is: the configured
+    public URL, else the host the browser used for this page with the
+    WebSocket's own port.
+    """
+    public = config.websocket.public_url
+    port = endpoint_port(config.websocket.listen)
+    path = config.websocket.path
+
+    def ws_addr(request: Any) -> str:
+        if public:
+            return public
+        host = request.getRequestHostname().decode("idna")
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "wss" if request.isSecure() else "ws"
+        return f"{scheme}://{host}:{port}{path}" if port else f"{scheme}://{host}{path}"
+
+    return ws_addr
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config = options.config
+    top = MultiService()
+
+    registry = open_registry(config.registry, reactor)
+    registry.db.setServiceParent(top)
+
+    api = RegistryAPI(registry, config.http.webroot or default_webroot(), ws_addr_for(config))
+    site = make_site(api.app.resource(), config.http.max_body_bytes)
+    http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
+    http.setName("http")
+    http.setServiceParent(top)
+    return top
