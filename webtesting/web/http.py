@@ -101,6 +101,15 @@ def tester_service(service: dict[str, Any]) -> dict[str, Any]:
     return {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
 
 
+_API_METHODS = {
+    "addServices": "PUT",
+    "delServices": "DELETE",
+    "updateServices": "POST",
+    "getServices": "GET",
+    "getServiceList": "GET",
+}
+
+
 class RegistryAPI:
     """
     The HTTP routes of SPEC §2 and the static pages under C{/WebTesting/}.
@@ -175,6 +184,15 @@ class RegistryAPI:
     async def get_service_list(self, request: Any) -> bytes:
         services = [tester_service(s) for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
+
+    @app.route(f"{SERVICE}/<path:rest>")
+    def service_fallback(self, request: Any, rest: str) -> bytes:
+        # Without this, the pages route below would answer a wrong method on
+        # an API path with an HTML 404 instead of a JSON 405.
+        allowed = _API_METHODS.get(rest)
+        if allowed is None:
+            raise NotFound()
+        raise MethodNotAllowed(valid_methods=[allowed])
 
     # -- pages ----------------------------------------------------------------
 

@@ -1,0 +1,63 @@
+"""The registry and its HTTP API, running for real on a loopback port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+
+from webtesting.config import RegistryConfig
+from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.registry import Registry, open_registry
+from tests.support.http import JSONClient
+
+SERVICE = "/WebTesting/Service"
+
+
+def seed_service(**changes: Any) -> dict[str, Any]:
+    """The seed's example service object (SPEC §2), with C{changes}."""
+    service = {
+        "redisCluster": [
+            {"port": 7000, "host": "192.168.1.200"},
+            {"port": 7001, "host": "192.168.1.200"},
+            {"port": 7002, "host": "192.168.1.200"},
+        ],
+        "mysqlAddr": "127.0.0.1",
+        "mysqlPort": 3306,
+        "mysqlUser": "root",
+        "mysqlPwd": "root",
+        "mysqlDbname": "tesdb001",
+        "wxServiceAddr": "ws://127.0.0.1:1443",
+        "agentAddr": "ws://127.0.0.1:2021/WebTesting/Agent",
+        "allowedAppids": ["1.00002", "1.00003"],
+        "description": "医疗小程序",
+    }
+    service.update(changes)
+    return service
+
+
+class RunningRegistry:
+    """A started registry database with the HTTP API listening on 127.0.0.1."""
+
+    def __init__(self, config: RegistryConfig, max_body: int = 1024 * 1024) -> None:
+        self.registry: Registry = open_registry(config, reactor)
+        api = RegistryAPI(self.registry, "webroot", lambda request: "ws://example.test:2020/WebTesting")
+        self.site = make_site(api.app.resource(), max_body)
+        self.port: Any = None
+        self.client: JSONClient | None = None
+
+    async def start(self, wait: bool = True) -> JSONClient:
+        self.registry.db.startService()
+        if wait:
+            await self.registry.db.ready()
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.client = JSONClient(f"http://127.0.0.1:{self.port.getHost().port}")
+        return self.client
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.port is not None:
+            await self.port.stopListening()
+        if self.registry.db.running:
+            await self.registry.db.stopService()
