@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IListeningPort
 
 
 class _Upstream(protocol.Protocol):
-    peer: "_Downstream"
+    def __init__(self, peer: "_Downstream") -> None:
+        self.peer = peer
 
     def connectionMade(self) -> None:
         self.peer.upstream = self
@@ -42,14 +43,9 @@ class _Downstream(protocol.Protocol):
     def connectionMade(self) -> None:
         proxy = self.factory.proxy
         proxy.connections.add(self)
-        client = protocol.ClientCreator(proxy.reactor, _Upstream)
+        client = protocol.ClientCreator(proxy.reactor, _Upstream, self)
         d = client.connectTCP(proxy.target_host, proxy.target_port)
-
-        def connected(up: _Upstream) -> None:
-            up.peer = self
-            up.connectionMade()
-
-        d.addCallbacks(connected, lambda _: self.transport.abortConnection())
+        d.addErrback(lambda _: self.transport.abortConnection())
 
     def flush(self) -> None:
         if self.factory.proxy.frozen or self.upstream is None:

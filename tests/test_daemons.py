@@ -1,0 +1,138 @@
+"""The twistd plugins and the service trees they build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.trial import unittest
+
+from webtesting.agent import tap as agent_tap
+from webtesting.web import tap as web_tap
+from webtesting.web.registry import MYSQL_SCHEMA
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PluginTests(unittest.TestCase):
+    def test_plugins_are_found(self) -> None:
+        """twistd finds webtesting-web, webtesting-agent and webtesting-wxsim."""
+        from twisted import plugins
+
+        names = {p.tapname for p in getPlugins(IServiceMaker, plugins)}
+        self.assertTrue({"webtesting-web", "webtesting-agent", "webtesting-wxsim"} <= names, names)
+
+    def test_plugin_module_is_lazy(self) -> None:
+        """Loading the plugin file imports none of webtesting's modules."""
+        code = (
+            "import sys, runpy; runpy.run_path(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.startswith('webtesting')))"
+        )
+        out = subprocess.check_output(
+            [sys.executable, "-c", code, os.path.join(ROOT, "twisted", "plugins", "webtesting_plugins.py")]
+        )
+        self.assertEqual(out.strip(), b"[]")
+
+
+class ServiceTreeTests(unittest.TestCase):
+    def test_web_service_listens_only_when_started(self) -> None:
+        """makeService builds the tree without listening; starting it listens on the configured endpoint."""
+        options = web_tap.Options()
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            f.write(f"http:\n  listen: 'tcp:3019'\nregistry:\n  sqlite_path: '{self.mktemp()}.sqlite3'\n")
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactor()
+        top = web_tap.makeService(options, reactor)
+        self.assertIsInstance(top, MultiService)
+        self.assertEqual(reactor.tcpServers, [])
+        http = top.getServiceNamed("http")
+        http.startService()
+        self.addCleanup(http.stopService)
+        self.assertEqual(reactor.tcpServers[0][0], 3019)
+
+    def test_agent_service_listens_on_2021(self) -> None:
+        """The agent's tree listens on the SPEC's port 2021 by default."""
+        options = agent_tap.Options()
+        options.parseOptions([])
+        reactor = MemoryReactor()
+        top = agent_tap.makeService(options, reactor)
+        top.getServiceNamed("websocket").startService()
+        self.assertEqual(reactor.tcpServers[0][0], 2021)
+
+
+class SchemaFileTests(unittest.TestCase):
+    def test_schema_file_matches_code(self) -> None:
+        """etc/schema.sql holds the same DDL the web server runs."""
+        with open(os.path.join(ROOT, "etc", "schema.sql"), encoding="utf-8") as f:
+            text = f.read()
+        self.assertIn(MYSQL_SCHEMA.rstrip() + ";", text)
+        self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwistdWebTests(unittest.TestCase):
+    async def test_twistd_answers_the_seed_examples(self) -> None:
+        """`twistd -n webtesting-web --config …` serves the five endpoints with the seed's payloads."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        from tests.support.http import JSONClient
+        from tests.support.registry import SERVICE, seed_service
+
+        port = free_port()
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "web.yaml")
+        with open(path, "w") as f:
+            f.write(
+                f"http:\n  listen: 'tcp:{port}:interface=127.0.0.1'\n"
+                f"registry:\n  sqlite_path: registry.sqlite3\n"
+            )
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        proc = subprocess.Popen(
+            [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(folder, "web.log"),
+             "webtesting-web", "--config", path],
+            cwd=folder,
+        )
+        self.addCleanup(proc.wait, 10)
+        self.addCleanup(proc.terminate)
+        client = JSONClient(f"http://127.0.0.1:{port}")
+        self.addCleanup(client.close)
+        for _ in range(100):
+            try:
+                status, answer = await client.call("GET", f"{SERVICE}/getServiceList")
+                break
+            except Exception:
+                self.assertIsNone(proc.poll(), "twistd exited")
+                await deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("twistd webtesting-web did not answer within 10 s")
+        self.assertEqual((status, answer["serviceLists"]), (200, []))
+        self.assertEqual(answer["wsAddr"], "ws://127.0.0.1:2020/WebTesting")
+
+        status, answer = await client.call("PUT", f"{SERVICE}/addServices", [seed_service()])
+        self.assertEqual(answer, {"affectedRows": 1, "result": 1, "msg": "ok"})
+        _, answer = await client.call("GET", f"{SERVICE}/getServices")
+        [service] = answer["servicdLists"]
+        sid = service["serviceId"]
+        _, answer = await client.call(
+            "POST", f"{SERVICE}/updateServices", [seed_service(serviceId=sid, description="changed")]
+        )
+        self.assertEqual((answer["result"], answer["msg"]), (1, "ok"))
+        _, answer = await client.call("GET", f"{SERVICE}/getServiceList")
+        self.assertEqual(answer["serviceLists"][0]["description"], "changed")
+        _, answer = await client.call("DELETE", f"{SERVICE}/delServices", {"serviceIds": [sid]})
+        self.assertEqual(answer, {"affectedRows": 1, "result": 1, "msg": "ok"})
+        self.assertTrue(os.path.exists(os.path.join(folder, "registry.sqlite3")))
