@@ -29,7 +29,7 @@ from typing import Any, Callable, TypeVar
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.base import DelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -83,7 +83,7 @@ class Database(service.Service):
         self._generation = 0
         self.available = False
         self.reason = "not connected yet"
-        self._probe_call: IDelayedCall | None = None
+        self._probe_call: DelayedCall | None = None
         self._probing: Deferred[None] | None = None
         self._waiters: list[Deferred[bool]] = []
         self._probed_once = False
@@ -139,8 +139,8 @@ class Database(service.Service):
             return Failure(DatabaseUnavailable(self.reason))
         if failure.check(DatabaseUnavailable):
             return failure
-        if self._is_fault(failure.value):
-            self._went_away(_describe(failure.value))
+        if self._is_fault(_error(failure)):
+            self._went_away(_describe(_error(failure)))
             return Failure(DatabaseUnavailable(self.reason))
         return failure
 
@@ -187,14 +187,14 @@ class Database(service.Service):
     def _probe_failed(self, failure: Failure) -> None:
         if failure.check(defer.TimeoutError):
             reason = "no answer while connecting"
-        elif self._is_fault(failure.value):
-            reason = _describe(failure.value)
+        elif self._is_fault(_error(failure)):
+            reason = _describe(_error(failure))
         else:
             # The database answered but preparing it failed (a permissions
             # or schema problem): not repaired by waiting, but a person may
             # fix it, so keep probing and say why.
             self._log.failure("preparing database {name}", failure, name=self.name)
-            reason = f"cannot prepare the database: {_describe(failure.value)}"
+            reason = f"cannot prepare the database: {_describe(_error(failure))}"
         if reason != self.reason or not self._probed_once:
             self._log.warn(
                 "database {name} unavailable: {reason}; retrying every {interval} s",
@@ -278,8 +278,13 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
+def _error(failure: Failure) -> BaseException:
+    assert failure.value is not None
+    return failure.value
+
+
 def _describe(error: BaseException) -> str:
-    args = getattr(error, "args", ())
+    args: tuple[Any, ...] = getattr(error, "args", ())
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
         return f"{args[1]} ({args[0]})"  # pymysql's (code, message)
     return str(error) or type(error).__name__

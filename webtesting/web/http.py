@@ -201,7 +201,7 @@ class RegistryAPI:
         request.redirect(f"{PREFIX}/index.html".encode())
         return b""
 
-    @app.route(f"{PREFIX}/", branch=True, methods=["GET", "HEAD"])
+    @app.route(f"{PREFIX}/", branch=True, methods=["GET", "HEAD"])  # type: ignore[type-var]
     def pages(self, request: Any) -> Resource:
         return File(self.webroot)
 
@@ -210,6 +210,7 @@ class RegistryAPI:
     @app.handle_errors(HTTPError)
     def _http_error(self, request: Any, failure: Failure) -> bytes:
         e = failure.value
+        assert isinstance(e, HTTPError)
         return _answer(request, int(e.result), {"result": int(e.result), "msg": e.msg})
 
     @app.handle_errors(InvalidInput)
@@ -242,7 +243,9 @@ class RegistryAPI:
 
     @app.handle_errors(MethodNotAllowed)
     def _wrong_method(self, request: Any, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or [])
+        e = failure.value
+        assert isinstance(e, MethodNotAllowed)
+        allowed = ", ".join(e.valid_methods or [])
         request.setHeader(b"Allow", allowed.encode())
         return _answer(
             request, 405,
