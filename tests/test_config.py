@@ -128,7 +128,38 @@ class PluginOptionsTests(unittest.TestCase):
         self.assertIn("http.x: unknown key", str(e))
 
     def test_good_config(self) -> None:
-        """--config with a good file yields the loaded configuration."""
+        """--config with a good file yields the loaded configuration and the secret."""
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            f.write("agents:\n  auth:\n    secret: 0123456789abcdef0123\n")
         options = web_tap.Options()
-        options.parseOptions(["--config", os.path.join(ETC, "web.yaml")])
+        options.parseOptions(["--config", path])
         self.assertEqual(options.config.http.listen, "tcp:2019")
+        self.assertEqual(options.secret, "0123456789abcdef0123")
+
+    def test_secret_required(self) -> None:
+        """Without a shared secret neither daemon starts, and the message says which key to set."""
+        e = self.assertRaises(usage.UsageError, web_tap.Options().parseOptions, [])
+        self.assertIn("agents.auth: secret or secret_file: one is required", str(e))
+        e = self.assertRaises(usage.UsageError, agent_tap.Options().parseOptions, [])
+        self.assertIn("auth: secret or secret_file", str(e))
+
+    def test_secret_file(self) -> None:
+        """The secret may come from a file next to the configuration; a missing or short file is refused."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "agent.yaml")
+        with open(path, "w") as f:
+            f.write("auth:\n  secret_file: agent.secret\n")
+        e = self.assertRaises(usage.UsageError, agent_tap.Options().parseOptions, ["--config", path])
+        self.assertIn("cannot read", str(e))
+        with open(os.path.join(folder, "agent.secret"), "w") as f:
+            f.write("short\n")
+        e = self.assertRaises(usage.UsageError, agent_tap.Options().parseOptions, ["--config", path])
+        self.assertIn("at least 16 characters", str(e))
+        with open(os.path.join(folder, "agent.secret"), "w") as f:
+            f.write("a-long-enough-secret\n")
+        options = agent_tap.Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.secret, "a-long-enough-secret")
+        self.assertNotIn("a-long-enough-secret", repr(options.config))

@@ -15,6 +15,7 @@ from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
 from webtesting.web.registry import MYSQL_SCHEMA
 
+SECRET = "test-secret-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,7 +45,10 @@ class ServiceTreeTests(unittest.TestCase):
         options = web_tap.Options()
         path = self.mktemp() + ".yaml"
         with open(path, "w") as f:
-            f.write(f"http:\n  listen: 'tcp:3019'\nregistry:\n  sqlite_path: '{self.mktemp()}.sqlite3'\n")
+            f.write(
+                f"http:\n  listen: 'tcp:3019'\nregistry:\n  sqlite_path: '{self.mktemp()}.sqlite3'\n"
+                f"agents:\n  auth:\n    secret: {SECRET}\n"
+            )
         options.parseOptions(["--config", path])
         reactor = MemoryReactor()
         top = web_tap.makeService(options, reactor)
@@ -57,8 +61,11 @@ class ServiceTreeTests(unittest.TestCase):
 
     def test_agent_service_listens_on_2021(self) -> None:
         """The agent's tree listens on the SPEC's port 2021 by default."""
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            f.write(f"auth:\n  secret: {SECRET}\n")
         options = agent_tap.Options()
-        options.parseOptions([])
+        options.parseOptions(["--config", path])
         reactor = MemoryReactor()
         top = agent_tap.makeService(options, reactor)
         top.getServiceNamed("websocket").startService()
@@ -91,14 +98,16 @@ class TwistdWebTests(unittest.TestCase):
         from tests.support.http import JSONClient
         from tests.support.registry import SERVICE, seed_service
 
-        port = free_port()
+        port, ws_port = free_port(), free_port()
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         path = os.path.join(folder, "web.yaml")
         with open(path, "w") as f:
             f.write(
                 f"http:\n  listen: 'tcp:{port}:interface=127.0.0.1'\n"
+                f"websocket:\n  listen: 'tcp:{ws_port}:interface=127.0.0.1'\n"
                 f"registry:\n  sqlite_path: registry.sqlite3\n"
+                f"agents:\n  auth:\n    secret: {SECRET}\n"
             )
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         proc = subprocess.Popen(
@@ -120,7 +129,7 @@ class TwistdWebTests(unittest.TestCase):
         else:
             self.fail("twistd webtesting-web did not answer within 10 s")
         self.assertEqual((status, answer["serviceLists"]), (200, []))
-        self.assertEqual(answer["wsAddr"], "ws://127.0.0.1:2020/WebTesting")
+        self.assertEqual(answer["wsAddr"], f"ws://127.0.0.1:{ws_port}/WebTesting")
 
         status, answer = await client.call("PUT", f"{SERVICE}/addServices", [seed_service()])
         self.assertEqual(answer, {"affectedRows": 1, "result": 1, "msg": "ok"})

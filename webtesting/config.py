@@ -255,6 +255,42 @@ class BrowserWebSocketConfig:
     listen: str = endpoint_field("tcp:2020")
     path: str = field(default="/WebTesting", metadata={"check": _check_ws_path})
     public_url: str = field(default="", metadata={"check": _check_ws_url})
+    max_message_bytes: int = number_field(64 * 1024, 256, 16 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    """The secret shared by the web server and its agents: inline, or in a file."""
+
+    secret: str = ""
+    secret_file: str = path_field("")
+
+    def __repr__(self) -> str:
+        return f"SecretConfig(secret=<hidden>, secret_file={self.secret_file!r})"
+
+    def read(self, source: str = "configuration") -> str:
+        """The secret; L{ConfigError} when there is none or its file is unreadable."""
+        if self.secret:
+            return self.secret
+        if not self.secret_file:
+            raise ConfigError(source, ["secret or secret_file: one is required (the agent link's shared secret)"])
+        try:
+            with open(self.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise ConfigError(source, [f"secret_file: cannot read {self.secret_file}: {e.strerror}"]) from None
+        if len(secret) < 16:
+            raise ConfigError(source, [f"secret_file: {self.secret_file} must hold at least 16 characters"])
+        return secret
+
+
+@dataclass(frozen=True)
+class AgentLinksConfig:
+    auth: SecretConfig = SecretConfig()
+    sync_interval: float = number_field(30.0, 0.05, 3600)
+    retry_initial: float = number_field(1.0, 0.01, 600)
+    retry_max: float = number_field(60.0, 0.01, 3600)
+    connect_timeout: float = number_field(5.0, 0.1, 120)
 
 
 @dataclass(frozen=True)
@@ -273,6 +309,7 @@ class WebConfig:
     http: HTTPConfig = HTTPConfig()
     websocket: BrowserWebSocketConfig = BrowserWebSocketConfig()
     registry: RegistryConfig = RegistryConfig()
+    agents: AgentLinksConfig = AgentLinksConfig()
 
 
 @dataclass(frozen=True)
@@ -286,6 +323,7 @@ class AgentConfig:
     """Everything ``twistd webtesting-agent`` reads; see etc/agent.yaml."""
 
     websocket: AgentListenConfig = AgentListenConfig()
+    auth: SecretConfig = SecretConfig()
 
 
 def default_webroot() -> str:

@@ -298,3 +298,82 @@ def validate_service_ids(raw: Any) -> list[int]:
         if sid not in out:
             out.append(sid)
     return out
+
+
+# -- WebSocket legs (docs/protocol.md) ----------------------------------------
+
+# Requests a browser may send, and the answer each gets.
+BROWSER_REQUESTS = {
+    "loginReq": "loginResp",
+    "logoutReq": "logoutResp",
+    "aichatReq": "aichatResp",
+    "getUserStatusReq": "getUserStatusResp",
+    "setStatusPushReq": "setStatusPushResp",
+}
+# Sent by the web server to an agent when a browser session goes away.
+SESSION_CLOSED = "sessionClosed"
+
+MAX_UNAME = 64
+MAX_CONTENT = 4096
+
+# Agent -> web frames that are for a browser start with the session's uuid
+# (32 hex digits) and one routing mark, then the browser-ready JSON, so that
+# the web server routes them without decoding JSON:
+UUID_LEN = 32
+ROUTE = b"="  # route only
+LOGGED_IN = b"+"  # route; that session's login on this service is now active
+LOGGED_OUT = b"-"  # route; that session's login on this service has ended
+
+
+def routed_frame(uuid: str, mark: bytes, message: dict[str, Any]) -> bytes:
+    """An agent -> web frame carrying C{message} for browser session C{uuid}."""
+    return uuid.encode("ascii") + mark + json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def error_answer(method: str, result: Result, msg: str, **fields: Any) -> dict[str, Any]:
+    return {"method": method, **fields, "result": int(result), "msg": msg}
+
+
+def parse_json_object(payload: bytes | str) -> dict[str, Any]:
+    """Decode one JSON text frame that must hold an object with a string C{method}."""
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        raise InvalidInput("", f"not valid JSON ({e})") from None
+    if not isinstance(message, dict):
+        raise InvalidInput("", f"a message must be a JSON object, got {_kind(message)}")
+    method = message.get("method")
+    if not isinstance(method, str):
+        raise InvalidInput("method", "is required (a string)")
+    return message
+
+
+def check_browser_request(message: dict[str, Any]) -> None:
+    """
+    Check the fields of a browser request whose method is known (SPEC §3).
+
+    C{serviceId} is required on loginReq and optional on the others (a
+    session holding exactly one login may leave it out).
+    """
+    method = message["method"]
+    if method == "loginReq":
+        if "serviceId" not in message:
+            raise InvalidInput("serviceId", "is required")
+    if "serviceId" in message:
+        require_int(message["serviceId"], "serviceId", 1, 2**31 - 1)
+    if "appid" not in message:
+        raise InvalidInput("appid", "is required")
+    require_appid(message["appid"], "appid")
+    if method == "loginReq":
+        if "uname" not in message:
+            raise InvalidInput("uname", "is required")
+        require_str(message["uname"], "uname", MAX_UNAME)
+    elif method == "aichatReq":
+        if "content" not in message:
+            raise InvalidInput("content", "is required")
+        content = require_str(message["content"], "content", MAX_CONTENT)
+        if not content.strip():
+            raise InvalidInput("content", "must not be blank")
+    elif method == "setStatusPushReq":
+        if not isinstance(message.get("enabled"), bool):
+            raise InvalidInput("enabled", "is required (true or false)")

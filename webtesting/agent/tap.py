@@ -28,6 +28,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config: AgentConfig = load(AgentConfig, self["config"])
+            self.secret = self.config.auth.read(f"{self['config'] or '<defaults>'}: auth")
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 

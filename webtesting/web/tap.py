@@ -3,21 +3,26 @@
 
     MultiService
     ├── Database          the registry's connection pool and reconnect timer
-    └── HTTP listener     Klein: registry API (SPEC §2) and pages
+    ├── AgentLinks        one WebSocket link per service; registry sync timer
+    ├── HTTP listener     Klein: registry API (SPEC §2) and pages
+    └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
 from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory
 
 
 class Options(usage.Options):
@@ -28,6 +33,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config: WebConfig = load(WebConfig, self["config"])
+            self.secret = self.config.agents.auth.read(f"{self['config'] or '<defaults>'}: agents.auth")
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 
@@ -65,9 +71,26 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     registry = open_registry(config.registry, reactor)
     registry.db.setServiceParent(top)
 
+    relay = Relay({})
+    agents = config.agents
+    links = AgentLinks(
+        registry, relay, reactor,
+        secret=options.secret,
+        sync_interval=agents.sync_interval,
+        policy=backoffPolicy(initialDelay=agents.retry_initial, maxDelay=agents.retry_max, factor=2.0),
+        connect_timeout=agents.connect_timeout,
+    )
+    links.setName("agent-links")
+    links.setServiceParent(top)
+
     api = RegistryAPI(registry, config.http.webroot or default_webroot(), ws_addr_for(config))
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
+
+    browsers = BrowserFactory(relay, path=config.websocket.path, max_message=config.websocket.max_message_bytes)
+    ws = StreamServerEndpointService(serverFromString(reactor, config.websocket.listen), browsers)
+    ws.setName("websocket")
+    ws.setServiceParent(top)
     return top

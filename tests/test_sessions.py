@@ -1,0 +1,230 @@
+"""The relay's routing decisions, with no network at all."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial import unittest
+
+from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
+from webtesting.web.sessions import BrowserSession, Relay
+
+
+class FakeLink:
+    """Fake enough of an AgentLink for the relay: an up flag and the messages sent."""
+
+    def __init__(self, service_id: int, up: bool = True) -> None:
+        self.service_id = service_id
+        self.up = up
+        self.reason = "ok" if up else "agent unreachable: connection refused"
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(dict(message))
+
+
+class RelayTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.links: dict[int, Any] = {1: FakeLink(1), 2: FakeLink(2), 3: FakeLink(3, up=False)}
+        counter = iter(range(1000))
+        self.relay = Relay(self.links, new_uuid=lambda: f"{next(counter):032x}")
+        self.received: list[dict[str, Any]] = []
+        self.session = self.relay.open_session(lambda data: self.received.append(json.loads(data)))
+
+    def send(self, message: Any, session: BrowserSession | None = None) -> dict[str, Any]:
+        raw = message if isinstance(message, bytes) else json.dumps(message).encode()
+        before = len(self.received)
+        self.relay.from_browser(session or self.session, raw)
+        return self.received[-1] if len(self.received) > before else {}
+
+    def login(self, service_id: int = 1, appid: str = "1.00002") -> None:
+        self.assertEqual(self.send({"method": "loginReq", "serviceId": service_id, "appid": appid, "uname": "u"}), {})
+        self.agent(service_id, LOGGED_IN, {"method": "loginResp", "strUid": "7", "result": 1, "msg": "ok"})
+
+    def agent(self, service_id: int, mark: bytes, message: dict[str, Any], uuid: str | None = None) -> None:
+        self.relay.from_agent(service_id, routed_frame(uuid or self.session.uuid, mark, message))
+
+    def test_sessions_get_unique_ids(self) -> None:
+        """Each browser connection gets its own uuid."""
+        other = self.relay.open_session(lambda data: None)
+        self.assertNotEqual(other.uuid, self.session.uuid)
+        self.assertEqual(len(self.relay.sessions), 2)
+
+    def test_malformed_json(self) -> None:
+        """Malformed JSON gets an error answer, and the session keeps working."""
+        answer = self.send(b"{nope")
+        self.assertEqual((answer["method"], answer["result"]), ("error", 400))
+        self.assertIn("not valid JSON", answer["msg"])
+        self.login()
+        self.assertEqual(self.links[1].sent[0]["method"], "loginReq")
+
+    def test_not_an_object(self) -> None:
+        """A JSON value that is not an object, or an object without a method, is refused."""
+        self.assertIn("JSON object", self.send(b"[1]")["msg"])
+        self.assertIn("method", self.send({"serviceId": 1})["msg"])
+
+    def test_unknown_method(self) -> None:
+        """An unknown method is answered 404, naming it."""
+        answer = self.send({"method": "fooReq"})
+        self.assertEqual((answer["method"], answer["result"]), ("error", 404))
+        self.assertIn("'fooReq'", answer["msg"])
+
+    def test_bad_fields(self) -> None:
+        """Missing or wrong-typed fields are answered with the request's own answer, naming the field."""
+        cases = [
+            ({"method": "loginReq", "appid": "1.00002", "uname": "u"}, "serviceId: is required"),
+            ({"method": "loginReq", "serviceId": "1", "appid": "1.00002", "uname": "u"}, "serviceId: must be an integer"),
+            ({"method": "loginReq", "serviceId": 1, "uname": "u"}, "appid: is required"),
+            ({"method": "loginReq", "serviceId": 1, "appid": 5, "uname": "u"}, "appid: must be a string"),
+            ({"method": "loginReq", "serviceId": 1, "appid": "1.00002"}, "uname: is required"),
+            ({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": ""}, "uname: must not be empty"),
+            ({"method": "aichatReq", "serviceId": 1, "appid": "1.00002"}, "content: is required"),
+            ({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "  "}, "content: must not be blank"),
+            ({"method": "setStatusPushReq", "serviceId": 1, "appid": "1.00002"}, "enabled: is required"),
+        ]
+        for message, expected in cases:
+            answer = self.send(message)
+            self.assertEqual(answer["method"], message["method"].replace("Req", "Resp"))
+            self.assertEqual(answer["result"], 400)
+            self.assertIn(expected, answer["msg"])
+        self.assertEqual(self.links[1].sent, [])
+
+    def test_login_is_forwarded_with_uuid(self) -> None:
+        """A login goes to the service's link with the session's uuid added."""
+        self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "hxw"})
+        self.assertEqual(
+            self.links[1].sent,
+            [{"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "hxw", "uuid": self.session.uuid}],
+        )
+
+    def test_unknown_service(self) -> None:
+        """A login to a service that does not exist is answered 404."""
+        answer = self.send({"method": "loginReq", "serviceId": 99, "appid": "1.00002", "uname": "u"})
+        self.assertEqual((answer["result"], answer["serviceId"], answer["appid"]), (404, 99, "1.00002"))
+
+    def test_service_down(self) -> None:
+        """A login to a service whose link is down is answered 503 with the link's reason."""
+        answer = self.send({"method": "loginReq", "serviceId": 3, "appid": "1.00002", "uname": "u"})
+        self.assertEqual(answer["result"], 503)
+        self.assertIn("connection refused", answer["msg"])
+        self.assertEqual(self.session.logins, {})
+
+    def test_two_services_at_once(self) -> None:
+        """One session logs in to two services; each request goes to the service it names."""
+        self.login(1)
+        self.login(2, appid="1.00003")
+        self.send({"method": "aichatReq", "serviceId": 2, "appid": "1.00003", "content": "hi two"})
+        self.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "hi one"})
+        self.assertEqual(self.links[1].sent[-1]["content"], "hi one")
+        self.assertEqual(self.links[2].sent[-1]["content"], "hi two")
+        answer = self.send({"method": "aichatReq", "appid": "1.00002", "content": "which?"})
+        self.assertEqual(answer["result"], 400)
+        self.assertIn("serviceId: is required (logged in to 2 services)", answer["msg"])
+
+    def test_service_id_optional_with_one_login(self) -> None:
+        """With exactly one login, a request without serviceId goes to that service."""
+        self.login(2)
+        self.send({"method": "getUserStatusReq", "appid": "1.00002"})
+        self.assertEqual(self.links[2].sent[-1], {
+            "method": "getUserStatusReq", "appid": "1.00002", "serviceId": 2, "uuid": self.session.uuid,
+        })
+
+    def test_requests_need_a_login(self) -> None:
+        """Chat before login, or with another appid than the login's, is refused."""
+        answer = self.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x"})
+        self.assertEqual(answer["result"], 401)
+        self.login(1)
+        answer = self.send({"method": "aichatReq", "serviceId": 1, "appid": "9.9", "content": "x"})
+        self.assertEqual(answer["result"], 400)
+        self.assertIn("as appid 1.00002", answer["msg"])
+
+    def test_second_login_same_service(self) -> None:
+        """A second login on the same service is refused until the first logs out."""
+        self.login(1)
+        answer = self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00003", "uname": "u"})
+        self.assertEqual(answer["result"], 400)
+        self.assertIn("log out first", answer["msg"])
+
+    def test_agent_frames_are_routed_by_uuid(self) -> None:
+        """Agent frames reach the session their uuid names, byte for byte, and no other."""
+        other_received: list[bytes] = []
+        other = self.relay.open_session(other_received.append)
+        self.agent(1, ROUTE, {"method": "aichatResp", "content": "你好", "serviceId": 1, "appid": "1.00002"},
+                   uuid=other.uuid)
+        self.assertEqual(self.received, [])
+        self.assertEqual(json.loads(other_received[0])["content"], "你好")
+
+    def test_login_marks(self) -> None:
+        """A '+' frame makes the login active, a '-' frame ends it."""
+        self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        self.assertFalse(self.session.logins[1].active)
+        self.agent(1, LOGGED_IN, {"method": "loginResp", "result": 1})
+        self.assertTrue(self.session.logins[1].active)
+        self.agent(1, LOGGED_OUT, {"method": "logoutResp", "result": 1})
+        self.assertEqual(self.session.logins, {})
+        self.assertEqual([m["method"] for m in self.received], ["loginResp", "logoutResp"])
+
+    def test_failed_login_can_be_retried(self) -> None:
+        """After a failed login ('-'), the session may log in to that service again."""
+        self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        self.agent(1, LOGGED_OUT, {"method": "loginResp", "result": 403, "msg": "appid not allowed"})
+        self.assertEqual(self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"}), {})
+
+    def test_frames_for_gone_sessions_are_dropped(self) -> None:
+        """A frame for a session that has gone is dropped quietly."""
+        self.relay.from_agent(1, routed_frame("f" * 32, ROUTE, {"method": "aichatResp"}))
+        self.assertEqual(self.received, [])
+
+    def test_close_tells_every_agent(self) -> None:
+        """When the browser goes away each agent it was logged in at is told, and the session is cleared."""
+        self.login(1)
+        self.login(2)
+        self.relay.close_session(self.session)
+        for sid in (1, 2):
+            self.assertEqual(self.links[sid].sent[-1], {"method": "sessionClosed", "uuid": self.session.uuid})
+        self.assertNotIn(self.session.uuid, self.relay.sessions)
+
+    def test_service_status_reaches_logged_in_sessions(self) -> None:
+        """servStatus goes to the sessions logged in to that service, with serviceId and appid."""
+        bystander: list[bytes] = []
+        self.relay.open_session(bystander.append)
+        self.login(1)
+        self.relay.service_status(1, 0, "agent link lost")
+        self.assertEqual(self.received[-1], {
+            "method": "servStatus", "serviceId": 1, "appid": "1.00002", "status": 0, "msg": "agent link lost",
+        })
+        self.assertEqual(bystander, [])
+
+    def test_logins_are_restored_on_a_new_link(self) -> None:
+        """When a link comes back, the relay gives the loginReq to send again, and marks them pending."""
+        self.login(1)
+        [again] = self.relay.logins_to_restore(1)
+        self.assertEqual(again, {
+            "method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u", "uuid": self.session.uuid,
+        })
+        self.assertFalse(self.session.logins[1].active)
+
+    def test_logout_while_link_down(self) -> None:
+        """Logging out while the link is down succeeds at once, and the login is not restored later."""
+        self.login(1)
+        self.links[1].up = False
+        answer = self.send({"method": "logoutReq", "serviceId": 1, "appid": "1.00002"})
+        self.assertEqual((answer["method"], answer["result"]), ("logoutResp", 1))
+        self.assertEqual(self.relay.logins_to_restore(1), [])
+
+    def test_chat_while_link_down(self) -> None:
+        """Chat while the link is down is answered 503; nothing is sent."""
+        self.login(1)
+        self.links[1].up = False
+        sent = len(self.links[1].sent)
+        answer = self.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x"})
+        self.assertEqual(answer["result"], 503)
+        self.assertEqual(len(self.links[1].sent), sent)
+
+    def test_removed_service(self) -> None:
+        """A service removed from the registry ends its logins and tells the browser."""
+        self.login(1)
+        self.relay.service_removed(1)
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["status"]), ("servStatus", 0))
+        self.assertEqual(self.session.logins, {})

@@ -1,0 +1,110 @@
+"""
+The browsers' WebSocket (SPEC §3): one L{BrowserProtocol} per browser tab,
+each with a session in the L{Relay}.
+
+Messages over C{max_message} bytes are answered with an error and dropped as
+they arrive (never held in memory); the connection stays up. Autobahn's own
+limit is set well above ours, as the backstop that fails a connection which
+streams without end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
+
+from webtesting.protocol import Result
+from webtesting.web.sessions import BrowserSession, Relay
+
+_INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
+
+
+class BrowserProtocol(WebSocketServerProtocol):
+    _log = Logger()
+    factory: "BrowserFactory"
+    session: BrowserSession | None = None
+    _too_large = False
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        if request.path != self.factory.path:
+            raise ConnectionDeny(404, f"no WebSocket at {request.path}")
+
+    def onOpen(self) -> None:
+        try:
+            self.session = self.factory.relay.open_session(self._deliver)
+        except Exception:
+            self._log.failure("opening a browser session")
+            self.dropConnection(abort=True)
+
+    def _deliver(self, data: bytes) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
+
+    # -- size limit: drop the message as it arrives, answer at its end -------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._too_large = False
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > self.factory.max_message:
+            self._too_large = True
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self._too_large:
+            super().onMessageFrameData(payload)
+
+    def onMessageEnd(self) -> None:
+        if self._too_large:
+            self.message_data = None
+            self._deliver(
+                b'{"method":"error","result":%d,"msg":"message larger than %d bytes; dropped"}'
+                % (Result.TOO_LARGE, self.factory.max_message)
+            )
+            return
+        super().onMessageEnd()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.session is None:
+            return
+        if isBinary:
+            self._deliver(b'{"method":"error","result":400,"msg":"binary messages are not understood; send JSON text"}')
+            return
+        try:
+            self.factory.relay.from_browser(self.session, payload)
+        except Exception:
+            self._log.failure("handling a browser message")
+            self._deliver(_INTERNAL)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is None:
+            return
+        session, self.session = self.session, None
+        try:
+            self.factory.relay.close_session(session)
+        except Exception:
+            self._log.failure("closing a browser session")
+
+
+class BrowserFactory(WebSocketServerFactory):
+    protocol = BrowserProtocol
+
+    def __init__(
+        self, relay: Relay, *, path: str = "/WebTesting", max_message: int = 64 * 1024, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.relay = relay
+        self.path = path
+        self.max_message = max_message
+        backstop = max(16 * max_message, 1024 * 1024)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=backstop,
+            maxFramePayloadSize=backstop,
+            autoPingInterval=20,
+            autoPingTimeout=10,
+            openHandshakeTimeout=10,
+        )
