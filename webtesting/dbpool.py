@@ -96,6 +96,8 @@ class Database(service.Service):
         self._probe()
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:
+            return defer.succeed(None)
         super().stopService()
         if self._probe_call is not None and self._probe_call.active():
             self._probe_call.cancel()

@@ -377,3 +377,18 @@ def check_browser_request(message: dict[str, Any]) -> None:
     elif method == "setStatusPushReq":
         if not isinstance(message.get("enabled"), bool):
             raise InvalidInput("enabled", "is required (true or false)")
+
+
+def validate_agent_info(message: dict[str, Any]) -> dict[str, Any]:
+    """Check an agentInfoReq: serviceId and every service field but agentAddr."""
+    out: dict[str, Any] = {}
+    if "serviceId" not in message:
+        raise InvalidInput("serviceId", "is required")
+    out["serviceId"] = require_int(message["serviceId"], "serviceId", 1, 2**31 - 1)
+    for name in SERVICE_FIELDS:
+        if name == "agentAddr":
+            continue
+        if name not in message:
+            raise InvalidInput(name, "is required")
+        out[name] = _check_field(name, message[name], name)
+    return out

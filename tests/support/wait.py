@@ -1,0 +1,31 @@
+"""Waiting for something to become true in real-network tests, with a limit."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> float:
+    """Poll C{check} (sync or async) until it returns truthy; return the seconds it took."""
+    started = time.monotonic()
+    last: Any = None
+    while True:
+        last = check()
+        if isinstance(last, Awaitable):  # type: ignore[misc]
+            last = await last
+        if last:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,251 @@
+"""
+Agent links with health, over real loopback WebSockets: the web server's
+AgentLinks against a real agent server, with the registry on SQLite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from webtesting.config import RegistryConfig
+from webtesting.web.links import AgentLink, AgentLinks, LinkState
+from webtesting.web.registry import open_registry
+from webtesting.web.sessions import Relay
+from tests.support import wsclient
+from tests.support.agent import SECRET, RunningAgent
+from tests.support.fakestate import FakeStateSource, fake_state_factory
+from tests.support.registry import seed_service
+from tests.support.wait import eventually, free_port
+
+STEP = 0.1  # the first retry delay in these tests
+
+
+def up(links: AgentLinks, sid: int) -> bool:
+    link = links.links.get(sid)
+    return link is not None and link.up
+
+
+def policy(attempt: int) -> float:
+    return float(min(STEP * 2**attempt, 0.4))
+
+
+class LinkTestsBase(unittest.TestCase):
+    async def setUp(self) -> None:
+        self.registry = open_registry(RegistryConfig(sqlite_path=self.mktemp() + ".sqlite3"), reactor)
+        self.registry.db.startService()
+        self.addCleanup(self.registry.db.stopService)
+        await self.registry.db.ready()
+        self.relay = Relay({})
+        self.sources: list[FakeStateSource] = []
+        self.agents: list[RunningAgent] = []
+
+    def agent(self, port: int | None = None, secret: str = SECRET) -> RunningAgent:
+        agent = RunningAgent(port or free_port(), fake_state_factory(self.sources), secret=secret)
+        self.agents.append(agent)
+        self.addCleanup(agent.kill)
+        return agent
+
+    def links(self, secret: str = SECRET, sync_interval: float = 0.2) -> AgentLinks:
+        links = AgentLinks(self.registry, self.relay, reactor, secret=secret,
+                           sync_interval=sync_interval, policy=policy, connect_timeout=2)
+        links.startService()
+        self.addCleanup(links.stopService)
+        return links
+
+    async def add(self, **changes: Any) -> int:
+        await self.registry.add_services([seed_service(**changes)])
+        return max(s["serviceId"] for s in await self.registry.list_services())
+
+    async def record(self, sid: int) -> dict[str, Any]:
+        return next(s for s in await self.registry.list_services() if s["serviceId"] == sid)
+
+    async def status_is(self, sid: int, status: int, text: str = "") -> bool:
+        record = await self.record(sid)
+        return bool(record["status"] == status and text in record["msg"])
+
+
+class AgentLinkTests(LinkTestsBase):
+    async def test_agent_started_later(self) -> None:
+        """Agent not started: status 0 with the reason; once it starts, status 1 within one backoff step."""
+        agent = self.agent()
+        sid = await self.add(agentAddr=agent.url)
+        links = self.links()
+        await eventually(lambda: self.status_is(sid, 0, "connection refused"), what="status 0, refused")
+        self.assertEqual(links.links[sid].state, LinkState.WAITING)
+        agent.start()
+        took = await eventually(lambda: self.status_is(sid, 1, "ok"), what="status 1")
+        self.assertLess(took, 0.4 + 0.5, "the link must come up within one (max) backoff step")
+        self.assertTrue(links.links[sid].up)
+        # The agent got the service's settings.
+        [link] = agent.links()
+        self.assertEqual(link.service["wxServiceAddr"], seed_service()["wxServiceAddr"])
+        self.assertEqual(link.service["mysqlPwd"], "root")
+
+    async def test_agent_killed_and_back(self) -> None:
+        """A killed agent makes the service status 0; when it is back the link is restored by itself."""
+        agent = self.agent()
+        agent.start()
+        sid = await self.add(agentAddr=agent.url)
+        links = self.links()
+        await eventually(lambda: self.status_is(sid, 1), what="up")
+        await agent.kill()
+        await eventually(lambda: self.status_is(sid, 0, "agent"), what="down after kill")
+        self.assertFalse(links.links[sid].up)
+        agent.start()
+        await eventually(lambda: self.status_is(sid, 1), what="up again")
+
+    async def test_agent_reports_its_problems(self) -> None:
+        """The agent's own agentStatusReq (its Redis, MySQL or WxService down) is the service's status and reason."""
+        agent = self.agent()
+        agent.start()
+        sid = await self.add(agentAddr=agent.url)
+        self.links()
+        await eventually(lambda: self.status_is(sid, 1), what="up")
+        self.sources[-1].on_health("redis", False, "Redis Cluster unreachable: 127.0.0.1:7000 refused")
+        await eventually(lambda: self.status_is(sid, 0, "Redis Cluster unreachable"), what="agent's reason")
+        self.sources[-1].on_health("redis", True, "ok")
+        await eventually(lambda: self.status_is(sid, 1, "ok"), what="agent recovered")
+
+    async def test_wrong_secret(self) -> None:
+        """A web server with the wrong secret is refused in the handshake and retries with a growing delay."""
+        agent = self.agent()
+        agent.start()
+        sid = await self.add(agentAddr=agent.url)
+        links = self.links(secret="not-the-secret-at-all")
+        await eventually(lambda: self.status_is(sid, 0, "refused the link"), what="refused")
+        await eventually(lambda: sid in links.links and links.links[sid].failures >= 3, what="three failures")
+        self.assertEqual(agent.links(), [])
+
+    async def test_client_without_secret_is_refused(self) -> None:
+        """A WebSocket client without the secret is refused (401) before any message is read."""
+        agent = self.agent()
+        agent.start()
+        with self.assertRaises(ConnectionError):
+            await wsclient.connect(agent.url)
+        with self.assertRaises(ConnectionError):
+            await wsclient.connect(agent.url, headers={"Authorization": "Bearer wrong"})
+        client = await wsclient.connect(agent.url, headers={"Authorization": f"Bearer {SECRET}"})
+        await client.close()
+
+    async def test_unknown_host_is_not_retried(self) -> None:
+        """An unknown agent host is recorded and not retried until the record changes."""
+        sid = await self.add(agentAddr="ws://no-such-host.invalid:2021/WebTesting/Agent")
+        links = self.links()
+        await eventually(lambda: self.status_is(sid, 0, "unknown"), what="unknown host")
+        link = links.links[sid]
+        self.assertEqual(link.state, LinkState.BROKEN)
+        failures = link.failures
+        await eventually(lambda: True)
+        agent = self.agent()
+        agent.start()
+        await self.registry.update_services([{"serviceId": sid, "agentAddr": agent.url}])
+        await eventually(lambda: self.status_is(sid, 1), what="up after the record changed")
+        self.assertEqual(failures, 0)
+
+
+class RegistrySyncTests(LinkTestsBase):
+    async def test_new_and_deleted_services(self) -> None:
+        """A service added to the registry gets a link within one sync; a deleted one loses it."""
+        agent = self.agent()
+        agent.start()
+        links = self.links()
+        sid = await self.add(agentAddr=agent.url)
+        await eventually(lambda: up(links, sid), timeout=2, what="new link")
+        await self.registry.delete_services([sid])
+        await eventually(lambda: sid not in links.links and not agent.links(), timeout=2, what="link dropped")
+
+    async def test_changed_agent_address(self) -> None:
+        """A changed agentAddr moves the link to the new agent within one sync."""
+        first, second = self.agent(), self.agent()
+        first.start()
+        second.start()
+        sid = await self.add(agentAddr=first.url)
+        links = self.links()
+        await eventually(lambda: up(links, sid) and first.links(), what="first agent")
+        await self.registry.update_services([{"serviceId": sid, "agentAddr": second.url}])
+        await eventually(lambda: second.links() and not first.links(), timeout=2, what="moved to the second")
+        await eventually(lambda: self.status_is(sid, 1), what="up at the second")
+
+    async def test_changed_settings_are_sent_again(self) -> None:
+        """A changed wxServiceAddr (or any setting) reaches the agent within one sync, on the same link."""
+        agent = self.agent()
+        agent.start()
+        sid = await self.add(agentAddr=agent.url)
+        links = self.links()
+        await eventually(lambda: up(links, sid), what="up")
+        [before] = agent.links()
+        await self.registry.update_services([{"serviceId": sid, "wxServiceAddr": "ws://127.0.0.1:1999/x"}])
+        await eventually(lambda: before.service["wxServiceAddr"] == "ws://127.0.0.1:1999/x", timeout=2,
+                         what="new settings at the agent")
+        self.assertEqual(agent.links(), [before])
+
+    async def test_registry_down_keeps_links(self) -> None:
+        """While the registry is unavailable, syncing keeps every link as it is."""
+        agent = self.agent()
+        agent.start()
+        sid = await self.add(agentAddr=agent.url)
+        links = self.links()
+        await eventually(lambda: up(links, sid), what="up")
+        await self.registry.db.stopService()
+        await eventually(lambda: True)
+        links.sync()
+        self.assertTrue(links.links[sid].up)
+
+
+class BackoffTests(unittest.TestCase):
+    """The retry timing, with a Clock and an endpoint that always refuses."""
+
+    def test_delay_grows_and_resets(self) -> None:
+        """Each refused attempt waits longer (the policy's next step); being up resets the count."""
+        clock = Clock()
+        attempts: list[float] = []
+
+        class Refusing:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                attempts.append(clock.seconds())
+                from twisted.internet.error import ConnectionRefusedError
+
+                return defer.fail(ConnectionRefusedError())
+
+        health: list[tuple[int, str]] = []
+        link = AgentLink(
+            seed_service(serviceId=1, status=0, msg=""), reactor=clock, relay=Relay({}), secret="s",
+            on_health=lambda l: health.append(l.health), policy=lambda n: float(2**n),
+        )
+        link._endpoint = lambda: (Refusing(), None)  # type: ignore[method-assign,assignment,return-value]
+        link.start()
+        for _ in range(4):
+            clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+        self.assertEqual(attempts, [0, 1, 3, 7, 15])
+        self.assertEqual(health, [(0, "agent unreachable: connection refused")])
+        link.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_unusable_address(self) -> None:
+        """An address that does not parse is not retried at all."""
+        clock = Clock()
+        link = AgentLink(
+            seed_service(serviceId=1, agentAddr="ws://bad:port:x", status=0, msg=""), reactor=clock,
+            relay=Relay({}), secret="s", on_health=lambda l: None, policy=lambda n: 1.0,
+        )
+        link.start()
+        self.assertEqual(link.state, LinkState.BROKEN)
+        self.assertIn("not usable", link.reason)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_failure_messages(self) -> None:
+        """Each kind of connect failure has its own reason."""
+        from twisted.internet import error
+
+        link = AgentLink(seed_service(serviceId=1, status=0, msg=""), reactor=Clock(), relay=Relay({}),
+                         secret="s", on_health=lambda l: None, policy=lambda n: 1.0)
+        link._connect_failed(Failure(error.TimeoutError()))
+        self.assertEqual(link.reason, "agent unreachable: connecting timed out")
+        link._connect_failed(Failure(error.DNSLookupError("x")))
+        self.assertEqual((link.state, link.reason), (LinkState.BROKEN, "agent host unknown: 127.0.0.1"))
+        link.stop()

@@ -1,0 +1,427 @@
+"""
+The agent's WebSocket server (SPEC §4): web server links, each carrying one
+service.
+
+A link is authenticated in C{onConnect}, before a single message is read: the
+web server shows the shared secret as ``Authorization: Bearer <secret>``,
+compared in constant time. Each open link gets a L{WebLink}: the service's
+settings (from ``agentInfoReq``), its user-state source (Redis Cluster +
+MySQL), its users, and one state poll for all of them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from webtesting.agent.users import UserSession, UserState
+from webtesting.protocol import (
+    BROWSER_REQUESTS,
+    ROUTE,
+    SESSION_CLOSED,
+    InvalidInput,
+    Result,
+    check_browser_request,
+    parse_json_object,
+    require_int,
+    routed_frame,
+    validate_agent_info,
+)
+from webtesting.statelayout import StateLayout
+
+
+class StateSource(Protocol):
+    """
+    Where the users' state comes from: the service's Redis Cluster and MySQL.
+
+    C{read} fires with one entry per user: a snapshot, or an exception for a
+    user that could not be read. C{view(previous, snapshot)} gives the
+    browser fields (``tag``, ``curTopic``, ``curTopicList``, ``memory``) with
+    the differences from C{previous} (None: the first state, no differences);
+    C{changed(previous, snapshot)} says whether anything differs.
+    """
+
+    def read(self, users: list[tuple[str, str]]) -> Deferred[list[Any]]: ...
+
+    def view(self, previous: Any, snapshot: Any) -> dict[str, Any]: ...
+
+    def changed(self, previous: Any, snapshot: Any) -> bool: ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+# Makes a state source for a service's settings; reports its health with
+# on_health(component, ok, why).
+StateSourceFactory = Callable[[dict[str, Any], Any, StateLayout, Callable[[str, bool, str], None]], StateSource]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What an agent's links need from the agent's configuration."""
+
+    layout: StateLayout = field(default_factory=StateLayout)
+    poll_interval: float = 1.0
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    login_timeout: float = 5.0
+
+
+class WebLink:
+    """Everything one web server link carries: one service at this agent."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        reactor: Any,
+        settings: AgentSettings,
+        state_factory: StateSourceFactory,
+    ) -> None:
+        self._send = send
+        self.reactor = reactor
+        self._settings = settings
+        self._state_factory = state_factory
+        self.service: dict[str, Any] | None = None
+        self.source: StateSource | None = None
+        self.users: dict[str, UserSession] = {}
+        self._health: dict[str, tuple[bool, str]] = {}
+        self._reported: tuple[int, str] | None = None
+        self._poll = LoopingCall(self._poll_tick)
+        self._poll.clock = reactor
+        self._polling: Deferred[Any] | None = None
+        self._policy = backoffPolicy(
+            initialDelay=settings.retry_initial, maxDelay=settings.retry_max, factor=2.0
+        )
+
+    @property
+    def wx_url(self) -> str:
+        assert self.service is not None
+        return str(self.service["wxServiceAddr"])
+
+    # -- sending ------------------------------------------------------------
+
+    def _json(self, message: dict[str, Any]) -> None:
+        self._send(json.dumps(message, ensure_ascii=False).encode())
+
+    def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
+        self._send(routed_frame(uuid, mark, message))
+
+    # -- dispatch -------------------------------------------------------------
+
+    def handle(self, payload: bytes) -> None:
+        try:
+            message = parse_json_object(payload)
+        except InvalidInput as e:
+            self._log.warn("unreadable frame from the web server: {why}", why=str(e))
+            return
+        method = message["method"]
+        if method == "agentInfoReq":
+            self.configure(message)
+            return
+        uuid = message.get("uuid")
+        if not isinstance(uuid, str) or len(uuid) != 32 or not uuid.isalnum():
+            self._log.warn("{method} without a valid uuid; dropped", method=method)
+            return
+        if method == SESSION_CLOSED:
+            user = self.users.get(uuid)
+            if user is not None:
+                user.close()
+            return
+        answer = BROWSER_REQUESTS.get(method)
+        if answer is None:
+            self.frame(uuid, ROUTE, {"method": "error", "result": int(Result.NOT_FOUND),
+                                     "msg": f"unknown method {method!r}"})
+            return
+        # The web server checked these already; an agent trusts no one.
+        try:
+            check_browser_request(message)
+            require_int(message.get("serviceId"), "serviceId", 1, 2**31 - 1)
+        except InvalidInput as e:
+            self.frame(uuid, ROUTE, {"method": answer, "result": int(Result.BAD_REQUEST), "msg": str(e)})
+            return
+        if self.service is None or message["serviceId"] != self.service["serviceId"]:
+            self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
+                                     "appid": message["appid"], "result": int(Result.UNAVAILABLE),
+                                     "msg": "this agent has not been given that service's settings"})
+            return
+        getattr(self, "_" + method)(uuid, message)
+
+    # -- agentInfoReq -----------------------------------------------------------
+
+    def configure(self, message: dict[str, Any]) -> None:
+        try:
+            service = validate_agent_info(message)
+        except InvalidInput as e:
+            self._json({"method": "agentInfoResp", "serviceId": message.get("serviceId"),
+                        "result": int(Result.BAD_REQUEST), "msg": str(e)})
+            return
+        old, self.service = self.service, service
+        self._log.info("service {service_id}: settings received", service_id=service["serviceId"])
+        state_keys = ("redisCluster", "mysqlAddr", "mysqlPort", "mysqlUser", "mysqlPwd", "mysqlDbname")
+        if old is None or any(old[k] != service[k] for k in state_keys):
+            if self.source is not None:
+                self.source.close()
+            self._health.pop("redis", None)
+            self._health.pop("mysql", None)
+            self.source = self._state_factory(service, self.reactor, self._settings.layout, self._component)
+            for user in self.users.values():
+                user.last_state = None  # new backends: next push is a first state
+        self._json({"method": "agentInfoResp", "serviceId": service["serviceId"],
+                    "result": int(Result.OK), "msg": "ok"})
+        if old is not None:
+            allowed = set(service["allowedAppids"])
+            for user in list(self.users.values()):
+                if user.appid not in allowed:
+                    user.close()
+                    user.answer("logoutResp", Result.FORBIDDEN,
+                                f"appid {user.appid} is no longer allowed on this service", b"-")
+                elif old["wxServiceAddr"] != service["wxServiceAddr"]:
+                    user.reconnect_now()
+        if self._reported is not None:
+            self._report(force=True)
+
+    # -- user requests ----------------------------------------------------------
+
+    def _loginReq(self, uuid: str, message: dict[str, Any]) -> None:
+        assert self.service is not None
+        fields = {"serviceId": message["serviceId"], "appid": message["appid"]}
+        if message["appid"] not in self.service["allowedAppids"]:
+            self.frame(uuid, b"-", {"method": "loginResp", **fields, "result": int(Result.FORBIDDEN),
+                                    "msg": f"appid {message['appid']} is not allowed on this service"})
+            return
+        if uuid in self.users:
+            self.frame(uuid, ROUTE, {"method": "loginResp", **fields, "result": int(Result.BAD_REQUEST),
+                                     "msg": "already logged in; log out first"})
+            return
+        user = UserSession(
+            self, uuid, message["serviceId"], message["appid"], message["uname"],
+            policy=self._policy, login_timeout=self._settings.login_timeout,
+        )
+        self.users[uuid] = user
+        user.start()
+
+    def _user(self, uuid: str, message: dict[str, Any], answer: str) -> UserSession | None:
+        user = self.users.get(uuid)
+        if user is None or user.appid != message["appid"]:
+            self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
+                                     "appid": message["appid"], "result": int(Result.UNAUTHORIZED),
+                                     "msg": "not logged in"})
+            return None
+        assert self.service is not None
+        if user.appid not in self.service["allowedAppids"]:
+            user.answer(answer, Result.FORBIDDEN, f"appid {user.appid} is not allowed on this service")
+            return None
+        return user
+
+    def _logoutReq(self, uuid: str, message: dict[str, Any]) -> None:
+        user = self._user(uuid, message, "logoutResp")
+        if user is not None:
+            user.logout()
+
+    def _aichatReq(self, uuid: str, message: dict[str, Any]) -> None:
+        user = self._user(uuid, message, "aichatResp")
+        if user is not None:
+            user.chat(message["content"])
+
+    def _setStatusPushReq(self, uuid: str, message: dict[str, Any]) -> None:
+        user = self._user(uuid, message, "setStatusPushResp")
+        if user is not None:
+            user.push = message["enabled"]
+            user.answer("setStatusPushResp", Result.OK, "ok", enabled=user.push)
+
+    def _getUserStatusReq(self, uuid: str, message: dict[str, Any]) -> None:
+        user = self._user(uuid, message, "getUserStatusResp")
+        if user is None:
+            return
+        if user.state is not UserState.ONLINE or user.uid is None:
+            user.answer("getUserStatusResp", Result.UNAVAILABLE, "not logged in to the bot right now", uuid=uuid)
+            return
+        self._read_and_send([user], always=True)
+
+    # -- UserHost -----------------------------------------------------------------
+
+    def user_online(self, user: UserSession) -> None:
+        self._read_and_send([user], always=True)
+        if not self._poll.running:
+            self._poll.start(self._settings.poll_interval, now=False)
+
+    def user_ended(self, user: UserSession) -> None:
+        if self.users.get(user.uuid) is user:
+            del self.users[user.uuid]
+        if not self.users and self._poll.running:
+            self._poll.stop()
+
+    def wxservice_health(self, ok: bool, why: str) -> None:
+        self._component("wxservice", ok, why)
+
+    # -- state ---------------------------------------------------------------------
+
+    def _poll_tick(self) -> None:
+        if self._polling is not None:
+            return  # the last poll is still running: skip, don't pile up
+        users = [u for u in self.users.values() if u.push and u.state is UserState.ONLINE and u.uid]
+        if not users or self.source is None:
+            return
+        self._polling = self._read_and_send(users, always=False)
+
+        def done(_: object) -> None:
+            self._polling = None
+
+        self._polling.addBoth(done)
+
+    def _read_and_send(self, users: list[UserSession], *, always: bool) -> Deferred[None]:
+        """Read these users' state in one batch; send what changed (or all, if C{always})."""
+        source = self.source
+        if source is None:
+            for user in users:
+                user.answer("getUserStatusResp", Result.UNAVAILABLE, "user state is not available yet",
+                            uuid=user.uuid)
+            return succeed(None)
+        d = source.read([(u.appid, str(u.uid)) for u in users])
+
+        def got(results: list[Any]) -> None:
+            for user, result in zip(users, results):
+                if user.state is UserState.CLOSED:
+                    continue
+                if isinstance(result, BaseException):
+                    if always:
+                        user.answer("getUserStatusResp", Result.UNAVAILABLE,
+                                    f"cannot read the user's state: {result}", uuid=user.uuid)
+                    continue
+                if always or source.changed(user.last_state, result):
+                    view = source.view(user.last_state, result)
+                    user.last_state = result
+                    user.answer("getUserStatusResp", Result.OK, "ok", uuid=user.uuid, **view)
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("reading user state", failure)
+            if always:
+                for user in users:
+                    user.answer("getUserStatusResp", Result.UNAVAILABLE, "cannot read the user's state",
+                                uuid=user.uuid)
+
+        d.addCallbacks(got, failed)
+        return d
+
+    # -- health ----------------------------------------------------------------------
+
+    def _component(self, name: str, ok: bool, why: str) -> None:
+        self._health[name] = (ok, why)
+        self._report()
+
+    def _report(self, force: bool = False) -> None:
+        if self.service is None:
+            return
+        problems = [why for ok, why in self._health.values() if not ok]
+        status = (0, "; ".join(problems)) if problems else (1, "ok")
+        if status == self._reported and not force:
+            return
+        self._reported = status
+        self._json({"method": "agentStatusReq", "serviceId": self.service["serviceId"],
+                    "status": status[0], "msg": status[1]})
+
+    # -- end -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The web link is gone: back to the state right after start."""
+        for user in list(self.users.values()):
+            user.close()
+        self.users.clear()
+        if self._poll.running:
+            self._poll.stop()
+        if self.source is not None:
+            source, self.source = self.source, None
+            source.close()
+
+
+class AgentProtocol(WebSocketServerProtocol):
+    """One web server link; the decisions are the L{WebLink}'s."""
+
+    _log = Logger()
+    factory: "AgentFactory"
+    link: WebLink | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        if request.path != self.factory.path:
+            raise ConnectionDeny(404, "not found")
+        if not self.factory.authentic(request.headers.get("authorization", "")):
+            self._log.warn("refused a link from {peer}: wrong or missing secret", peer=request.peer)
+            raise ConnectionDeny(401, "unauthorized")
+        self._log.info("web server link from {peer}", peer=request.peer)
+
+    def onOpen(self) -> None:
+        try:
+            self.link = self.factory.new_link(self._deliver)
+            self.factory.open_links.add(self)
+        except Exception:
+            self._log.failure("opening a web server link")
+            self.dropConnection(abort=True)
+
+    def _deliver(self, data: bytes) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.link is None:
+            return
+        try:
+            self.link.handle(payload)
+        except Exception:
+            self._log.failure("handling a frame from the web server")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.open_links.discard(self)
+        if self.link is None:
+            return
+        link, self.link = self.link, None
+        self._log.info("web server link closed ({code})", code=code)
+        try:
+            link.shutdown()
+        except Exception:
+            self._log.failure("clearing a closed web server link")
+
+
+class AgentFactory(WebSocketServerFactory):
+    protocol = AgentProtocol
+
+    def __init__(
+        self,
+        *,
+        secret: str,
+        reactor: Any,
+        state_factory: StateSourceFactory,
+        settings: AgentSettings = AgentSettings(),
+        path: str = "/WebTesting/Agent",
+        max_message: int = 1024 * 1024,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self._expected = f"Bearer {secret}".encode()
+        self._reactor = reactor
+        self._state_factory = state_factory
+        self.settings = settings
+        self.path = path
+        self.open_links: set[AgentProtocol] = set()
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message,
+            maxFramePayloadSize=max_message,
+            autoPingInterval=10,
+            autoPingTimeout=5,
+            openHandshakeTimeout=10,
+        )
+
+    def authentic(self, header: str) -> bool:
+        return hmac.compare_digest(header.encode(), self._expected)
+
+    def new_link(self, send: Callable[[bytes], None]) -> WebLink:
+        return WebLink(send, self._reactor, self.settings, self._state_factory)
