@@ -1,0 +1,109 @@
+"""
+The browsers' WebSocket over real loopback sockets: bad input of every kind
+gets an error answer and the connection keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory
+from tests.support import wsclient
+from tests.support.wsclient import JSONClientProtocol
+from tests.support.sessions_fakes import StaticLink
+
+
+class BrowserWebSocketTests(unittest.TestCase):
+    async def setUp(self) -> None:
+        self.link = StaticLink(1)
+        self.relay = Relay({1: self.link})
+        self.link.relay = self.relay
+        factory = BrowserFactory(self.relay, path="/WebTesting", max_message=1024)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/WebTesting"
+        self.client = await self.connect()
+
+    async def connect(self) -> JSONClientProtocol:
+        client = await wsclient.connect(self.url)
+        self.addCleanup(client.close)
+        return client
+
+    async def still_works(self, client: JSONClientProtocol) -> None:
+        client.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        self.assertEqual((await client.expect("loginResp"))["result"], 1)
+
+    async def test_malformed_json(self) -> None:
+        """Malformed JSON is answered with an error; the connection stays up."""
+        self.client.send(b"{not json")
+        answer = await self.client.expect("error")
+        self.assertEqual(answer["result"], 400)
+        await self.still_works(self.client)
+
+    async def test_unknown_method_and_bad_fields(self) -> None:
+        """An unknown method and a wrong-typed field each get an answer naming the problem."""
+        self.client.send({"method": "danceReq"})
+        self.assertIn("danceReq", (await self.client.expect("error"))["msg"])
+        self.client.send({"method": "loginReq", "serviceId": "one", "appid": "1.00002", "uname": "u"})
+        answer = await self.client.expect("loginResp")
+        self.assertEqual((answer["result"], answer["msg"]), (400, "serviceId: must be an integer, got a string"))
+        await self.still_works(self.client)
+
+    async def test_oversized_message(self) -> None:
+        """A message over the limit is answered 413 and dropped; the connection stays up."""
+        self.client.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x" * 5000})
+        answer = await self.client.expect("error")
+        self.assertEqual(answer["result"], 413)
+        self.assertIn("1024 bytes", answer["msg"])
+        self.assertEqual(self.link.sent, [])
+        await self.still_works(self.client)
+
+    async def test_binary_message(self) -> None:
+        """A binary message is refused with a reason."""
+        self.client.sendMessage(b"\x00\x01", isBinary=True)
+        self.assertEqual((await self.client.expect("error"))["result"], 400)
+        await self.still_works(self.client)
+
+    async def test_unknown_service_and_down_service(self) -> None:
+        """A service that doesn't exist or is down gets an error answer, not silence."""
+        self.client.send({"method": "loginReq", "serviceId": 42, "appid": "1.00002", "uname": "u"})
+        self.assertEqual((await self.client.expect("loginResp"))["result"], 404)
+        self.link.up = False
+        self.client.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        answer = await self.client.expect("loginResp")
+        self.assertEqual(answer["result"], 503)
+
+    async def test_wrong_path(self) -> None:
+        """A WebSocket on another path is refused."""
+        with self.assertRaises(ConnectionError):
+            await wsclient.connect(self.url.replace("/WebTesting", "/Elsewhere"))
+
+    async def test_others_keep_being_served(self) -> None:
+        """One client's bad input does not disturb another client."""
+        other = await self.connect()
+        self.client.send(b"\xff\xfe garbage")  # invalid UTF-8 in a text frame: Autobahn closes that one
+        await self.client.closed
+        await self.still_works(other)
+
+    async def test_browser_going_away_tells_the_agent(self) -> None:
+        """When the browser goes away, the agent is told (sessionClosed) and the session is cleared."""
+        await self.still_works(self.client)
+        uuid = self.link.sent[-1]["uuid"]
+        await self.client.close()
+        from tests.support.wait import eventually
+
+        await eventually(lambda: self.link.sent[-1] == {"method": "sessionClosed", "uuid": uuid})
+        self.assertEqual(self.relay.sessions, {})
+
+    async def test_answers_are_routed_byte_for_byte(self) -> None:
+        """What the agent sends for a session reaches that browser unchanged."""
+        await self.still_works(self.client)
+        uuid = self.link.sent[-1]["uuid"]
+        body = json.dumps({"method": "aichatResp", "content": "<script>x</script> 你好"}, ensure_ascii=False)
+        self.relay.from_agent(1, uuid.encode() + b"=" + body.encode())
+        await self.client.expect("aichatResp")
+        self.assertEqual(self.client.raw[-1], body.encode())
