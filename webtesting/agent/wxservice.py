@@ -1,0 +1,354 @@
+"""
+The agent's only code that speaks the WxService protocol
+(docs/wxservice-protocol.md): one WebSocket per logged-in user.
+
+A deployment whose bot speaks something else replaces this module and keeps
+its interface:
+
+- L{connect}C{(reactor, url, listener)} fires with a L{WxServiceConnection}
+  once the WebSocket is open, or fails with L{WxServiceUnavailable}.
+- L{WxServiceConnection.login} fires with the bot's C{uid} or fails with
+  L{WxServiceError} (the bot's C{result} and C{msg}), L{WxServiceTimeout} or
+  L{WxServiceUnavailable}; L{WxServiceConnection.chat} sends a message;
+  L{WxServiceConnection.logout}; L{WxServiceConnection.close}.
+- Every bot message goes to C{listener.bot_message(content, action)}, every
+  error answer not tied to a pending login/logout to C{listener.bot_error},
+  and a connection lost without C{close()} to C{listener.connection_lost}.
+
+There is no reconnect policy here: the user session that owns a connection
+decides when to open a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectionResponse
+from autobahn.websocket.util import parse_url
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+OK = 1
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class WxServiceError(Exception):
+    """The bot answered with an error: C{result} (not 1) and C{msg}."""
+
+    def __init__(self, method: str, result: int, msg: str) -> None:
+        self.method = method
+        self.result = result
+        self.msg = msg
+        super().__init__(f"{method}: {msg} (result {result})")
+
+
+class WxServiceUnavailable(Exception):
+    """The bot cannot be reached, or the connection was lost."""
+
+
+class WxServiceTimeout(Exception):
+    """The bot did not answer in time."""
+
+
+class NotOpen(Exception):
+    """The connection is closed or closing; nothing can be sent."""
+
+
+class WxServiceListener(Protocol):
+    """What the owner of a connection is told."""
+
+    def bot_message(self, content: str, action: str) -> None:
+        """The bot said something (an answer or an unprompted message)."""
+
+    def bot_error(self, error: WxServiceError) -> None:
+        """The bot answered with an error not tied to a pending login/logout."""
+
+    def connection_lost(self, reason: str) -> None:
+        """The connection ended without L{WxServiceConnection.close}."""
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    """The WebSocket side of one L{WxServiceConnection}."""
+
+    _log = Logger()
+    owner: WxServiceConnection | None = None
+
+    # Each Autobahn callback is wrapped: Autobahn swallows what they raise.
+
+    def onConnect(self, response: ConnectionResponse) -> None:
+        try:
+            self._log.debug("wxservice {peer} upgraded", peer=response.peer)
+        except Exception:
+            self._log.failure("wxservice onConnect")
+
+    def onOpen(self) -> None:
+        try:
+            factory: _ClientFactory = self.factory  # type: ignore[assignment]
+            factory.opened(self)
+        except Exception:
+            self._log.failure("wxservice onOpen")
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            if self.owner is not None:
+                self.owner._received(payload, isBinary)
+        except Exception:
+            # A listener's bug must not go unseen, nor stop the next message.
+            self._log.failure("wxservice message from the bot")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            why = reason or (f"closed with code {code}" if code else "connection lost")
+            if self.owner is not None:
+                self.owner._lost(why)
+            else:
+                factory: _ClientFactory = self.factory  # type: ignore[assignment]
+                factory.failed(why)
+        except Exception:
+            self._log.failure("wxservice onClose")
+
+
+class _ClientFactory(WebSocketClientFactory):
+    protocol = _ClientProtocol
+
+    def __init__(self, url: str, reactor: Any, listener: WxServiceListener, **kwargs: Any) -> None:
+        super().__init__(url, reactor=reactor, **kwargs)
+        self._listener = listener
+        self.connecting: Deferred[Any] | None = None
+        self._protocol: _ClientProtocol | None = None
+        # Cancelling the result gives up: the attempt or the upgrade is dropped.
+        self.result: Deferred[WxServiceConnection] = Deferred(self._cancel)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol: Any = super().buildProtocol(addr)
+        self._protocol = protocol
+        return protocol
+
+    def _cancel(self, _: Deferred[WxServiceConnection]) -> None:
+        if self.connecting is not None and not self.connecting.called:
+            self.connecting.cancel()
+        elif self._protocol is not None:
+            self._protocol.dropConnection(abort=True)
+
+    def failed_to_connect(self, failure: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def opened(self, protocol: _ClientProtocol) -> None:
+        if self.result.called:  # the caller gave up already
+            protocol.dropConnection(abort=True)
+            return
+        conn = WxServiceConnection(protocol, self._listener, self.reactor)
+        protocol.owner = conn
+        self.result.callback(conn)
+
+    def failed(self, why: str) -> None:
+        if not self.result.called:
+            self.result.errback(WxServiceUnavailable(f"WebSocket handshake failed: {why}"))
+
+
+def connect(
+    reactor: Any,
+    url: str,
+    listener: WxServiceListener,
+    *,
+    connect_timeout: float = 5.0,
+    open_handshake_timeout: float = 5.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Deferred[WxServiceConnection]:
+    """
+    Open a WebSocket to the WxService at C{url} (C{ws://host:port/path} or
+    C{wss://...}).
+
+    @return: fires with the open connection, or fails with
+        L{WxServiceUnavailable} (refused, unreachable, timed out, upgrade
+        refused) or C{ValueError} (a malformed C{url}).
+    """
+    try:
+        secure, host, port, _resource, _path, _params = parse_url(url)
+    except Exception as e:  # noqa: BLE001 - autobahn raises plain Exception for bad URLs
+        return defer.fail(ValueError(f"not a WebSocket address: {url!r} ({e})"))
+    factory = _ClientFactory(url, reactor, listener)
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=max_message_bytes,
+        maxFramePayloadSize=max_message_bytes,
+        openHandshakeTimeout=open_handshake_timeout,
+        closeHandshakeTimeout=1.0,
+        autoPingInterval=None,
+    )
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+    if secure:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+
+    def not_connected(failure: Failure) -> Failure:
+        if failure.check(WxServiceUnavailable, defer.CancelledError):
+            return failure
+        return Failure(WxServiceUnavailable(f"cannot connect to {host}:{port}: {failure.getErrorMessage()}"))
+
+    connecting = endpoint.connect(factory)
+    connecting.addErrback(not_connected)
+    connecting.addErrback(factory.failed_to_connect)
+    factory.connecting = connecting
+    return factory.result
+
+
+class WxServiceConnection:
+    """
+    One user's open WebSocket to the WxService.
+
+    At most one login and one logout wait for their answer at a time.
+    """
+
+    _log = Logger()
+
+    def __init__(self, protocol: _ClientProtocol, listener: WxServiceListener, reactor: Any) -> None:
+        self._protocol = protocol
+        self._listener = listener
+        self._reactor = reactor
+        self.uid: str | None = None
+        self.open = True
+        self._closing = False
+        self._pending: dict[str, tuple[Deferred[Any], Any]] = {}  # answer -> (waiter, IDelayedCall)
+        self._closed: Deferred[None] = Deferred()
+
+    # -- requests ---------------------------------------------------------
+
+    def login(self, appid: str, uname: str, timeout: float = 5.0) -> Deferred[str]:
+        """Log C{uname} of C{appid} in; fires with the bot's C{uid}."""
+        d: Deferred[str] = self._request("loginResp", {"method": "loginReq", "appid": appid, "uname": uname}, timeout)
+
+        def logged_in(uid: str) -> str:
+            self.uid = uid
+            return uid
+
+        return d.addCallback(logged_in)
+
+    def chat(self, content: str) -> None:
+        """Say C{content}; the answers arrive at C{listener.bot_message}."""
+        self._send({"method": "chatReq", "content": content})
+
+    def logout(self, timeout: float = 5.0) -> Deferred[None]:
+        """Log out; the connection stays open."""
+        d: Deferred[Any] = self._request("logoutResp", {"method": "logoutReq"}, timeout)
+
+        def logged_out(_: Any) -> None:
+            self.uid = None
+
+        return d.addCallback(logged_out)
+
+    def close(self) -> Deferred[None]:
+        """Close the WebSocket; fires once the connection is gone."""
+        if self.open and not self._closing:
+            self._closing = True
+            self._protocol.sendClose(code=1000, reason="bye")
+        return self._when_closed()
+
+    def _when_closed(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self._closed.called:
+            d.callback(None)
+        else:
+            self._closed.addBoth(lambda _: d.callback(None))
+        return d
+
+    def _request(self, answer: str, message: dict[str, Any], timeout: float) -> Deferred[Any]:
+        if answer in self._pending:
+            return defer.fail(RuntimeError(f"a {message['method']} is already waiting for its answer"))
+        try:
+            self._send(message)
+        except NotOpen as e:
+            return defer.fail(e)
+        d: Deferred[Any] = Deferred()
+        timer = self._reactor.callLater(timeout, self._timed_out, answer, timeout)
+        self._pending[answer] = (d, timer)
+        return d
+
+    def _timed_out(self, answer: str, timeout: float) -> None:
+        d, _ = self._pending.pop(answer)
+        d.errback(WxServiceTimeout(f"no {answer} within {timeout:g} s"))
+
+    def _settle(self, answer: str) -> Deferred[Any] | None:
+        entry = self._pending.pop(answer, None)
+        if entry is None:
+            return None
+        d, timer = entry
+        if timer.active():
+            timer.cancel()
+        return d
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if not self.open or self._closing:
+            raise NotOpen("the WxService connection is closed")
+        self._protocol.sendMessage(json.dumps(message, ensure_ascii=False).encode("utf-8"), isBinary=False)
+
+    # -- from the protocol ------------------------------------------------
+
+    def _received(self, payload: bytes, is_binary: bool) -> None:
+        try:
+            if is_binary:
+                raise ValueError("a binary frame")
+            message = json.loads(payload.decode("utf-8"))
+            if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+                raise ValueError("not an object with a method")
+        except (ValueError, UnicodeDecodeError) as e:
+            self._log.warn("wxservice sent something unreadable ({why}); ignored", why=str(e))
+            return
+        method: str = message["method"]
+        result = message.get("result", OK)
+        msg = str(message.get("msg", ""))
+        ok = result == OK
+        if method == "chatResp" and ok:
+            self._listener.bot_message(str(message.get("content", "")), str(message.get("action", "")))
+            return
+        if method in ("loginResp", "logoutResp"):
+            d = self._settle(method)
+            if d is None:
+                self._log.info("wxservice {method} nobody waits for; ignored", method=method)
+            elif not ok:
+                d.errback(WxServiceError(method, _int(result), msg))
+            elif method == "loginResp":
+                uid = message.get("uid")
+                if isinstance(uid, (str, int)) and not isinstance(uid, bool) and str(uid):
+                    d.callback(str(uid))
+                else:
+                    d.errback(WxServiceError(method, 500, "loginResp carries no uid"))
+            else:
+                d.callback(None)
+            return
+        if not ok:
+            error = WxServiceError(method, _int(result), msg)
+            # An error answer the bot could not tie to a request is about
+            # the login when that is all that was sent.
+            if method == "error" and "loginResp" in self._pending:
+                d = self._settle("loginResp")
+                assert d is not None
+                d.errback(error)
+                return
+            self._listener.bot_error(error)
+            return
+        self._log.info("wxservice sent an unknown message {method}; ignored", method=method)
+
+    def _lost(self, why: str) -> None:
+        self.open = False
+        for answer in list(self._pending):
+            d = self._settle(answer)
+            assert d is not None
+            d.errback(WxServiceUnavailable(f"connection lost before {answer}: {why}"))
+        was_closing = self._closing
+        self._closed.callback(None)
+        if not was_closing:
+            self._listener.connection_lost(why)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 500
