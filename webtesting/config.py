@@ -24,6 +24,8 @@ import yaml
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorCore
 
+from webtesting.statelayout import StateLayout
+
 T = TypeVar("T")
 
 
@@ -319,11 +321,28 @@ class AgentListenConfig:
 
 
 @dataclass(frozen=True)
+class AgentUsersConfig:
+    poll_interval: float = number_field(1.0, 0.05, 60)
+    login_timeout: float = number_field(5.0, 0.1, 120)
+    retry_initial: float = number_field(1.0, 0.01, 600)
+    retry_max: float = number_field(30.0, 0.01, 3600)
+
+
+@dataclass(frozen=True)
+class AgentBackendConfig:
+    timeout: float = number_field(2.0, 0.05, 60)
+    retry_interval: float = number_field(2.0, 0.05, 3600)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``twistd webtesting-agent`` reads; see etc/agent.yaml."""
 
     websocket: AgentListenConfig = AgentListenConfig()
     auth: SecretConfig = SecretConfig()
+    users: AgentUsersConfig = AgentUsersConfig()
+    backends: AgentBackendConfig = AgentBackendConfig()
+    state: StateLayout = StateLayout()
 
 
 def default_webroot() -> str:

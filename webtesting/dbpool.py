@@ -69,8 +69,10 @@ class Database(service.Service):
         request_timeout: float = 1.0,
         retry_interval: float = 2.0,
         prepare: Callable[[Any], None] | None = None,
+        on_state: Callable[[bool, str], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_state = on_state
         self._connect = connect
         self._reactor = reactor
         self._is_fault = is_fault
@@ -78,6 +80,9 @@ class Database(service.Service):
         self._retry_interval = retry_interval
         self._prepare = prepare
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"db-{name}")
+        # Daemon threads: a thread stuck on a frozen server must not keep the
+        # process from exiting.
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._lock = threading.Lock()
         self._free: list[tuple[int, Any]] = []
         self._generation = 0
@@ -105,11 +110,20 @@ class Database(service.Service):
         self.available = False
         self.reason = "stopped"
         # Close idle connections on a pool thread (closing talks to the
-        # server), then let the pool's threads end.
-        d = deferToThreadPool(self._reactor, self._pool, self._close_idle)
-        d.addErrback(lambda f: self._log.failure("closing {name} connections", f, name=self.name))
-        d.addBoth(lambda _: self._pool.stop())
-        return d
+        # server), then end the pool's threads. Joining them happens on a
+        # thread of its own: a thread stuck on a frozen server (until the
+        # driver's read timeout) must not block the reactor.
+        self._pool.callInThread(self._close_idle)
+        done: Deferred[None] = Deferred()
+        reactor = self._reactor
+
+        def stop_pool() -> None:
+            self._pool.stop()
+            if reactor.running:
+                reactor.callFromThread(done.callback, None)
+
+        threading.Thread(target=stop_pool, name=f"db-{self.name}-stop", daemon=True).start()
+        return done
 
     def ready(self) -> Deferred[bool]:
         """Fire with C{available} once the first connection attempt has ended."""
@@ -154,8 +168,7 @@ class Database(service.Service):
                 "database {name} unavailable: {reason}; retrying every {interval} s",
                 name=self.name, reason=reason, interval=self._retry_interval,
             )
-        self.available = False
-        self.reason = reason
+        self._set_state(False, reason)
         self._schedule_probe()
 
     # -- reconnecting -----------------------------------------------------
@@ -183,8 +196,7 @@ class Database(service.Service):
     def _probe_succeeded(self, _: object) -> None:
         if not self.available:
             self._log.info("database {name} available", name=self.name)
-        self.available = True
-        self.reason = "ok"
+        self._set_state(True, "ok")
 
     def _probe_failed(self, failure: Failure) -> None:
         if failure.check(defer.TimeoutError):
@@ -202,8 +214,17 @@ class Database(service.Service):
                 "database {name} unavailable: {reason}; retrying every {interval} s",
                 name=self.name, reason=reason, interval=self._retry_interval,
             )
-        self.available = False
+        self._set_state(False, reason)
+
+    def _set_state(self, available: bool, reason: str) -> None:
+        changed = (available, reason) != (self.available, self.reason) or not self._probed_once
+        self.available = available
         self.reason = reason
+        if changed and self._on_state is not None:
+            try:
+                self._on_state(available, reason)
+            except Exception:
+                self._log.failure("reporting the state of database {name}", name=self.name)
 
     def _probe_ended(self, _: object) -> None:
         self._probing = None
@@ -266,6 +287,10 @@ class Database(service.Service):
             self._generation += 1
         for _, conn in free:
             _close_quietly(conn)
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
 
 
 def _select_one(cursor: Any) -> None:

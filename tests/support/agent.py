@@ -35,6 +35,9 @@ class RunningAgent:
             await listening.stopListening()
         for proto in list(self.factory.open_links):
             proto.dropConnection(abort=True)
+        from tests.support.wait import eventually
+
+        await eventually(lambda: not self.factory.open_links, what="the agent's links closed")
 
     def links(self) -> list[Any]:
         return [p.link for p in self.factory.open_links if p.link is not None]

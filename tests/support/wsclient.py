@@ -61,8 +61,16 @@ class JSONClientProtocol(WebSocketClientProtocol):
                 self.messages.remove(message)
                 return defer.succeed(message)
         d: Deferred[dict[str, Any]] = Deferred()
-        self._waiters.append((match, d))
+        waiter = (match, d)
+        self._waiters.append(waiter)
+
+        def gone(failure: Any) -> Any:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            return failure
+
         d.addTimeout(timeout, reactor)
+        d.addErrback(gone)
         return d
 
     async def close(self) -> None:

@@ -1,22 +1,22 @@
 """
 ``twistd webtesting-agent``: the agent's service tree.
 
-For now the agent only listens for the web server's WebSocket and logs who
-connects; relaying (SPEC §4, §5 "Agent") builds on this tree.
+    MultiService
+    └── WS listener    web server links (SPEC §4), authenticated with the
+                       shared secret; each link carries one service
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 
+from webtesting.agent.backend import state_source_factory
+from webtesting.agent.server import AgentFactory, AgentSettings
 from webtesting.config import AgentConfig, ConfigError, load
 
 
@@ -33,18 +33,6 @@ class Options(usage.Options):
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 
 
-class AgentServerProtocol(WebSocketServerProtocol):
-    """One web server link; it is only logged until the relay exists."""
-
-    _log = Logger()
-
-    def onConnect(self, request: ConnectionRequest) -> None:
-        self._log.info("web server link from {peer} on {path}", peer=request.peer, path=request.path)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._log.info("web server link closed ({code})", code=code)
-
-
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -52,9 +40,20 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         reactor = default_reactor
     config = options.config
     top = MultiService()
-    factory = WebSocketServerFactory()
-    factory.protocol = AgentServerProtocol
-    factory.setProtocolOptions(maxMessagePayloadSize=1024 * 1024, autoPingInterval=10, autoPingTimeout=5)
+    users = config.users
+    factory = AgentFactory(
+        secret=options.secret,
+        reactor=reactor,
+        state_factory=state_source_factory(config.backends.timeout, config.backends.retry_interval),
+        settings=AgentSettings(
+            layout=config.state,
+            poll_interval=users.poll_interval,
+            retry_initial=users.retry_initial,
+            retry_max=users.retry_max,
+            login_timeout=users.login_timeout,
+        ),
+        path=config.websocket.path,
+    )
     listener = StreamServerEndpointService(serverFromString(reactor, config.websocket.listen), factory)
     listener.setName("websocket")
     listener.setServiceParent(top)

@@ -1,0 +1,159 @@
+"""
+One service's user-state source at the agent: its Redis Cluster and its
+MySQL, connected from the settings of an ``agentInfoReq``, kept connected,
+and their health reported (``on_health("redis" | "mysql", ok, why)``).
+
+The reading and the differences are L{webtesting.agent.status}'s; this
+module owns the connections and their retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from webtesting import dbpool, rediscluster
+from webtesting.agent.status import Dictionary, ReadError, StateReader, changed, status_fields
+from webtesting.statelayout import StateLayout
+
+Health = Callable[[str, bool, str], None]
+
+
+class ServiceState:
+    """
+    The L{webtesting.agent.server.StateSource} of one service.
+
+    A read while Redis is not connected answers each user with the reason;
+    it never waits for a connection.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        service: dict[str, Any],
+        reactor: Any,
+        layout: StateLayout,
+        on_health: Health,
+        *,
+        timeout: float = 2.0,
+        retry_interval: float = 2.0,
+    ) -> None:
+        self._reactor = reactor
+        self._layout = layout
+        self._on_health = on_health
+        self._timeout = timeout
+        self._retry_interval = retry_interval
+        self._nodes = [(n["host"], int(n["port"])) for n in service["redisCluster"]]
+        self._service_id = service["serviceId"]
+        self.db = dbpool.Database(
+            f"bot MySQL of service {self._service_id}",
+            dbpool.mysql_connector(
+                service["mysqlAddr"], service["mysqlPort"], service["mysqlUser"], service["mysqlPwd"],
+                service["mysqlDbname"], connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+            ),
+            reactor,
+            is_fault=dbpool.mysql_is_fault,
+            threads=2,
+            request_timeout=timeout,
+            retry_interval=retry_interval,
+            on_state=self._mysql_state,
+        )
+        self.dictionary = Dictionary(self.db, layout, reactor, timeout=timeout, retry_interval=retry_interval)
+        self.cluster: rediscluster.RedisCluster | None = None
+        self.reader: StateReader | None = None
+        self._redis_reason = "connecting to the Redis Cluster"
+        self._redis_ok: bool | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._retry: Any = None
+        self._closed = False
+        self.db.startService()
+        self._connect()
+
+    # -- health ------------------------------------------------------------
+
+    def _mysql_state(self, available: bool, reason: str) -> None:
+        self._on_health("mysql", available, "ok" if available else f"bot MySQL unreachable: {reason}")
+
+    def _redis_state(self, ok: bool, why: str) -> None:
+        if (ok, why) == (self._redis_ok, self._redis_reason):
+            return
+        self._redis_ok, self._redis_reason = ok, why
+        self._on_health("redis", ok, "ok" if ok else why)
+
+    # -- Redis --------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._retry = None
+        d = rediscluster.connect(self._reactor, self._nodes, timeout=self._timeout)
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, cluster: rediscluster.RedisCluster) -> None:
+        self._connecting = None
+        if self._closed:
+            cluster.disconnect()
+            return
+        self.cluster = cluster
+        self.reader = StateReader(cluster, self.dictionary, self._layout, self._reactor, timeout=self._timeout)
+        self._log.info("service {service_id}: Redis Cluster connected", service_id=self._service_id)
+        self._redis_state(True, "ok")
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self._closed or failure.check(defer.CancelledError):
+            return
+        self._redis_state(False, f"Redis Cluster unreachable: {failure.getErrorMessage()}")
+        self._retry = self._reactor.callLater(self._retry_interval, self._connect)
+
+    # -- StateSource ------------------------------------------------------------
+
+    def read(self, users: list[tuple[str, str]]) -> Deferred[list[Any]]:
+        reader = self.reader
+        if reader is None:
+            error = ReadError(self._redis_reason)
+            return defer.succeed([error for _ in users])
+        d = reader.read(users)
+
+        def in_order(results: dict[tuple[str, str], Any]) -> list[Any]:
+            out = [results.get(u, ReadError("not read")) for u in users]
+            errors = [r for r in out if isinstance(r, ReadError)]
+            if out and len(errors) == len(out):
+                self._redis_state(False, f"Redis Cluster unreachable: {errors[0]}")
+            elif len(errors) < len(out):
+                self._redis_state(True, "ok")
+            return out
+
+        return d.addCallback(in_order)
+
+    def view(self, previous: Any, snapshot: Any) -> dict[str, Any]:
+        return status_fields(previous, snapshot)
+
+    def changed(self, previous: Any, snapshot: Any) -> bool:
+        return changed(previous, snapshot)
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        # A connect under way is disconnected when it completes (_connected).
+        closing = [self.db.stopService()]
+        if self.cluster is not None:
+            closing.append(self.cluster.disconnect())
+        d = defer.gatherResults(closing, consumeErrors=True)
+        d.addErrback(lambda f: self._log.failure("closing service {service_id}'s state source", f,
+                                                 service_id=self._service_id))
+        return d.addCallback(lambda _: None)
+
+
+def state_source_factory(timeout: float = 2.0, retry_interval: float = 2.0) -> Any:
+    """A L{webtesting.agent.server.StateSourceFactory} making L{ServiceState}s."""
+
+    def make(service: dict[str, Any], reactor: Any, layout: StateLayout, on_health: Health) -> ServiceState:
+        return ServiceState(service, reactor, layout, on_health, timeout=timeout, retry_interval=retry_interval)
+
+    return make
