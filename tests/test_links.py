@@ -247,5 +247,5 @@ class BackoffTests(unittest.TestCase):
         link._connect_failed(Failure(error.TimeoutError()))
         self.assertEqual(link.reason, "agent unreachable: connecting timed out")
         link._connect_failed(Failure(error.DNSLookupError("x")))
-        self.assertEqual((link.state, link.reason), (LinkState.BROKEN, "agent host unknown: 127.0.0.1"))
+        self.assertEqual((link.state, link.reason), (LinkState.BROKEN, "agent host unknown: 127.0.0.2"))
         link.stop()

@@ -265,7 +265,7 @@ class RegistryAPITestsMixin:
             sorted(service), ["allowedAppids", "description", "msg", "serviceId", "status"]
         )
         text = json.dumps(answer)
-        for secret in ("s3cret-pw", "192.168.1.200", "1443", "2021", "tesdb001"):
+        for secret in ("s3cret-pw", "127.0.0.2", "1443", "2021", "tesdb001"):
             self.assertNotIn(secret, text)
 
     async def test_empty_password_is_shown_empty(self) -> None:

@@ -15,12 +15,16 @@ SERVICE = "/WebTesting/Service"
 
 
 def seed_service(**changes: Any) -> dict[str, Any]:
-    """The seed's example service object (SPEC §2), with C{changes}."""
+    """
+    The seed's example service object (SPEC §2), with C{changes}; its Redis
+    nodes are moved to the loopback (127.0.0.2) so that nothing a test starts
+    ever reaches for a real network address.
+    """
     service = {
         "redisCluster": [
-            {"port": 7000, "host": "192.168.1.200"},
-            {"port": 7001, "host": "192.168.1.200"},
-            {"port": 7002, "host": "192.168.1.200"},
+            {"port": 7000, "host": "127.0.0.2"},
+            {"port": 7001, "host": "127.0.0.2"},
+            {"port": 7002, "host": "127.0.0.2"},
         ],
         "mysqlAddr": "127.0.0.1",
         "mysqlPort": 3306,
@@ -28,7 +32,7 @@ def seed_service(**changes: Any) -> dict[str, Any]:
         "mysqlPwd": "root",
         "mysqlDbname": "tesdb001",
         "wxServiceAddr": "ws://127.0.0.1:1443",
-        "agentAddr": "ws://127.0.0.1:2021/WebTesting/Agent",
+        "agentAddr": "ws://127.0.0.2:2021/WebTesting/Agent",
         "allowedAppids": ["1.00002", "1.00003"],
         "description": "医疗小程序",
     }

@@ -121,10 +121,19 @@ class RegistryAPI:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, registry: Registry, webroot: str, ws_addr: Callable[[Any], str]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        webroot: str,
+        ws_addr: Callable[[Any], str],
+        on_change: Callable[[], object] = lambda: None,
+    ) -> None:
         self.registry = registry
         self.webroot = webroot
         self.ws_addr = ws_addr
+        # Called after every successful change, so that this process's agent
+        # links follow at once rather than at the next registry sync.
+        self.on_change = on_change
 
     # -- request bodies -----------------------------------------------------
 
@@ -159,6 +168,7 @@ class RegistryAPI:
         services = validate_service_list(self._json_body(request), with_id=False)
         count = await self.registry.add_services(services)
         self._log.info("added {count} services", count=count)
+        self.on_change()
         return ok(request, affectedRows=count)
 
     @app.route(f"{SERVICE}/delServices", methods=["DELETE"])
@@ -166,6 +176,7 @@ class RegistryAPI:
         ids = validate_service_ids(self._json_body(request))
         count = await self.registry.delete_services(ids)
         self._log.info("deleted services {ids}", ids=ids)
+        self.on_change()
         return ok(request, affectedRows=count)
 
     @app.route(f"{SERVICE}/updateServices", methods=["POST"])
@@ -173,6 +184,7 @@ class RegistryAPI:
         services = validate_service_list(self._json_body(request), with_id=True)
         count = await self.registry.update_services(services)
         self._log.info("updated services {ids}", ids=[s["serviceId"] for s in services])
+        self.on_change()
         return ok(request, affectedRows=count)
 
     @app.route(f"{SERVICE}/getServices", methods=["GET"])

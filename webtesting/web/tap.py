@@ -83,7 +83,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     links.setName("agent-links")
     links.setServiceParent(top)
 
-    api = RegistryAPI(registry, config.http.webroot or default_webroot(), ws_addr_for(config))
+    api = RegistryAPI(registry, config.http.webroot or default_webroot(), ws_addr_for(config), links.sync)
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
     http.setName("http")
