@@ -1,8 +1,8 @@
 """
 Fake enough of a StateSource (webtesting.agent.server) for link and health
-tests that are not about user state: it serves snapshots from a dict and
-records the settings it was made with. The real source is tested against a
-real Redis Cluster and MariaDB elsewhere.
+tests that are not about user state: it records who is watched and the
+settings it was made with, and lets a test report health. The real source
+is tested against a real Redis Cluster and MariaDB elsewhere.
 """
 
 from __future__ import annotations
@@ -12,24 +12,27 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from webtesting.agent.status import StatusUpdate
+
 
 class FakeStateSource:
-    made: list["FakeStateSource"] = []
-
     def __init__(self, service: dict[str, Any], on_health: Callable[[str, bool, str], None]) -> None:
         self.service = service
         self.on_health = on_health
-        self.states: dict[tuple[str, str], Any] = {}
+        self.watched: dict[str, tuple[str, str]] = {}
         self.closed = False
 
-    def read(self, users: list[tuple[str, str]]) -> Deferred[list[Any]]:
-        return defer.succeed([self.states.get(u, {}) for u in users])
+    def watch(self, key: str, appid: str, uid: str, push: Callable[[Any], None], *, auto: bool = True) -> None:
+        self.watched[key] = (appid, uid)
 
-    def view(self, previous: Any, snapshot: Any) -> dict[str, Any]:
-        return {"state": snapshot}
+    def unwatch(self, key: str) -> None:
+        self.watched.pop(key, None)
 
-    def changed(self, previous: Any, snapshot: Any) -> bool:
-        return bool(previous != snapshot)
+    def set_auto(self, key: str, auto: bool) -> None:
+        pass
+
+    def current(self, key: str) -> Deferred[Any]:
+        return defer.succeed(StatusUpdate({}))
 
     def close(self) -> Deferred[None]:
         self.closed = True
@@ -37,7 +40,8 @@ class FakeStateSource:
 
 
 def fake_state_factory(sources: list[FakeStateSource]) -> Any:
-    def make(service: dict[str, Any], reactor: Any, layout: Any, on_health: Callable[[str, bool, str], None]) -> Any:
+    def make(service: dict[str, Any], reactor: Any, layout: Any, on_health: Callable[[str, bool, str], None],
+             poll_interval: float) -> Any:
         source = FakeStateSource(service, on_health)
         sources.append(source)
         return source

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting import dbpool, rediscluster
-from webtesting.agent.status import Dictionary, ReadError, StateReader, changed, status_fields
+from webtesting.agent.status import Dictionary, ReadError, StateReader, StatusPoller
 from webtesting.statelayout import StateLayout
 
 Health = Callable[[str, bool, str], None]
@@ -25,10 +25,10 @@ Health = Callable[[str, bool, str], None]
 
 class ServiceState:
     """
-    The L{webtesting.agent.server.StateSource} of one service.
-
-    A read while Redis is not connected answers each user with the reason;
-    it never waits for a connection.
+    The L{webtesting.agent.server.StateSource} of one service: a
+    L{StatusPoller} over a L{StateReader} whose store is this object, so that
+    a read while Redis is not connected answers each user with the reason
+    instead of waiting for a connection.
     """
 
     _log = Logger()
@@ -42,6 +42,7 @@ class ServiceState:
         *,
         timeout: float = 2.0,
         retry_interval: float = 2.0,
+        poll_interval: float = 1.0,
     ) -> None:
         self._reactor = reactor
         self._layout = layout
@@ -65,13 +66,20 @@ class ServiceState:
         )
         self.dictionary = Dictionary(self.db, layout, reactor, timeout=timeout, retry_interval=retry_interval)
         self.cluster: rediscluster.RedisCluster | None = None
-        self.reader: StateReader | None = None
+        reader = StateReader(self, self.dictionary, layout, reactor, timeout=timeout)
+        self.poller = StatusPoller(reader, reactor, interval=poll_interval)
+        # What the link uses: watch, unwatch, set_auto, current.
+        self.watch = self.poller.watch
+        self.unwatch = self.poller.unwatch
+        self.set_auto = self.poller.set_auto
+        self.current = self.poller.current
         self._redis_reason = "connecting to the Redis Cluster"
         self._redis_ok: bool | None = None
         self._connecting: Deferred[Any] | None = None
         self._retry: Any = None
         self._closed = False
         self.db.startService()
+        self.poller.start()
         self._connect()
 
     # -- health ------------------------------------------------------------
@@ -99,7 +107,6 @@ class ServiceState:
             cluster.disconnect()
             return
         self.cluster = cluster
-        self.reader = StateReader(cluster, self.dictionary, self._layout, self._reactor, timeout=self._timeout)
         self._log.info("service {service_id}: Redis Cluster connected", service_id=self._service_id)
         self._redis_state(True, "ok")
 
@@ -110,38 +117,29 @@ class ServiceState:
         self._redis_state(False, f"Redis Cluster unreachable: {failure.getErrorMessage()}")
         self._retry = self._reactor.callLater(self._retry_interval, self._connect)
 
-    # -- StateSource ------------------------------------------------------------
+    # -- the reader's store -------------------------------------------------------
 
-    def read(self, users: list[tuple[str, str]]) -> Deferred[list[Any]]:
-        reader = self.reader
-        if reader is None:
-            error = ReadError(self._redis_reason)
-            return defer.succeed([error for _ in users])
-        d = reader.read(users)
+    def pipeline(self, commands: Any) -> Deferred[list[Any]]:
+        if self.cluster is None:
+            return defer.fail(ReadError(self._redis_reason))
+        d = self.cluster.pipeline(commands)
 
-        def in_order(results: dict[tuple[str, str], Any]) -> list[Any]:
-            out = [results.get(u, ReadError("not read")) for u in users]
-            errors = [r for r in out if isinstance(r, ReadError)]
-            if out and len(errors) == len(out):
-                self._redis_state(False, f"Redis Cluster unreachable: {errors[0]}")
-            elif len(errors) < len(out):
+        def health(results: list[Any]) -> list[Any]:
+            down = [r for r in results if isinstance(r, rediscluster.NodeUnavailable)]
+            if results and len(down) == len(results):
+                self._redis_state(False, f"Redis Cluster unreachable: {down[0]}")
+            elif len(down) < len(results):
                 self._redis_state(True, "ok")
-            return out
+            return results
 
-        return d.addCallback(in_order)
-
-    def view(self, previous: Any, snapshot: Any) -> dict[str, Any]:
-        return status_fields(previous, snapshot)
-
-    def changed(self, previous: Any, snapshot: Any) -> bool:
-        return changed(previous, snapshot)
+        return d.addCallback(health)
 
     def close(self) -> Deferred[None]:
         self._closed = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         # A connect under way is disconnected when it completes (_connected).
-        closing = [self.db.stopService()]
+        closing = [self.poller.stop(), self.db.stopService()]
         if self.cluster is not None:
             closing.append(self.cluster.disconnect())
         d = defer.gatherResults(closing, consumeErrors=True)
@@ -153,7 +151,10 @@ class ServiceState:
 def state_source_factory(timeout: float = 2.0, retry_interval: float = 2.0) -> Any:
     """A L{webtesting.agent.server.StateSourceFactory} making L{ServiceState}s."""
 
-    def make(service: dict[str, Any], reactor: Any, layout: StateLayout, on_health: Health) -> ServiceState:
-        return ServiceState(service, reactor, layout, on_health, timeout=timeout, retry_interval=retry_interval)
+    def make(
+        service: dict[str, Any], reactor: Any, layout: StateLayout, on_health: Health, poll_interval: float
+    ) -> ServiceState:
+        return ServiceState(service, reactor, layout, on_health, timeout=timeout,
+                            retry_interval=retry_interval, poll_interval=poll_interval)
 
     return make

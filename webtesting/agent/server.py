@@ -19,10 +19,8 @@ from typing import Any, Callable, Protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from webtesting.agent.users import UserSession, UserState
 from webtesting.protocol import (
@@ -42,27 +40,31 @@ from webtesting.statelayout import StateLayout
 
 class StateSource(Protocol):
     """
-    Where the users' state comes from: the service's Redis Cluster and MySQL.
+    The users' state of one service (its Redis Cluster and MySQL), polled and
+    diffed per browser session (L{webtesting.agent.status.StatusPoller}).
 
-    C{read} fires with one entry per user: a snapshot, or an exception for a
-    user that could not be read. C{view(previous, snapshot)} gives the
-    browser fields (``tag``, ``curTopic``, ``curTopicList``, ``memory``) with
-    the differences from C{previous} (None: the first state, no differences);
-    C{changed(previous, snapshot)} says whether anything differs.
+    C{push} and C{current} give a L{webtesting.agent.status.StatusUpdate}:
+    the browser fields (``tag``, ``curTopic``, ``curTopicList``, ``memory``)
+    with the differences from what that session was sent last, or why the
+    state cannot be read.
     """
 
-    def read(self, users: list[tuple[str, str]]) -> Deferred[list[Any]]: ...
+    def watch(self, key: str, appid: str, uid: str, push: Callable[[Any], None], *, auto: bool = True) -> None: ...
 
-    def view(self, previous: Any, snapshot: Any) -> dict[str, Any]: ...
+    def unwatch(self, key: str) -> None: ...
 
-    def changed(self, previous: Any, snapshot: Any) -> bool: ...
+    def set_auto(self, key: str, auto: bool) -> None: ...
+
+    def current(self, key: str) -> Deferred[Any]: ...
 
     def close(self) -> Deferred[None]: ...
 
 
-# Makes a state source for a service's settings; reports its health with
-# on_health(component, ok, why).
-StateSourceFactory = Callable[[dict[str, Any], Any, StateLayout, Callable[[str, bool, str], None]], StateSource]
+# Makes the state source for a service's settings; it reports its health with
+# on_health(component, ok, why) and polls every poll_interval seconds.
+StateSourceFactory = Callable[
+    [dict[str, Any], Any, StateLayout, Callable[[str, bool, str], None], float], StateSource
+]
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,6 @@ class WebLink:
         self.users: dict[str, UserSession] = {}
         self._health: dict[str, tuple[bool, str]] = {}
         self._reported: tuple[int, str] | None = None
-        self._poll = LoopingCall(self._poll_tick)
-        self._poll.clock = reactor
-        self._polling: Deferred[Any] | None = None
         self._policy = backoffPolicy(
             initialDelay=settings.retry_initial, maxDelay=settings.retry_max, factor=2.0
         )
@@ -174,9 +173,12 @@ class WebLink:
                 self.source.close()
             self._health.pop("redis", None)
             self._health.pop("mysql", None)
-            self.source = self._state_factory(service, self.reactor, self._settings.layout, self._component)
+            self.source = self._state_factory(
+                service, self.reactor, self._settings.layout, self._component, self._settings.poll_interval
+            )
             for user in self.users.values():
-                user.last_state = None  # new backends: next push is a first state
+                if user.state is UserState.ONLINE:
+                    self.user_online(user)  # new backends: a new first state
         self._json({"method": "agentInfoResp", "serviceId": service["serviceId"],
                     "result": int(Result.OK), "msg": "ok"})
         if old is not None:
@@ -238,81 +240,54 @@ class WebLink:
         user = self._user(uuid, message, "setStatusPushResp")
         if user is not None:
             user.push = message["enabled"]
+            if self.source is not None:
+                self.source.set_auto(uuid, user.push)
             user.answer("setStatusPushResp", Result.OK, "ok", enabled=user.push)
 
     def _getUserStatusReq(self, uuid: str, message: dict[str, Any]) -> None:
         user = self._user(uuid, message, "getUserStatusResp")
         if user is None:
             return
-        if user.state is not UserState.ONLINE or user.uid is None:
+        if user.state is not UserState.ONLINE or self.source is None:
             user.answer("getUserStatusResp", Result.UNAVAILABLE, "not logged in to the bot right now", uuid=uuid)
             return
-        self._read_and_send([user], always=True)
+        self._send_current(user)
 
     # -- UserHost -----------------------------------------------------------------
 
     def user_online(self, user: UserSession) -> None:
-        self._read_and_send([user], always=True)
-        if not self._poll.running:
-            self._poll.start(self._settings.poll_interval, now=False)
+        """Logged in (again): watch the user's state and send its first state now."""
+        if self.source is None or user.uid is None:
+            return
+        self.source.watch(user.uuid, user.appid, user.uid, lambda update: self._push(user, update),
+                          auto=user.push)
+        self._send_current(user)
 
     def user_ended(self, user: UserSession) -> None:
         if self.users.get(user.uuid) is user:
             del self.users[user.uuid]
-        if not self.users and self._poll.running:
-            self._poll.stop()
+            if self.source is not None:
+                self.source.unwatch(user.uuid)
 
     def wxservice_health(self, ok: bool, why: str) -> None:
         self._component("wxservice", ok, why)
 
     # -- state ---------------------------------------------------------------------
 
-    def _poll_tick(self) -> None:
-        if self._polling is not None:
-            return  # the last poll is still running: skip, don't pile up
-        users = [u for u in self.users.values() if u.push and u.state is UserState.ONLINE and u.uid]
-        if not users or self.source is None:
+    def _send_current(self, user: UserSession) -> None:
+        assert self.source is not None
+        d = self.source.current(user.uuid)
+        d.addCallback(lambda update: self._push(user, update))
+        d.addErrback(lambda f: self._log.failure("reading the state of user {uuid}", f, uuid=user.uuid))
+
+    def _push(self, user: UserSession, update: Any) -> None:
+        if user.state is UserState.CLOSED:
             return
-        self._polling = self._read_and_send(users, always=False)
-
-        def done(_: object) -> None:
-            self._polling = None
-
-        self._polling.addBoth(done)
-
-    def _read_and_send(self, users: list[UserSession], *, always: bool) -> Deferred[None]:
-        """Read these users' state in one batch; send what changed (or all, if C{always})."""
-        source = self.source
-        if source is None:
-            for user in users:
-                user.answer("getUserStatusResp", Result.UNAVAILABLE, "user state is not available yet",
-                            uuid=user.uuid)
-            return succeed(None)
-        d = source.read([(u.appid, str(u.uid)) for u in users])
-
-        def got(results: list[Any]) -> None:
-            for user, result in zip(users, results):
-                if user.state is UserState.CLOSED:
-                    continue
-                if isinstance(result, BaseException):
-                    if always:
-                        user.answer("getUserStatusResp", Result.UNAVAILABLE,
-                                    f"cannot read the user's state: {result}", uuid=user.uuid)
-                    continue
-                if always or source.changed(user.last_state, result):
-                    view = source.view(user.last_state, result)
-                    user.last_state = result
-                    user.answer("getUserStatusResp", Result.OK, "ok", uuid=user.uuid, **view)
-
-        def failed(failure: Failure) -> None:
-            self._log.failure("reading user state", failure)
-            if always:
-                for user in users:
-                    user.answer("getUserStatusResp", Result.UNAVAILABLE, "cannot read the user's state",
-                                uuid=user.uuid)
-
-        d.addCallbacks(got, failed)
-        return d
+        if update.fields is None:
+            user.answer("getUserStatusResp", Result.UNAVAILABLE, f"cannot read the user's state: {update.error}",
+                        uuid=user.uuid)
+        else:
+            user.answer("getUserStatusResp", Result.OK, "ok", uuid=user.uuid, **update.fields)
 
     # -- health ----------------------------------------------------------------------
 
@@ -338,8 +313,6 @@ class WebLink:
         for user in list(self.users.values()):
             user.close()
         self.users.clear()
-        if self._poll.running:
-            self._poll.stop()
         if self.source is not None:
             source, self.source = self.source, None
             source.close()
@@ -393,7 +366,7 @@ class AgentProtocol(WebSocketServerProtocol):
 
 
 class AgentFactory(WebSocketServerFactory):
-    protocol = AgentProtocol
+    protocol = AgentProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -32,13 +32,16 @@ class UserHost(Protocol):
     """What a user session needs of the agent's link."""
 
     reactor: Any
-    wx_url: str
+
+    @property
+    def wx_url(self) -> str:
+        """Where the service's WxService is."""
 
     def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
         """Send a browser-ready message for session C{uuid}."""
 
     def user_online(self, user: "UserSession") -> None:
-        """The user is logged in (again): push its state now."""
+        """The user is logged in (again): watch its state and push it now."""
 
     def user_ended(self, user: "UserSession") -> None:
         """The user session is over; forget it."""
@@ -73,7 +76,6 @@ class UserSession:
         self.uname = uname
         self.uid: str | None = None
         self.push = True  # automatic state pushes (setStatusPushReq)
-        self.last_state: Any = None  # what the browser was last sent
         self.state = UserState.LOGGING_IN
         self._policy = policy
         self._login_timeout = login_timeout
@@ -127,7 +129,6 @@ class UserSession:
             self.answer("loginResp", Result.OK, "ok", LOGGED_IN, strUid=self.uid)
         else:
             self.answer("servStatus", 1, "ok", status=1)
-            self.last_state = None  # the browser gets a fresh first state
         self.host.user_online(self)
 
     def _login_failed(self, failure: Failure) -> None:

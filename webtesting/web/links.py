@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import typing
 from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -214,7 +215,7 @@ class AgentLink:
         link = self
 
         def build(addr: Any) -> AgentLinkProtocol:
-            proto = WebSocketClientFactory.buildProtocol(factory, addr)
+            proto = typing.cast(AgentLinkProtocol, WebSocketClientFactory.buildProtocol(factory, addr))
             proto.link = link
             return proto
 

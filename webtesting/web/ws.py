@@ -60,7 +60,7 @@ class BrowserProtocol(WebSocketServerProtocol):
 
     def onMessageEnd(self) -> None:
         if self._too_large:
-            self.message_data = None
+            self.message_data = None  # type: ignore[assignment]
             self._deliver(
                 b'{"method":"error","result":%d,"msg":"message larger than %d bytes; dropped"}'
                 % (Result.TOO_LARGE, self.factory.max_message)
@@ -91,7 +91,7 @@ class BrowserProtocol(WebSocketServerProtocol):
 
 
 class BrowserFactory(WebSocketServerFactory):
-    protocol = BrowserProtocol
+    protocol = BrowserProtocol  # type: ignore[assignment]
 
     def __init__(
         self, relay: Relay, *, path: str = "/WebTesting", max_message: int = 64 * 1024, **kw: Any
