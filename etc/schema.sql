@@ -18,3 +18,14 @@ CREATE TABLE IF NOT EXISTS `tb_service_info` (
   `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
   PRIMARY KEY (`id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Tester and admin accounts (webtesting-account manages them).
+CREATE TABLE IF NOT EXISTS `tb_user` (
+  `id` int(11) NOT NULL AUTO_INCREMENT,
+  `username` varchar(64) NOT NULL,
+  `passwordHash` varchar(255) NOT NULL COMMENT 'scrypt$n$r$p$salt$hash',
+  `role` varchar(16) NOT NULL COMMENT 'tester or admin',
+  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `username` (`username`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

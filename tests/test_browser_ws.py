@@ -10,6 +10,7 @@ import json
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from webtesting.web.accounts import SessionSigner
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory
 from tests.support import wsclient
@@ -22,14 +23,15 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.link = StaticLink(1)
         self.relay = Relay({1: self.link})
         self.link.relay = self.relay
-        factory = BrowserFactory(self.relay, path="/WebTesting", max_message=1024)
+        self.signer = SessionSigner("browser-ws-test-secret-0123", 3600)
+        factory = BrowserFactory(self.relay, self.signer, path="/WebTesting", max_message=1024)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"ws://127.0.0.1:{self.port.getHost().port}/WebTesting"
         self.client = await self.connect()
 
     async def connect(self) -> JSONClientProtocol:
-        client = await wsclient.connect(self.url)
+        client = await wsclient.connect(self.url, headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
         self.addCleanup(client.close)
         return client
 
@@ -80,7 +82,8 @@ class BrowserWebSocketTests(unittest.TestCase):
     async def test_wrong_path(self) -> None:
         """A WebSocket on another path is refused."""
         with self.assertRaises(ConnectionError):
-            await wsclient.connect(self.url.replace("/WebTesting", "/Elsewhere"))
+            await wsclient.connect(self.url.replace("/WebTesting", "/Elsewhere"),
+                                   headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
 
     async def test_others_keep_being_served(self) -> None:
         """One client's bad input does not disturb another client."""
@@ -107,3 +110,18 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.relay.from_agent(1, uuid.encode() + b"=" + body.encode())
         await self.client.expect("aichatResp")
         self.assertEqual(self.client.raw[-1], body.encode())
+
+    async def test_login_required(self) -> None:
+        """Without a valid session cookie the WebSocket is refused in its handshake."""
+        for headers in ({}, {"Cookie": "wt_session=v1.forged.signature"},
+                        {"Cookie": f"wt_session={SessionSigner('another-secret-0123456', 3600).make('t', 'admin')}"}):
+            with self.assertRaises(ConnectionError):
+                await wsclient.connect(self.url, headers=headers)
+
+    async def test_other_sites_are_refused(self) -> None:
+        """A page from another site cannot open the WebSocket, even with the user's cookie; our host's pages can."""
+        cookie = f"wt_session={self.signer.make('t', 'tester')}"
+        with self.assertRaises(ConnectionError):
+            await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://evil.example"})
+        client = await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://127.0.0.1:2019"})
+        await client.close()

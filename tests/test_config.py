@@ -131,7 +131,8 @@ class PluginOptionsTests(unittest.TestCase):
         """--config with a good file yields the loaded configuration and the secret."""
         path = self.mktemp() + ".yaml"
         with open(path, "w") as f:
-            f.write("agents:\n  auth:\n    secret: 0123456789abcdef0123\n")
+            f.write("agents:\n  auth:\n    secret: 0123456789abcdef0123\n"
+                    "http:\n  sessions:\n    secret: session-secret-0123456\n")
         options = web_tap.Options()
         options.parseOptions(["--config", path])
         self.assertEqual(options.config.http.listen, "tcp:2019")

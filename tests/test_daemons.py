@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
+from webtesting.web.accounts import USER_SCHEMA_MYSQL
 from webtesting.web.registry import MYSQL_SCHEMA
 
 SECRET = "test-secret-0123456789"
@@ -46,7 +47,8 @@ class ServiceTreeTests(unittest.TestCase):
         path = self.mktemp() + ".yaml"
         with open(path, "w") as f:
             f.write(
-                f"http:\n  listen: 'tcp:3019'\nregistry:\n  sqlite_path: '{self.mktemp()}.sqlite3'\n"
+                f"http:\n  listen: 'tcp:3019'\n  sessions:\n    secret: {SECRET}\n"
+                f"registry:\n  sqlite_path: '{self.mktemp()}.sqlite3'\n"
                 f"agents:\n  auth:\n    secret: {SECRET}\n"
             )
         options.parseOptions(["--config", path])
@@ -78,6 +80,7 @@ class SchemaFileTests(unittest.TestCase):
         with open(os.path.join(ROOT, "etc", "schema.sql"), encoding="utf-8") as f:
             text = f.read()
         self.assertIn(MYSQL_SCHEMA.rstrip() + ";", text)
+        self.assertIn(USER_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
 
 
@@ -105,10 +108,18 @@ class TwistdWebTests(unittest.TestCase):
         with open(path, "w") as f:
             f.write(
                 f"http:\n  listen: 'tcp:{port}:interface=127.0.0.1'\n"
+                f"  sessions:\n    secret: {SECRET}\n"
                 f"websocket:\n  listen: 'tcp:{ws_port}:interface=127.0.0.1'\n"
                 f"registry:\n  sqlite_path: registry.sqlite3\n"
                 f"agents:\n  auth:\n    secret: {SECRET}\n"
             )
+        # The first admin is made with the command the README gives.
+        account = os.path.join(os.path.dirname(sys.executable), "webtesting-account")
+        subprocess.run([account, "--config", path, "add", "boss", "--role", "admin", "--password-stdin"],
+                       input=b"correct horse battery\n", check=True, cwd=folder)
+        listed = subprocess.run([account, "--config", path, "list"], check=True, cwd=folder,
+                                capture_output=True).stdout
+        self.assertEqual(listed, b"boss\tadmin\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         proc = subprocess.Popen(
             [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(folder, "web.log"),
@@ -121,13 +132,15 @@ class TwistdWebTests(unittest.TestCase):
         self.addCleanup(client.close)
         for _ in range(100):
             try:
-                status, answer = await client.call("GET", f"{SERVICE}/getServiceList")
+                status, answer = await client.login("boss", "correct horse battery")
                 break
             except Exception:
                 self.assertIsNone(proc.poll(), "twistd exited")
                 await deferLater(reactor, 0.1, lambda: None)
         else:
             self.fail("twistd webtesting-web did not answer within 10 s")
+        self.assertEqual((status, answer["role"]), (200, "admin"))
+        status, answer = await client.call("GET", f"{SERVICE}/getServiceList")
         self.assertEqual((status, answer["serviceLists"]), (200, []))
         self.assertEqual(answer["wsAddr"], f"ws://127.0.0.1:{ws_port}/WebTesting")
 

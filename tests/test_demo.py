@@ -51,15 +51,26 @@ class DemoTests(unittest.TestCase):
 
         await eventually(running, timeout=60, what="the demo to start")
 
+        with open(os.path.join(folder, "var", "demo-logins.txt")) as f:
+            logins = dict(line.split() for line in f)
+        login = urllib.request.Request(
+            f"{HTTP}/WebTesting/Account/login", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"username": "tester", "password": logins["tester"]}).encode(),
+        )
+        with urllib.request.urlopen(login, timeout=5) as r:
+            cookie = r.headers["Set-Cookie"].split(";", 1)[0]
+
         def service_up() -> bool:
-            with urllib.request.urlopen(f"{HTTP}/WebTesting/Service/getServiceList", timeout=2) as r:
+            listing_request = urllib.request.Request(f"{HTTP}/WebTesting/Service/getServiceList",
+                                                     headers={"Cookie": cookie})
+            with urllib.request.urlopen(listing_request, timeout=2) as r:
                 listing = json.load(r)
             self.listing = listing
             return bool(listing["serviceLists"] and listing["serviceLists"][0]["status"] == 1)
 
         await eventually(service_up, timeout=20, what="the demo service healthy")
         sid = self.listing["serviceLists"][0]["serviceId"]
-        client = await wsclient.connect(self.listing["wsAddr"])
+        client = await wsclient.connect(self.listing["wsAddr"], headers={"Cookie": cookie})
         client.send({"method": "loginReq", "serviceId": sid, "appid": "1.00002", "uname": "readme"})
         self.assertEqual((await client.expect("loginResp"))["result"], 1)
         client.send({"method": "aichatReq", "serviceId": sid, "appid": "1.00002", "content": "my name is Ann"})

@@ -246,21 +246,6 @@ def _check_ws_url(value: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class HTTPConfig:
-    listen: str = endpoint_field("tcp:2019")
-    webroot: str = path_field("")
-    max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
-
-
-@dataclass(frozen=True)
-class BrowserWebSocketConfig:
-    listen: str = endpoint_field("tcp:2020")
-    path: str = field(default="/WebTesting", metadata={"check": _check_ws_path})
-    public_url: str = field(default="", metadata={"check": _check_ws_url})
-    max_message_bytes: int = number_field(64 * 1024, 256, 16 * 1024 * 1024)
-
-
-@dataclass(frozen=True)
 class SecretConfig:
     """The secret shared by the web server and its agents: inline, or in a file."""
 
@@ -268,7 +253,7 @@ class SecretConfig:
     secret_file: str = path_field("")
 
     def __repr__(self) -> str:
-        return f"SecretConfig(secret=<hidden>, secret_file={self.secret_file!r})"
+        return f"{type(self).__name__}(secret=<hidden>, secret_file={self.secret_file!r})"
 
     def read(self, source: str = "configuration") -> str:
         """The secret; L{ConfigError} when there is none or its file is unreadable."""
@@ -284,6 +269,32 @@ class SecretConfig:
         if len(secret) < 16:
             raise ConfigError(source, [f"secret_file: {self.secret_file} must hold at least 16 characters"])
         return secret
+
+
+@dataclass(frozen=True, repr=False)
+class SessionConfig(SecretConfig):
+    """Login sessions: the secret that signs their cookies (shared by every
+    web server process) and how long one lasts, in seconds."""
+
+    lifetime: float = number_field(12 * 3600.0, 60, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = endpoint_field("tcp:2019")
+    webroot: str = path_field("")
+    max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
+    sessions: SessionConfig = SessionConfig()
+
+
+@dataclass(frozen=True)
+class BrowserWebSocketConfig:
+    listen: str = endpoint_field("tcp:2020")
+    path: str = field(default="/WebTesting", metadata={"check": _check_ws_path})
+    public_url: str = field(default="", metadata={"check": _check_ws_url})
+    max_message_bytes: int = number_field(64 * 1024, 256, 16 * 1024 * 1024)
+    # Origins (scheme://host[:port]) allowed besides pages from the same host.
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

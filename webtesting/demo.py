@@ -12,8 +12,10 @@ It starts, under ``var/`` in the current folder:
 - the web server (``twistd webtesting-web``, etc/web.yaml) on the embedded
   SQLite registry;
 
-registers a demo service pointing at the reference bot, prints where to go,
-and stops everything on Ctrl-C. Logs are in ``var/log/``.
+creates the demo logins ``admin`` and ``tester`` (random passwords, kept in
+``var/demo-logins.txt``), registers a demo service pointing at the reference
+bot, prints where to go and how to log in, and stops everything on Ctrl-C.
+Logs are in ``var/log/``.
 """
 
 from __future__ import annotations
@@ -140,24 +142,51 @@ class Demo:
             plugin, "--config", os.path.join(self.root, "etc", config),
         ])
 
-    def register_demo_service(self) -> None:
-        with urllib.request.urlopen(f"{HTTP}/WebTesting/Service/getServices", timeout=5) as r:
-            services = json.load(r)["servicdLists"]
-        if any(s["description"] == DEMO_DESCRIPTION for s in services):
-            return
+    def demo_accounts(self) -> dict[str, str]:
+        """Create (or reset) the demo's admin and tester; their passwords are in var/demo-logins.txt."""
+        from webtesting.config import WebConfig, load
+        from webtesting.web.accounts import add_user_sync
+        from webtesting.web.registry import connect_sync
+
+        path = os.path.join(self.var, "demo-logins.txt")
+        logins: dict[str, str] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                logins = dict(line.split(None, 1) for line in f.read().splitlines() if line.strip())
+        logins = {name: logins.get(name) or secrets.token_urlsafe(9) for name in ("admin", "tester")}
+        config = load(WebConfig, os.path.join(self.root, "etc", "web.yaml"))
+        connection, dialect = connect_sync(config.registry)
+        try:
+            for name, password in logins.items():
+                add_user_sync(connection, dialect, name, password, name)
+        finally:
+            connection.close()
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.writelines(f"{name} {password}\n" for name, password in logins.items())
+        return logins
+
+    def call(self, method: str, path: str, body: Any = None, cookie: str = "") -> tuple[Any, str]:
         request = urllib.request.Request(
-            f"{HTTP}/WebTesting/Service/addServices", data=json.dumps([DEMO_SERVICE]).encode(),
-            method="PUT", headers={"Content-Type": "application/json"},
+            f"{HTTP}{path}", data=None if body is None else json.dumps(body).encode(), method=method,
+            headers={"Content-Type": "application/json", "Cookie": cookie},
         )
         with urllib.request.urlopen(request, timeout=5) as r:
-            answer = json.load(r)
+            set_cookie = r.headers.get("Set-Cookie", "")
+            return json.load(r), set_cookie.split(";", 1)[0]
+
+    def register_demo_service(self, admin_password: str) -> None:
+        _, cookie = self.call("POST", "/WebTesting/Account/login", {"username": "admin", "password": admin_password})
+        services = self.call("GET", "/WebTesting/Service/getServices", cookie=cookie)[0]["servicdLists"]
+        if any(s["description"] == DEMO_DESCRIPTION for s in services):
+            return
+        answer, _ = self.call("PUT", "/WebTesting/Service/addServices", [DEMO_SERVICE], cookie=cookie)
         if answer.get("result") != 1:
             raise SystemExit(f"[webtesting] registering the demo service failed: {answer}")
         say("registered the demo service (it turns healthy within a few seconds)")
 
     def web_answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{HTTP}/WebTesting/Service/getServiceList", timeout=1):
+            with urllib.request.urlopen(f"{HTTP}/WebTesting/index.html", timeout=1):
                 return True
         except (urllib.error.URLError, OSError):
             return False
@@ -179,11 +208,13 @@ class Demo:
 
     def run(self) -> None:
         os.makedirs(self.logs, exist_ok=True)
-        secret = os.path.join(self.var, "agent.secret")
-        if not os.path.exists(secret) or os.path.getsize(secret) == 0:
-            with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
+        for name in ("agent.secret", "session.secret"):
+            secret = os.path.join(self.var, name)
+            if not os.path.exists(secret) or os.path.getsize(secret) == 0:
+                with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
         self.check_mysql()
+        logins = self.demo_accounts()
         for port, what in ((1443, "the reference bot"), (2019, "HTTP"), (2020, "the browser WebSocket"),
                            (2021, "the agent")):
             if answers(port):
@@ -198,9 +229,10 @@ class Demo:
             if time.monotonic() > deadline:
                 raise SystemExit("[webtesting] the web server did not answer within 30 s; see var/log/")
             time.sleep(0.2)
-        self.register_demo_service()
+        self.register_demo_service(logins["admin"])
         say("WebTesting is running:")
-        say(f"  pages      {HTTP}/WebTesting/index.html")
+        say(f"  pages      {HTTP}/WebTesting/login.html")
+        say(f"  logins     admin / {logins['admin']}    tester / {logins['tester']}   (var/demo-logins.txt)")
         say("  WebSocket  ws://127.0.0.1:2020/WebTesting")
         say("  logs       var/log/   (Ctrl-C stops everything)")
         while True:

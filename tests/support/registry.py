@@ -7,11 +7,13 @@ from typing import Any
 from twisted.internet import reactor
 
 from webtesting.config import RegistryConfig
+from webtesting.web.accounts import SessionSigner
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.registry import Registry, open_registry
 from tests.support.http import JSONClient
 
 SERVICE = "/WebTesting/Service"
+SESSION_SECRET = "test-session-secret-0123456789"
 
 
 def seed_service(**changes: Any) -> dict[str, Any]:
@@ -45,17 +47,22 @@ class RunningRegistry:
 
     def __init__(self, config: RegistryConfig, max_body: int = 1024 * 1024) -> None:
         self.registry: Registry = open_registry(config, reactor)
-        api = RegistryAPI(self.registry, "webroot", lambda request: "ws://example.test:2020/WebTesting")
+        self.signer = SessionSigner(SESSION_SECRET, 3600)
+        self.api = api = RegistryAPI(self.registry, "webroot", lambda request: "ws://example.test:2020/WebTesting",
+                                     self.signer)
         self.site = make_site(api.app.resource(), max_body)
         self.port: Any = None
         self.client: JSONClient | None = None
 
-    async def start(self, wait: bool = True) -> JSONClient:
+    async def start(self, wait: bool = True, role: str | None = "admin") -> JSONClient:
+        """Start; the client carries a session of C{role} (signed here, as a login would)."""
         self.registry.db.startService()
         if wait:
             await self.registry.db.ready()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.client = JSONClient(f"http://127.0.0.1:{self.port.getHost().port}")
+        if role is not None:
+            self.client.cookie = f"wt_session={self.signer.make(role, role)}"
         return self.client
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentSettings
 from webtesting.config import RegistryConfig, from_mapping
+from webtesting.web.accounts import SessionSigner
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
@@ -89,6 +90,7 @@ class System:
         self.links = AgentLinks(self.registry, self.relay, reactor, secret=SECRET,
                                 sync_interval=0.3, policy=fast_policy, connect_timeout=2)
         self.browser_port: Any = None
+        self.signer = SessionSigner("system-test-session-secret-01", 3600)
 
     async def start(self) -> None:
         await self.bot.start()
@@ -98,7 +100,7 @@ class System:
         await self.registry.db.ready()
         self.links.startService()
         self.testcase.addCleanup(self.links.stopService)
-        factory = BrowserFactory(self.relay, path="/WebTesting")
+        factory = BrowserFactory(self.relay, self.signer, path="/WebTesting")
         self.browser_port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.testcase.addCleanup(self.browser_port.stopListening)
 
@@ -124,6 +126,9 @@ class System:
         return record["status"], record["msg"]
 
     async def browser(self) -> wsclient.JSONClientProtocol:
-        client = await wsclient.connect(f"ws://127.0.0.1:{self.browser_port.getHost().port}/WebTesting")
+        client = await wsclient.connect(
+            f"ws://127.0.0.1:{self.browser_port.getHost().port}/WebTesting",
+            headers={"Cookie": f"wt_session={self.signer.make('tester', 'tester')}"},
+        )
         self.testcase.addCleanup(client.close)
         return client

@@ -21,18 +21,32 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from twisted.internet.task import deferLater
+
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.protocol import (
     PASSWORD_MASK,
     InvalidInput,
     Result,
+    require_object,
+    require_str,
     validate_service_ids,
     validate_service_list,
+)
+from webtesting.web.accounts import (
+    Accounts,
+    LoginThrottle,
+    Session,
+    SessionSigner,
+    check_username,
+    cookie_value,
+    set_cookie_header,
 )
 from webtesting.web.registry import Registry, UnknownServices
 
 PREFIX = "/WebTesting"
 SERVICE = f"{PREFIX}/Service"
+ACCOUNT = f"{PREFIX}/Account"
 
 
 class LimitedRequest(Request):
@@ -77,7 +91,19 @@ class HTTPError(Exception):
         super().__init__(msg)
 
 
+# Pages run no inline script and no script from elsewhere; the browser
+# WebSocket is on its own port, hence ws:/wss: in connect-src.
+PAGE_HEADERS = (
+    (b"Content-Security-Policy",
+     b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Referrer-Policy", b"same-origin"),
+)
+
+
 def _answer(request: Any, status: int, body: dict[str, Any]) -> bytes:
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -126,18 +152,52 @@ class RegistryAPI:
         registry: Registry,
         webroot: str,
         ws_addr: Callable[[Any], str],
+        signer: SessionSigner,
         on_change: Callable[[], object] = lambda: None,
+        *,
+        reactor: Any = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.registry = registry
+        self.accounts = Accounts(registry.db, registry.dialect_name)
+        self.signer = signer
+        self.throttle = throttle or LoginThrottle()
+        self._reactor = reactor
         self.webroot = webroot
         self.ws_addr = ws_addr
         # Called after every successful change, so that this process's agent
         # links follow at once rather than at the next registry sync.
         self.on_change = on_change
 
+    # -- who is asking ----------------------------------------------------------
+
+    def _session(self, request: Any, role: str | None = None) -> Session:
+        """The caller's login session; 401 without one, 403 without C{role}."""
+        session = self.signer.check(cookie_value(request.getHeader(b"cookie")))
+        if session is None:
+            raise HTTPError(Result.UNAUTHORIZED, "log in first")
+        if role == "admin" and not session.is_admin:
+            raise HTTPError(Result.FORBIDDEN, "only an admin may do this")
+        return session
+
+    @staticmethod
+    def _same_origin(request: Any) -> None:
+        """Refuse a state-changing request sent by another site's page."""
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return  # not sent by a browser page (browsers send Origin on POST/PUT/DELETE)
+        host = request.getHeader(b"host") or b""
+        if origin.split(b"://", 1)[-1].lower() != host.lower():
+            raise HTTPError(Result.FORBIDDEN, "cross-site request refused")
+
     # -- request bodies -----------------------------------------------------
 
     def _json_body(self, request: Any) -> Any:
+        self._same_origin(request)
         if getattr(request, "body_too_large", False):
             limit = getattr(request, "max_body", 0)
             raise HTTPError(Result.TOO_LARGE, f"the body is larger than {limit} bytes")
@@ -165,6 +225,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/addServices", methods=["PUT"])
     async def add_services(self, request: Any) -> bytes:
+        self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=False)
         count = await self.registry.add_services(services)
         self._log.info("added {count} services", count=count)
@@ -173,6 +234,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/delServices", methods=["DELETE"])
     async def del_services(self, request: Any) -> bytes:
+        self._session(request, "admin")
         ids = validate_service_ids(self._json_body(request))
         count = await self.registry.delete_services(ids)
         self._log.info("deleted services {ids}", ids=ids)
@@ -181,6 +243,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/updateServices", methods=["POST"])
     async def update_services(self, request: Any) -> bytes:
+        self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=True)
         count = await self.registry.update_services(services)
         self._log.info("updated services {ids}", ids=[s["serviceId"] for s in services])
@@ -189,13 +252,49 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/getServices", methods=["GET"])
     async def get_services(self, request: Any) -> bytes:
+        self._session(request, "admin")
         services = [public_service(s) for s in await self.registry.list_services()]
         return ok(request, servicdLists=services)
 
     @app.route(f"{SERVICE}/getServiceList", methods=["GET"])
     async def get_service_list(self, request: Any) -> bytes:
+        self._session(request)
         services = [tester_service(s) for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
+
+    # -- accounts -------------------------------------------------------------
+
+    @app.route(f"{ACCOUNT}/login", methods=["POST"])
+    async def login(self, request: Any) -> bytes:
+        body = require_object(self._json_body(request), "")
+        username = check_username(body.get("username"))
+        password = require_str(body.get("password"), "password", 1024)
+        keys = [f"user:{username.lower()}", f"addr:{request.getClientAddress().host}"]
+        delay = self.throttle.delay(keys)
+        role = await self.accounts.authenticate(username, password)
+        if role is None:
+            self.throttle.failed(keys)
+            if delay:
+                await deferLater(self._reactor, delay, lambda: None)
+            self._log.info("failed login for {username}", username=username)
+            raise HTTPError(Result.UNAUTHORIZED, "wrong username or password")
+        self.throttle.succeeded(keys)
+        token = self.signer.make(username, role)
+        request.setHeader(b"Set-Cookie", set_cookie_header(
+            token, int(self.signer.lifetime), bool(request.isSecure())).encode())
+        self._log.info("{username} logged in ({role})", username=username, role=role)
+        return ok(request, username=username, role=role)
+
+    @app.route(f"{ACCOUNT}/logout", methods=["POST"])
+    def logout(self, request: Any) -> bytes:
+        self._same_origin(request)
+        request.setHeader(b"Set-Cookie", set_cookie_header("", 0, bool(request.isSecure())).encode())
+        return ok(request)
+
+    @app.route(f"{ACCOUNT}/me", methods=["GET"])
+    def me(self, request: Any) -> bytes:
+        session = self._session(request)
+        return ok(request, username=session.username, role=session.role)
 
     @app.route(f"{SERVICE}/<path:rest>")
     def service_fallback(self, request: Any, rest: str) -> bytes:
@@ -215,6 +314,8 @@ class RegistryAPI:
 
     @app.route(f"{PREFIX}/", branch=True, methods=["GET", "HEAD"])  # type: ignore[type-var]
     def pages(self, request: Any) -> Resource:
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name, value)
         return File(self.webroot)
 
     # -- errors: every failure is a JSON answer -----------------------------

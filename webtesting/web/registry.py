@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from webtesting import dbpool
 from webtesting.config import RegistryConfig
+from webtesting.web.accounts import USER_SCHEMA_MYSQL, USER_SCHEMA_SQLITE
 from webtesting.protocol import (
     PASSWORD_MASK,
     SERVICE_FIELDS,
@@ -84,7 +85,7 @@ class UnknownServices(Exception):
 @dataclass(frozen=True)
 class _Dialect:
     name: str
-    schema: str
+    schema: tuple[str, ...]
     for_update: str
 
     def sql(self, statement: str) -> str:
@@ -92,8 +93,8 @@ class _Dialect:
         return statement if self.name == "mysql" else statement.replace("%s", "?")
 
 
-MYSQL = _Dialect("mysql", MYSQL_SCHEMA, " FOR UPDATE")
-SQLITE = _Dialect("sqlite", SQLITE_SCHEMA, "")
+MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL), " FOR UPDATE")
+SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:
@@ -130,6 +131,7 @@ class Registry:
     def __init__(self, db: dbpool.Database, dialect: _Dialect) -> None:
         self.db = db
         self._dialect = dialect
+        self.dialect_name = dialect.name
 
     def add_services(self, services: Sequence[dict[str, Any]]) -> Deferred[int]:
         """Insert every service or none; fire with the number inserted."""
@@ -222,62 +224,76 @@ class Registry:
         return self.db.run(work)
 
 
+def _connector(config: RegistryConfig) -> tuple[dbpool.Connect, _Dialect, str]:
+    """How to open one connection to the registry database, its dialect and a name for logs."""
+    if config.mysql is None:
+        path = config.sqlite_path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return dbpool.sqlite_connector(path, busy_timeout=config.request_timeout), SQLITE, f"registry (sqlite {path})"
+    m = config.mysql
+    connect_db = dbpool.mysql_connector(
+        m.host, m.port, m.user, m.password, m.database, m.connect_timeout, m.read_timeout, m.write_timeout,
+    )
+    connect_server = dbpool.mysql_connector(
+        m.host, m.port, m.user, m.password, None, m.connect_timeout, m.read_timeout, m.write_timeout,
+    )
+
+    def connect() -> Any:
+        import pymysql
+
+        try:
+            return connect_db()
+        except pymysql.err.OperationalError as e:
+            if e.args[0] != 1049:  # unknown database: create it, once
+                raise
+        server = connect_server()
+        try:
+            with server.cursor() as cursor:
+                cursor.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{m.database.replace('`', '``')}` CHARACTER SET utf8mb4"
+                )
+        finally:
+            server.close()
+        return connect_db()
+
+    return connect, MYSQL, f"registry (mysql {m.host}:{m.port}/{m.database})"
+
+
+def _prepare(dialect: _Dialect) -> Any:
+    def prepare(cursor: Any) -> None:
+        # Runs on every reconnect: the tables may have been dropped meanwhile.
+        for statement in dialect.schema:
+            cursor.execute(statement)
+
+    return prepare
+
+
 def open_registry(config: RegistryConfig, reactor: Any) -> Registry:
     """
     Build the registry on MySQL when C{config.mysql} is set, else on SQLite.
 
     The returned registry's C{db} is a service: start it to connect.
     """
-    if config.mysql is not None:
-        m = config.mysql
-        connect_db = dbpool.mysql_connector(
-            m.host, m.port, m.user, m.password, m.database,
-            m.connect_timeout, m.read_timeout, m.write_timeout,
-        )
-        connect_server = dbpool.mysql_connector(
-            m.host, m.port, m.user, m.password, None,
-            m.connect_timeout, m.read_timeout, m.write_timeout,
-        )
-
-        def connect() -> Any:
-            import pymysql
-
-            try:
-                return connect_db()
-            except pymysql.err.OperationalError as e:
-                if e.args[0] != 1049:  # unknown database: create it, once
-                    raise
-            server = connect_server()
-            try:
-                with server.cursor() as cursor:
-                    cursor.execute(
-                        f"CREATE DATABASE IF NOT EXISTS `{m.database.replace('`', '``')}` "
-                        "CHARACTER SET utf8mb4"
-                    )
-            finally:
-                server.close()
-            return connect_db()
-
-        dialect, is_fault, threads = MYSQL, dbpool.mysql_is_fault, config.threads
-        name = f"registry (mysql {m.host}:{m.port}/{m.database})"
-    else:
-        path = config.sqlite_path
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        connect = dbpool.sqlite_connector(path, busy_timeout=config.request_timeout)
-        # One writer at a time is all SQLite does; one thread keeps it simple.
-        dialect, is_fault, threads = SQLITE, dbpool.sqlite_is_fault, 1
-        name = f"registry (sqlite {path})"
-
+    connect, dialect, name = _connector(config)
     db = dbpool.Database(
         name,
         connect,
         reactor,
-        is_fault=is_fault,
-        threads=threads,
+        is_fault=dbpool.mysql_is_fault if dialect is MYSQL else dbpool.sqlite_is_fault,
+        # One writer at a time is all SQLite does; one thread keeps it simple.
+        threads=config.threads if dialect is MYSQL else 1,
         request_timeout=config.request_timeout,
         retry_interval=config.retry_interval,
-        # Runs on every reconnect: the table may have been dropped meanwhile.
-        prepare=lambda cursor: cursor.execute(dialect.schema),
+        prepare=_prepare(dialect),
     )
     return Registry(db, dialect)
+
+
+def connect_sync(config: RegistryConfig) -> tuple[Any, str]:
+    """One plain DB-API connection with the tables in place, for command-line tools."""
+    connect, dialect, _name = _connector(config)
+    connection = connect()
+    cursor = connection.cursor()
+    _prepare(dialect)(cursor)
+    connection.commit()
+    return connection, dialect.name

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
+from webtesting.web.accounts import SessionSigner
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
@@ -33,7 +34,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config: WebConfig = load(WebConfig, self["config"])
-            self.secret = self.config.agents.auth.read(f"{self['config'] or '<defaults>'}: agents.auth")
+            source = self["config"] or "<defaults>"
+            self.secret = self.config.agents.auth.read(f"{source}: agents.auth")
+            self.session_secret = self.config.http.sessions.read(f"{source}: http.sessions")
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 
@@ -83,13 +86,20 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     links.setName("agent-links")
     links.setServiceParent(top)
 
-    api = RegistryAPI(registry, config.http.webroot or default_webroot(), ws_addr_for(config), links.sync)
+    signer = SessionSigner(options.session_secret, config.http.sessions.lifetime)
+    api = RegistryAPI(
+        registry, config.http.webroot or default_webroot(), ws_addr_for(config), signer, links.sync,
+        reactor=reactor,
+    )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
 
-    browsers = BrowserFactory(relay, path=config.websocket.path, max_message=config.websocket.max_message_bytes)
+    browsers = BrowserFactory(
+        relay, signer, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
+        allowed_origins=config.websocket.allowed_origins,
+    )
     ws = StreamServerEndpointService(serverFromString(reactor, config.websocket.listen), browsers)
     ws.setName("websocket")
     ws.setServiceParent(top)

@@ -10,13 +10,15 @@ streams without end.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
 from webtesting.protocol import Result
+from webtesting.web.accounts import Session, SessionSigner, cookie_value
 from webtesting.web.sessions import BrowserSession, Relay
 
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
@@ -26,11 +28,18 @@ class BrowserProtocol(WebSocketServerProtocol):
     _log = Logger()
     factory: "BrowserFactory"
     session: BrowserSession | None = None
+    user: Session | None = None
     _too_large = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         if request.path != self.factory.path:
             raise ConnectionDeny(404, f"no WebSocket at {request.path}")
+        if not self.factory.origin_allowed(request.headers.get("origin"), request.headers.get("host", "")):
+            self._log.warn("refused a browser WebSocket from origin {origin}", origin=request.headers.get("origin"))
+            raise ConnectionDeny(403, "origin not allowed")
+        self.user = self.factory.signer.check(cookie_value(request.headers.get("cookie")))
+        if self.user is None:
+            raise ConnectionDeny(401, "log in first")
 
     def onOpen(self) -> None:
         try:
@@ -94,11 +103,20 @@ class BrowserFactory(WebSocketServerFactory):
     protocol = BrowserProtocol  # type: ignore[assignment]
 
     def __init__(
-        self, relay: Relay, *, path: str = "/WebTesting", max_message: int = 64 * 1024, **kw: Any
+        self,
+        relay: Relay,
+        signer: SessionSigner,
+        *,
+        path: str = "/WebTesting",
+        max_message: int = 64 * 1024,
+        allowed_origins: Sequence[str] = (),
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.relay = relay
+        self.signer = signer
         self.path = path
+        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self.max_message = max_message
         backstop = max(16 * max_message, 1024 * 1024)
         self.setProtocolOptions(
@@ -108,3 +126,20 @@ class BrowserFactory(WebSocketServerFactory):
             autoPingTimeout=10,
             openHandshakeTimeout=10,
         )
+
+    def origin_allowed(self, origin: str | None, host: str) -> bool:
+        """
+        A browser page may connect from the host it reached us by (any port:
+        the pages are served on another port than this), or from a
+        configured origin. Non-browser clients send no Origin.
+        """
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        try:
+            origin_host = urlsplit(origin).hostname
+        except ValueError:
+            return False
+        return origin_host is not None and origin_host == urlsplit("//" + host).hostname

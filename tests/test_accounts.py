@@ -1,0 +1,190 @@
+"""Accounts: passwords, signed sessions, roles on the API, cross-site refusal, slowed failures."""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from webtesting.config import RegistryConfig
+from webtesting.web.accounts import (
+    LoginThrottle,
+    SessionSigner,
+    add_user_sync,
+    check_password,
+    cookie_value,
+    delete_user_sync,
+    hash_password,
+    list_users_sync,
+)
+from webtesting.web.registry import connect_sync
+from tests.support.registry import SERVICE, RunningRegistry, seed_service
+
+
+class PasswordTests(unittest.TestCase):
+    def test_hash_and_check(self) -> None:
+        """A password checks against its own salted hash only; two hashes of it differ."""
+        stored = hash_password("correct horse")
+        self.assertTrue(stored.startswith("scrypt$"))
+        self.assertNotIn("correct horse", stored)
+        self.assertTrue(check_password("correct horse", stored))
+        self.assertFalse(check_password("correct hors", stored))
+        self.assertNotEqual(stored, hash_password("correct horse"))
+        self.assertFalse(check_password("x", "not-a-hash"))
+
+
+class SessionTests(unittest.TestCase):
+    def test_round_trip(self) -> None:
+        """A session cookie made by the signer is read back with its user and role."""
+        signer = SessionSigner("a-secret-of-enough-length", 60)
+        session = signer.check(signer.make("ann", "admin"))
+        assert session is not None
+        self.assertEqual((session.username, session.role, session.is_admin), ("ann", "admin", True))
+
+    def test_forged_and_expired(self) -> None:
+        """A cookie changed by hand, signed with another secret, or expired, is no session."""
+        now = [1000.0]
+        signer = SessionSigner("a-secret-of-enough-length", 60, clock=lambda: now[0])
+        value = signer.make("ann", "tester")
+        version, payload, signature = value.split(".")
+        forged = signer.make("ann", "admin").split(".")[1]
+        self.assertIsNone(signer.check(f"{version}.{forged}.{signature}"))
+        self.assertIsNone(SessionSigner("another-secret-entirely", 60).check(value))
+        self.assertIsNone(signer.check("garbage"))
+        self.assertIsNone(signer.check(None))
+        now[0] += 61
+        self.assertIsNone(signer.check(value))
+
+    def test_cookie_value(self) -> None:
+        """The session cookie is found among others."""
+        self.assertEqual(cookie_value(b"a=1; wt_session=v1.x.y; b=2"), "v1.x.y")
+        self.assertIsNone(cookie_value("a=1"))
+
+
+class ThrottleTests(unittest.TestCase):
+    def test_failures_slow_down_and_are_forgotten(self) -> None:
+        """After a few failures each answer waits longer, up to a cap; a success or time forgets them."""
+        clock = Clock()
+        throttle = LoginThrottle(clock=clock.seconds, window=900)
+        keys = ["user:ann", "addr:127.0.0.1"]
+        delays = []
+        for _ in range(10):
+            delays.append(throttle.delay(keys))
+            throttle.failed(keys)
+        self.assertEqual(delays[:4], [0, 0, 0, 0.5])
+        self.assertEqual(delays[4:6], [1.0, 2.0])
+        self.assertEqual(delays[-1], LoginThrottle.MAX_DELAY)
+        self.assertGreater(throttle.delay(["addr:127.0.0.1"]), 0)  # another username, same address
+        clock.advance(901)
+        self.assertEqual(throttle.delay(keys), 0)
+        for _ in range(5):
+            throttle.failed(keys)
+        throttle.succeeded(keys)
+        self.assertEqual(throttle.delay(keys), 0)
+
+
+class AccountAPITests(unittest.TestCase):
+    async def setUp(self) -> None:
+        config = RegistryConfig(sqlite_path=self.mktemp() + ".sqlite3")
+        connection, dialect = connect_sync(config)
+        add_user_sync(connection, dialect, "ann", "ann-password-1", "admin")
+        add_user_sync(connection, dialect, "tom", "tom-password-1", "tester")
+        self.assertEqual(list_users_sync(connection, dialect), [("ann", "admin"), ("tom", "tester")])
+        connection.close()
+        self.running = RunningRegistry(config)
+        self.client = await self.running.start(role=None)
+
+    async def tearDown(self) -> None:
+        await self.running.stop()
+
+    async def test_login_sets_a_safe_cookie(self) -> None:
+        """A right password logs in with an HttpOnly, SameSite=Strict, expiring cookie; /me tells who."""
+        status, answer = await self.client.login("ann", "ann-password-1")
+        self.assertEqual((status, answer["role"], answer["username"]), (200, "admin", "ann"))
+        [cookie] = self.client.last_headers.getRawHeaders("set-cookie")
+        for flag in ("HttpOnly", "SameSite=Strict", "Path=/WebTesting", "Max-Age=3600"):
+            self.assertIn(flag, cookie)
+        status, answer = await self.client.call("GET", "/WebTesting/Account/me")
+        self.assertEqual((status, answer["username"], answer["role"]), (200, "ann", "admin"))
+
+    async def test_wrong_password(self) -> None:
+        """A wrong password or unknown user is answered 401 with the same words, and no cookie."""
+        for username, password in (("ann", "wrong-password"), ("nobody", "whatever-pw")):
+            status, answer = await self.client.login(username, password)
+            self.assertEqual((status, answer), (401, {"result": 401, "msg": "wrong username or password"}))
+        self.assertEqual(self.client.cookie, "")
+        status, _ = await self.client.call("GET", "/WebTesting/Account/me")
+        self.assertEqual(status, 401)
+
+    async def test_repeated_failures_are_slowed(self) -> None:
+        """After several failed logins the answers come later."""
+        self.running.api.throttle = LoginThrottle()
+        self.running.api.throttle.failed(["user:ann"] * 1)
+        for _ in range(4):
+            self.running.api.throttle.failed(["user:ann"])
+        started = time.monotonic()
+        status, _ = await self.client.login("ann", "wrong-password")
+        self.assertEqual(status, 401)
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
+
+    async def test_not_logged_in(self) -> None:
+        """Without a session every API call is answered 401."""
+        for method, endpoint in (("GET", "getServiceList"), ("GET", "getServices"), ("PUT", "addServices")):
+            status, answer = await self.client.call(method, f"{SERVICE}/{endpoint}", [seed_service()])
+            self.assertEqual((status, answer["result"]), (401, 401))
+
+    async def test_tester_is_refused_admin_operations(self) -> None:
+        """A tester may list services for chat, but may not see them in full or change them."""
+        await self.client.login("tom", "tom-password-1")
+        status, _ = await self.client.call("GET", f"{SERVICE}/getServiceList")
+        self.assertEqual(status, 200)
+        for method, endpoint, body in (("GET", "getServices", None), ("PUT", "addServices", [seed_service()]),
+                                       ("POST", "updateServices", [{"serviceId": 1, "description": "x"}]),
+                                       ("DELETE", "delServices", {"serviceIds": [1]})):
+            status, answer = await self.client.call(method, f"{SERVICE}/{endpoint}", body)
+            self.assertEqual((status, answer["result"]), (403, 403), endpoint)
+        self.assertEqual(await self.running.registry.list_services(), [])
+
+    async def test_cross_site_requests_are_refused(self) -> None:
+        """A state-changing request from another site's page is refused even with the admin's cookie."""
+        await self.client.login("ann", "ann-password-1")
+        response = await self.client.http.request(
+            "PUT", f"{self.client.base}{SERVICE}/addServices", json=[seed_service()],
+            headers={"Cookie": [self.client.cookie], "Origin": ["http://evil.example"]},
+        )
+        self.assertEqual(response.code, 403)
+        await response.content()
+        self.assertEqual(await self.running.registry.list_services(), [])
+
+    async def test_logout(self) -> None:
+        """Logging out clears the cookie."""
+        await self.client.login("ann", "ann-password-1")
+        status, _ = await self.client.call("POST", "/WebTesting/Account/logout", {})
+        self.assertEqual(status, 200)
+        [cookie] = self.client.last_headers.getRawHeaders("set-cookie")
+        self.assertIn("wt_session=;", cookie)
+        self.assertIn("Max-Age=0", cookie)
+
+    async def test_page_headers(self) -> None:
+        """Pages are sent with a Content-Security-Policy that forbids inline and foreign scripts."""
+        response = await self.client.http.get(f"{self.client.base}/WebTesting/index.html")
+        await response.content()
+        self.assertIn("default-src 'self'", response.headers.getRawHeaders("content-security-policy")[0])
+
+
+class CommandTests(unittest.TestCase):
+    def test_add_update_delete(self) -> None:
+        """The account command's functions add, re-role and delete users, refusing weak input."""
+        from webtesting.protocol import InvalidInput
+
+        connection, dialect = connect_sync(RegistryConfig(sqlite_path=self.mktemp() + ".sqlite3"))
+        self.addCleanup(connection.close)
+        add_user_sync(connection, dialect, "ann", "ann-password-1", "tester")
+        add_user_sync(connection, dialect, "ann", "ann-password-2", "admin")
+        self.assertEqual(list_users_sync(connection, dialect), [("ann", "admin")])
+        self.assertRaises(InvalidInput, add_user_sync, connection, dialect, "bob", "short", "tester")
+        self.assertRaises(InvalidInput, add_user_sync, connection, dialect, "b b", "long-enough-pw", "tester")
+        self.assertRaises(InvalidInput, add_user_sync, connection, dialect, "bob", "long-enough-pw", "root")
+        self.assertTrue(delete_user_sync(connection, dialect, "ann"))
+        self.assertFalse(delete_user_sync(connection, dialect, "ann"))
