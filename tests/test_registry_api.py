@@ -268,6 +268,21 @@ class RegistryAPITestsMixin:
         for secret in ("s3cret-pw", "127.0.0.2", "1443", "2021", "tesdb001"):
             self.assertNotIn(secret, text)
 
+    async def test_reasons_shown_to_testers_are_scrubbed(self) -> None:
+        """A down reason naming the service's hosts or user reaches testers without them; admins see it whole."""
+        [sid] = await self.add(seed_service(mysqlUser="botuser"))
+        reason = ("bot MySQL unreachable: Access denied for user 'botuser'@'127.0.0.1' (1045); "
+                  "Redis Cluster unreachable: 127.0.0.2:7000 refused")
+        await self.running.registry.set_status(sid, 0, reason)
+        self.running.client.cookie = f"wt_session={self.running.signer.make('t', 'tester')}"
+        _, answer = await self.call("GET", "getServiceList")
+        shown = answer["serviceLists"][0]["msg"]
+        for hidden in ("botuser", "127.0.0.1", "127.0.0.2", "7000"):
+            self.assertNotIn(hidden, shown)
+        self.assertIn("Access denied", shown)
+        self.running.client.cookie = f"wt_session={self.running.signer.make('a', 'admin')}"
+        self.assertEqual((await self.list_all())[0]["msg"], reason)
+
     async def test_empty_password_is_shown_empty(self) -> None:
         """A service without a MySQL password shows an empty password, not the mask."""
         await self.add(seed_service(mysqlPwd=""))

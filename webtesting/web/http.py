@@ -10,7 +10,9 @@ naming what was wrong. Bodies are size-limited while they arrive
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
+from urllib.parse import urlsplit
 from typing import Any, Callable
 
 from klein import Klein
@@ -122,9 +124,30 @@ def public_service(service: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+_PORT_AFTER = re.compile(r"…:\d+")
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+
+
+def _scrub(text: str, service: dict[str, Any]) -> str:
+    """C{text} without the service's addresses, names and credentials."""
+    words = [service.get("mysqlAddr"), service.get("mysqlUser"), service.get("mysqlPwd"),
+             service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
+    words += [node.get("host") for node in service.get("redisCluster") or []]
+    for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
+        words.append(urlsplit(url or "").hostname)
+    for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
+        text = text.replace(word, "…")
+    return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
+
+
 def tester_service(service: dict[str, Any]) -> dict[str, Any]:
-    """A service as getServiceList shows it: no addresses, no credentials."""
-    return {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
+    """
+    A service as getServiceList shows it: no addresses, no credentials —
+    not even inside the reason it is down (admins see that in full).
+    """
+    shown = {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
+    shown["msg"] = _scrub(str(shown["msg"]), service)
+    return shown
 
 
 _API_METHODS = {
