@@ -244,8 +244,34 @@ class BackoffTests(unittest.TestCase):
 
         link = AgentLink(seed_service(serviceId=1, status=0, msg=""), reactor=Clock(), relay=Relay({}),
                          secret="s", on_health=lambda l: None, policy=lambda n: 1.0)
-        link._connect_failed(Failure(error.TimeoutError()))
+        link.state = LinkState.CONNECTING  # as if start() had begun an attempt
+        link._connect_failed(Failure(error.TimeoutError()), None)
         self.assertEqual(link.reason, "agent unreachable: connecting timed out")
-        link._connect_failed(Failure(error.DNSLookupError("x")))
+        link._connect_failed(Failure(error.DNSLookupError("x")), None)
         self.assertEqual((link.state, link.reason), (LinkState.BROKEN, "agent host unknown: 127.0.0.2"))
         link.stop()
+
+    def test_dropped_attempt_is_not_a_failure(self) -> None:
+        """An attempt cancelled by stop() or a changed address is not counted, retried or reported."""
+        clock = Clock()
+
+        class Hanging:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                from twisted.internet.error import DNSLookupError
+
+                # Like HostnameEndpoint: cancelling may fail with another error.
+                return defer.Deferred(lambda d: d.errback(DNSLookupError("cancelled mid-lookup")))
+
+        health: list[tuple[int, str]] = []
+        link = AgentLink(
+            seed_service(serviceId=1, status=0, msg=""), reactor=clock, relay=Relay({}), secret="s",
+            on_health=lambda l: health.append(l.health), policy=lambda n: 1.0,
+        )
+        link._endpoint = lambda: (Hanging(), None)  # type: ignore[method-assign,assignment,return-value]
+        link.start()
+        link.update(seed_service(serviceId=1, status=0, msg="", agentAddr="ws://127.0.0.3:1/x"))
+        self.assertEqual((link.state, link.failures), (LinkState.CONNECTING, 0))
+        link.stop()
+        self.assertEqual(link.state, LinkState.STOPPED)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(health, [])

@@ -148,8 +148,8 @@ class AgentLink:
 
     def stop(self) -> None:
         """Stop for good (the service was deleted, or the server stops)."""
-        self._drop_connection()
         self.state = LinkState.STOPPED
+        self._drop_connection()
 
     def update(self, record: dict[str, Any]) -> None:
         """The registry record changed: reconnect or resend what changed."""
@@ -188,7 +188,9 @@ class AgentLink:
             return
         d = endpoint.connect(factory)
         self._attempt = d
-        d.addCallbacks(self._connected, self._connect_failed)
+        # An attempt dropped on purpose (cancelled) may still end, often
+        # with an error other than CancelledError: d tells whose it was.
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(d,), errbackArgs=(d,))
         d.addErrback(lambda f: self._log.failure("agent link {service_id}", f, service_id=self.service_id))
 
     def _endpoint(self) -> tuple[Any, WebSocketClientFactory]:
@@ -222,15 +224,19 @@ class AgentLink:
         factory.buildProtocol = build  # type: ignore[method-assign]
         return endpoint, factory
 
-    def _connected(self, proto: AgentLinkProtocol) -> None:
+    def _connected(self, proto: AgentLinkProtocol, attempt: Deferred[Any]) -> None:
+        if attempt is not self._attempt:
+            proto.link = _DetachedLink()  # type: ignore[assignment]
+            proto.dropConnection(abort=True)
+            return
         # TCP is up; the WebSocket handshake goes on (onOpen or onClose next).
         self._attempt = None
         self._proto = proto
 
-    def _connect_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if failure.check(defer.CancelledError):
+    def _connect_failed(self, failure: Failure, attempt: Deferred[Any]) -> None:
+        if attempt is not self._attempt or failure.check(defer.CancelledError):
             return
+        self._attempt = None
         if failure.check(error.DNSLookupError):
             self._failed(f"agent host unknown: {self._host()}", repairable=False)
         elif failure.check(error.ConnectionRefusedError):
@@ -311,6 +317,8 @@ class AgentLink:
     # -- failing and waiting ------------------------------------------------------
 
     def _failed(self, why: str, *, repairable: bool) -> None:
+        if self.state is LinkState.STOPPED:
+            return
         self._reason = why
         if repairable:
             delay = self._policy(self.failures)
