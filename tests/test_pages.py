@@ -1,0 +1,426 @@
+"""
+The pages in a real browser (headless Chromium through Playwright) against
+the real system: web server, agent, reference bot, Redis Cluster, MariaDB.
+
+Browser steps are plain functions run on the browser's thread
+(L{tests.support.browser}); the system runs on the reactor meanwhile, so a test
+can kill the agent while the page watches.
+
+Set C{WT_SCREENSHOTS} to a folder to keep the chat and admin screenshots
+(docs/screenshots/take.py does, for the README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from twisted.trial import unittest
+
+from webtesting.web.registry import connect_sync
+from tests.support import mariadb
+from tests.support.browser import PASSWORD, Browser, PagesSystem
+from tests.support.wait import eventually, free_port
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # Browser() fails the test saying how to install it
+    expect = None  # type: ignore[assignment]
+
+TESTER, ADMIN = "tess", "ada"
+MARKUP_DESCRIPTION = "<img src=x onerror=\"window.__pwned='description'\"> bot"
+MARKUP_CHAT = "<script>window.__pwned='chat'</script><b>bold</b>"
+
+
+# -- browser steps (run on the browser's thread) ------------------------------------
+
+
+def log_in(page: Any, base: str, username: str, start: str = "index.html", password: str = PASSWORD) -> None:
+    """Open C{start}; being sent to the login page, log in and land back on C{start}."""
+    page.goto(f"{base}/{start}")
+    page.wait_for_url("**/login.html?next=*")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.press("#password", "Enter")
+    page.wait_for_url(f"**/{start}")
+
+
+def panel(page: Any, number: int) -> Any:
+    return page.locator(f'section.panel[data-panel="{number}"]')
+
+
+def log_in_panel(page: Any, number: int, service_id: int, appid: str, uname: str) -> Any:
+    p = panel(page, number)
+    p.locator("select.service").select_option(str(service_id))
+    p.locator("select.appid").select_option(appid)
+    p.locator("input.uname").fill(uname)
+    p.locator("input.uname").press("Enter")
+    expect(p.locator(".session")).to_be_visible()
+    expect(p.locator(".session-text")).to_contain_text(uname)
+    expect(p.locator("select.service")).to_be_disabled()
+    expect(p.locator("input.content")).to_be_enabled()
+    return p
+
+
+def say(p: Any, text: str) -> None:
+    p.locator("input.content").fill(text)
+    p.locator("input.content").press("Enter")
+
+
+def bot_says(p: Any, text: str) -> None:
+    expect(p.locator(".msg-bot .msg-text").filter(has_text=text)).to_have_count(1)
+
+
+def screenshot(page: Any, testcase: Any, name: str) -> None:
+    path = os.path.abspath(testcase.mktemp() + f"-{name}")
+    page.screenshot(path=path, full_page=True)
+    folder = os.environ.get("WT_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(path, os.path.join(folder, name))
+
+
+class PageTestCase(unittest.TestCase):
+    timeout = 180
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.system = PagesSystem(self)
+        await self.system.start()
+        self.system.add_user(TESTER, "tester")
+        self.system.add_user(ADMIN, "admin")
+        self.browser = Browser(self)
+
+    async def page_as(self, username: str, start: str = "index.html") -> Any:
+        page = await self.browser.page()
+        await self.browser.run(log_in, page, self.system.base, username, start)
+        return page
+
+    def step(self, fn: Any, *args: Any) -> Any:
+        return self.browser.run(fn, *args)
+
+    async def assert_no_page_errors(self, page: Any) -> None:
+        self.assertEqual(page.wt_errors, [])
+
+
+class ChatPageTests(PageTestCase):
+    async def test_chat_with_live_state(self) -> None:
+        """A tester logs in, chats with the reference bot and sees tags, topics and memory change live."""
+        sid = await self.system.add_service(description="reference bot")
+        page = await self.page_as(TESTER, "chat.html")
+
+        def chat() -> None:
+            expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+            p = log_in_panel(page, 1, sid, "1.00002", "alice")
+            expect(p.locator(".state-updated")).not_to_be_empty()
+            # Empty content is refused with a hint, and nothing is sent.
+            p.locator("button.send").click()
+            expect(p.locator(".send-hint")).to_have_text("Type a message first.")
+            expect(p.locator(".msg-me")).to_have_count(0)
+
+            say(p, "my name is Alice")
+            expect(p.locator(".msg-me .msg-text")).to_have_text("my name is Alice")
+            bot_says(p, "Nice to meet you, Alice!")
+            memory = p.locator(".state-memory li.is-new")
+            expect(memory).to_contain_text("name")
+            expect(memory).to_contain_text("Alice")
+            expect(memory.locator(".badge.new")).to_have_text("new")
+            expect(p.locator(".state-tags li.is-new")).to_contain_text("told their name")
+            expect(p.locator(".state-topic")).to_contain_text("about you")
+
+            say(p, "what's the weather like?")
+            expect(p.locator(".state-topic")).to_contain_text("weather")
+            expect(p.locator(".state-prev-topic")).to_contain_text("about you")
+            expect(p.locator(".state-topics li.is-new").filter(has_text="weather")).to_have_count(1)
+            expect(p.locator(".state-tags li")).to_contain_text(["asked a question"])
+            # The bot's unprompted follow-up, its action shown discreetly.
+            expect(p.locator(".msg-bot .msg-action").filter(has_text="followUp")).to_have_count(1)
+
+            # Pushes off: a change shows only when asked for.
+            p.locator("input.auto").uncheck()
+            expect(p.locator("input.auto")).not_to_be_checked()
+            say(p, "call me Alicia")
+            bot_says(p, "Alicia")
+            page.wait_for_timeout(1500)
+            expect(p.locator(".state-memory")).not_to_contain_text("Alicia")
+            p.locator("button.refresh").click()
+            expect(p.locator(".state-memory li.is-new")).to_contain_text("Alicia")
+            deleted = p.locator(".state-memory li.is-deleted")
+            expect(deleted).to_contain_text("Alice")
+            expect(deleted.locator("del")).to_have_count(1)
+            p.locator("input.auto").check()
+            screenshot(page, self, "chat.png")
+
+            # The page speaks Chinese too, and remembers the choice.
+            page.select_option("#lang", "zh")
+            expect(p.locator("button.send")).to_have_text("发送")
+            page.reload()
+            expect(page.locator("#add-panel")).to_have_text("添加面板")
+            log_in_panel(page, 1, sid, "1.00002", "alice")
+            say(p, "我叫小明，今天天气怎么样？")
+            bot_says(p, "小明")
+            expect(p.locator(".state-memory")).to_contain_text("小明")
+            screenshot(page, self, "chat-zh.png")
+            page.select_option("#lang", "en")
+
+        await self.step(chat)
+        await self.assert_no_page_errors(page)
+
+    async def test_two_bots_side_by_side(self) -> None:
+        """Two panels hold two logins on two services over one WebSocket; each sees only its own bot."""
+        first = await self.system.add_service(description="first bot")
+        second = await self.system.add_service(description="second bot", allowedAppids=["1.00003"])
+        await self.system.api("PUT", "Service/addServices", [self.system.service(
+            description="broken bot", mysqlUser="wt_nobody", mysqlPwd="wrong")])
+        broken = max(s["serviceId"] for s in await self.system.services())
+
+        async def reason() -> bool:
+            record = next(s for s in await self.system.services() if s["serviceId"] == broken)
+            return record["status"] == 0 and "MySQL" in record["msg"]
+
+        await eventually(reason, timeout=20, what="the broken service reported down")
+        page = await self.page_as(TESTER, "chat.html")
+
+        def chat() -> None:
+            # A service that is down cannot be picked, and says why.
+            option = panel(page, 1).locator(f'select.service option[value="{broken}"]')
+            expect(option).to_be_disabled()
+            expect(option).to_contain_text("unavailable: bot MySQL unreachable")
+            one = log_in_panel(page, 1, first, "1.00002", "alice")
+            page.click("#add-panel")
+            two = panel(page, 2)
+            # A service held by one panel cannot be picked in another.
+            expect(two.locator(f'select.service option[value="{first}"]')).to_be_disabled()
+            log_in_panel(page, 2, second, "1.00003", "bob")
+            say(two, "my name is Bob")
+            say(one, "my name is Alice")
+            bot_says(two, "Nice to meet you, Bob!")
+            bot_says(one, "Nice to meet you, Alice!")
+            expect(two.locator(".state-memory")).to_contain_text("Bob")
+            expect(one.locator(".state-memory")).to_contain_text("Alice")
+            expect(one.locator(".messages")).not_to_contain_text("Bob")
+            expect(two.locator(".messages")).not_to_contain_text("Alice")
+            screenshot(page, self, "chat-two-bots.png")
+            # Logging one panel out leaves the other chatting.
+            two.locator("button.logout").click()
+            expect(two.locator("select.service")).to_be_enabled()
+            expect(two.locator("input.content")).to_be_disabled()
+            say(one, "hello")
+            bot_says(one, "Hello, Alice!")
+
+        await self.step(chat)
+        await self.assert_no_page_errors(page)
+
+    async def test_agent_down_blocks_sending(self) -> None:
+        """When the agent dies the panel shows the service down and blocks sending; when it is back, sending works."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, sid, "1.00002", "carol")
+
+        await self.system.agent.kill()
+
+        def down() -> None:
+            expect(p.locator(".service-banner")).to_be_visible()
+            expect(p.locator(".service-banner")).to_contain_text("Service down")
+            expect(p.locator("input.content")).to_be_disabled()
+            expect(p.locator("button.send")).to_be_disabled()
+
+        await self.step(down)
+        self.system.agent.start()
+
+        def back() -> None:
+            expect(p.locator(".service-banner")).to_be_hidden()
+            expect(p.locator("input.content")).to_be_enabled()
+            say(p, "my name is Carol")
+            bot_says(p, "Nice to meet you, Carol!")
+
+        await self.step(back)
+        await self.assert_no_page_errors(page)
+
+    async def test_websocket_reconnects(self) -> None:
+        """When the WebSocket drops, the page says so, reconnects with backoff and logs its panels in again."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+
+        def chat() -> None:
+            log_in_panel(page, 1, sid, "1.00002", "dave")
+            say(p, "my name is Dave")
+            bot_says(p, "Nice to meet you, Dave!")
+
+        await self.step(chat)
+        await self.system.drop_browser_websocket()
+
+        def lost() -> None:
+            expect(page.locator("#connection")).to_have_attribute("data-state", "lost")
+            expect(page.locator("#connection")).to_contain_text("reconnecting in")
+            expect(p.locator(".service-banner")).to_have_text("Not connected to the server.")
+            expect(p.locator("input.content")).to_be_disabled()
+            page.wait_for_timeout(1500)  # let a reconnection fail, so the delay grows
+
+        await self.step(lost)
+        self.system.restore_browser_websocket()
+
+        def back() -> None:
+            expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=10_000)
+            expect(p.locator(".msg-system").filter(has_text="Reconnected; logging in again.")).to_have_count(1)
+            expect(p.locator("input.content")).to_be_enabled()
+            say(p, "what's my name?")
+            bot_says(p, "Your name is Dave.")
+
+        await self.step(back)
+        await self.assert_no_page_errors(page)
+
+    async def test_markup_is_shown_as_text(self) -> None:
+        """A description and chat content holding HTML are shown as literal text and never run."""
+        sid = await self.system.add_service(description=MARKUP_DESCRIPTION)
+        page = await self.page_as(TESTER, "chat.html")
+
+        def chat() -> None:
+            p = panel(page, 1)
+            p.locator("select.service").select_option(str(sid))
+            expect(p.locator(".service-desc")).to_have_text(MARKUP_DESCRIPTION)
+            log_in_panel(page, 1, sid, "1.00002", "mallory")
+            say(p, MARKUP_CHAT)
+            expect(p.locator(".msg-me .msg-text")).to_have_text(MARKUP_CHAT)
+            bot_says(p, f"I hear you: {MARKUP_CHAT}")
+            page.wait_for_timeout(300)
+            assert page.evaluate("window.__pwned") is None
+            assert page.locator("main img, main script, main b").count() == 0
+
+        await self.step(chat)
+        admin = await self.page_as(ADMIN, "admin.html")
+
+        def listed() -> None:
+            expect(admin.locator("#services td.description")).to_have_text([MARKUP_DESCRIPTION])
+            assert admin.locator("#services img").count() == 0
+            assert admin.evaluate("window.__pwned") is None
+
+        await self.step(listed)
+        await self.assert_no_page_errors(page)
+        await self.assert_no_page_errors(admin)
+
+
+class AdminPageTests(PageTestCase):
+    def mysql_user(self) -> tuple[str, str]:
+        """A MariaDB user with a password, able to read the bot's database; dropped in cleanup."""
+        user, password = f"wt_pages_{free_port()}", "pw-s3cret-pages"
+        mariadb.execute(self.system.database, f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+        self.addCleanup(mariadb.execute, self.system.database, f"DROP USER IF EXISTS '{user}'@'%'")
+        mariadb.execute(self.system.database, f"GRANT SELECT ON `{self.system.database}`.* TO '{user}'@'%'")
+        return user, password
+
+    def stored_password(self, sid: int) -> str:
+        connection, dialect = connect_sync(self.system.options.config.registry)
+        try:
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT mysqlPwd FROM tb_service_info WHERE id = {int(sid)}")
+            return str(cursor.fetchone()[0])
+        finally:
+            connection.close()
+
+    async def test_admin_adds_edits_deletes(self) -> None:
+        """An admin adds a service (a bad port is named beside its field), sees its status change, edits it with the password kept, and deletes it."""
+        user, password = self.mysql_user()
+        s = self.system.service()
+        await self.system.add_service(description="reference bot")
+        page = await self.page_as(ADMIN, "admin.html")
+        new_row = page.locator("#services tbody tr").filter(has_text="new bot")
+
+        def add() -> None:
+            page.click("#add-service")
+            page.fill("#f-description", "new bot")
+            page.fill("#f-allowedAppids", "1.00002, 1.00003")
+            page.fill("#f-wxServiceAddr", s["wxServiceAddr"])
+            page.fill("#f-agentAddr", s["agentAddr"])
+            page.fill("#f-redisCluster", ", ".join(f"{n['host']}:{n['port']}" for n in s["redisCluster"]))
+            page.fill("#f-mysqlAddr", s["mysqlAddr"])
+            page.fill("#f-mysqlPort", "70000")
+            page.fill("#f-mysqlUser", user)
+            page.fill("#f-mysqlPwd", "not-the-password")
+            page.fill("#f-mysqlDbname", s["mysqlDbname"])
+            page.click("#save-service")
+            expect(page.locator("#e-mysqlPort")).to_contain_text("between 1 and 65535")
+            expect(page.locator("#f-mysqlPort")).to_have_attribute("aria-invalid", "true")
+            expect(page.locator("#services tbody tr")).to_have_count(1)
+            page.fill("#f-mysqlPort", str(s["mysqlPort"]))
+            page.click("#save-service")
+            expect(page.locator("#service-editor")).to_be_hidden()
+            expect(new_row).to_have_count(1)
+            # The bot's MySQL refuses that password: down, with the reason.
+            expect(new_row.locator(".reason")).to_contain_text("MySQL", timeout=20_000)
+            expect(new_row.locator(".badge")).to_have_text("down")
+            screenshot(page, self, "admin.png")
+
+            # The right password, typed over the mask: up.
+            new_row.locator("button.edit").click()
+            expect(page.locator("#f-mysqlPwd")).to_have_value("********")
+            page.fill("#f-mysqlPwd", password)
+            page.click("#save-service")
+            expect(new_row.locator(".badge")).to_have_text("up", timeout=20_000)
+
+            # Another edit leaves the masked password alone: still up.
+            new_row.locator("button.edit").click()
+            expect(page.locator("#f-mysqlPwd")).to_have_value("********")
+            page.fill("#f-description", "new bot, edited")
+            page.click("#save-service")
+            expect(new_row).to_contain_text("new bot, edited")
+            page.wait_for_timeout(1000)
+            expect(new_row.locator(".badge")).to_have_text("up")
+
+        await self.step(add)
+        sid = max(s["serviceId"] for s in await self.system.services())
+        self.assertEqual(self.stored_password(sid), password)
+
+        def delete() -> None:
+            page.once("dialog", lambda dialog: dialog.accept())
+            new_row.locator("button.delete").click()
+            expect(new_row).to_have_count(0)
+            expect(page.locator("#admin-notice")).to_contain_text(f"Service {sid} deleted.")
+
+        await self.step(delete)
+        self.assertEqual([x["description"] for x in await self.system.services()], ["reference bot"])
+        await self.assert_no_page_errors(page)
+
+    async def test_tester_is_refused_admin(self) -> None:
+        """A tester sees no admin function, is refused the admin page and the admin API; a stranger is sent to log in."""
+        await self.system.add_service()
+        page = await self.browser.page()
+
+        def refused() -> None:
+            # A wrong password is answered on the login page.
+            log_in_wrong = f"{self.system.base}/login.html"
+            page.goto(log_in_wrong)
+            page.fill("#username", TESTER)
+            page.fill("#password", "not the password")
+            page.click("#login-submit")
+            expect(page.locator("#login-error")).to_contain_text("wrong username or password")
+            screenshot(page, self, "login.png")
+            # Not logged in, the API says 401.
+            status = page.evaluate("fetch('Service/getServiceList').then(r => r.status)")
+            assert status == 401, status
+
+            log_in(page, self.system.base, TESTER)
+            expect(page.locator("#go-chat")).to_be_visible()
+            expect(page.locator("#go-admin")).to_be_hidden()
+            screenshot(page, self, "home.png")
+            expect(page.locator("#nav")).not_to_contain_text("Services")
+            page.goto(f"{self.system.base}/admin.html")
+            expect(page.locator("#forbidden")).to_be_visible()
+            expect(page.locator("#services")).to_have_count(0)
+            for method, path, body in [
+                ("GET", "Service/getServices", None),
+                ("PUT", "Service/addServices", "[]"),
+                ("DELETE", "Service/delServices", '{"serviceIds":[1]}'),
+            ]:
+                status = page.evaluate(
+                    """([method, path, body]) => fetch(path, {method, body, credentials: "same-origin",
+                        headers: body ? {"Content-Type": "application/json"} : {}}).then(r => r.status)""",
+                    [method, path, body],
+                )
+                assert status == 403, (method, path, status)
+
+        await self.step(refused)
+        self.assertEqual(len(await self.system.services()), 1)
+        await self.assert_no_page_errors(page)

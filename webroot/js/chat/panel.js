@@ -1,0 +1,357 @@
+// One chat panel: its own login on one service, its messages and the user's
+// live state. Several panels share the page's one WebSocket; the socket hands
+// each panel the messages carrying its serviceId.
+
+import { h, uid } from "../dom.js";
+import { applyI18n, t } from "../i18n.js";
+import { StateView } from "./state.js";
+
+// idle: choosing a service; loggingIn: waiting for loginResp; active: logged in
+const IDLE = "idle";
+const LOGGING_IN = "loggingIn";
+const ACTIVE = "active";
+
+export class ChatPanel {
+  constructor({ socket, number, template, services, isTaken, onClose, onStatus = () => {} }) {
+    this.socket = socket;
+    this.number = number;
+    this.services = services;
+    this.isTaken = isTaken;
+    this.onClose = onClose;
+    this.onStatus = onStatus; // told when this panel takes or frees a service
+    this.status = IDLE;
+    this.serviceId = null;
+    this.appid = null;
+    this.uname = null;
+    this.down = null; // the reason while the service is down
+    this.pushes = true;
+    this.handler = (message) => this.receive(message);
+
+    this.el = template.content.firstElementChild.cloneNode(true);
+    this.el.dataset.panel = String(number);
+    const $ = (selector) => this.el.querySelector(selector);
+    this.ui = {
+      title: $(".panel-title"),
+      close: $(".panel-close"),
+      loginForm: $(".panel-login"),
+      service: $("select.service"),
+      serviceInfo: $(".service-info"),
+      appid: $("select.appid"),
+      uname: $("input.uname"),
+      loginButton: $("button.login"),
+      loginStatus: $(".login-status"),
+      session: $(".session"),
+      sessionText: $(".session-text"),
+      logout: $("button.logout"),
+      banner: $(".service-banner"),
+      messages: $(".messages"),
+      sendForm: $(".send-form"),
+      content: $("input.content"),
+      send: $("button.send"),
+      hint: $(".send-hint"),
+      refresh: $("button.refresh"),
+      auto: $("input.auto"),
+    };
+    // Unique ids so that every label points at its own control.
+    for (const label of this.el.querySelectorAll("label[data-for]")) {
+      const control = this.el.querySelector(`.${label.dataset.for}`);
+      control.id = uid(label.dataset.for);
+      label.htmlFor = control.id;
+    }
+    applyI18n(this.el);
+    this.stateView = new StateView($(".state"));
+    this.wire();
+    this.paint();
+  }
+
+  wire() {
+    const ui = this.ui;
+    ui.service.addEventListener("change", () => this.paintServiceInfo());
+    ui.loginForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.login();
+    });
+    ui.logout.addEventListener("click", () => this.logout());
+    ui.close.addEventListener("click", () => this.close());
+    ui.sendForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.sendChat();
+    });
+    ui.content.addEventListener("input", () => {
+      ui.hint.textContent = "";
+    });
+    ui.refresh.addEventListener("click", () => this.request("getUserStatusReq"));
+    ui.auto.addEventListener("change", () => {
+      this.pushes = ui.auto.checked;
+      this.request("setStatusPushReq", { enabled: this.pushes });
+    });
+  }
+
+  // -- the service list (refreshed by the page) -----------------------------
+
+  setServices(services) {
+    this.services = services;
+    if (this.status === IDLE) this.paintServices();
+    this.paintServiceInfo();
+  }
+
+  paintServices() {
+    const select = this.ui.service;
+    const chosen = select.value;
+    const options = [new Option(t("chat.pickService"), "")];
+    for (const s of this.services) {
+      let label = `#${s.serviceId} ${s.description}`;
+      let disabled = false;
+      if (s.status !== 1) {
+        label += ` — ${t("chat.serviceDown", { msg: s.msg })}`;
+        disabled = true;
+      } else if (this.isTaken(s.serviceId, this)) {
+        label += ` — ${t("chat.inOtherPanel")}`;
+        disabled = true;
+      }
+      const option = new Option(label, String(s.serviceId));
+      option.disabled = disabled;
+      options.push(option);
+    }
+    select.replaceChildren(...options);
+    const still = this.services.find((s) => String(s.serviceId) === chosen);
+    select.value = still && still.status === 1 ? chosen : "";
+    this.paintServiceInfo();
+  }
+
+  selectedService() {
+    const id = this.status === IDLE ? Number(this.ui.service.value) : this.serviceId;
+    return this.services.find((s) => s.serviceId === id) || null;
+  }
+
+  paintServiceInfo() {
+    const service = this.selectedService();
+    const info = this.ui.serviceInfo;
+    info.replaceChildren();
+    if (service) {
+      info.append(h("span", { className: "service-desc" }, service.description));
+      if (service.status !== 1) {
+        info.append(h("span", { className: "service-reason" }, t("chat.serviceDown", { msg: service.msg })));
+      }
+    }
+    if (this.status !== IDLE) return;
+    const appids = service ? service.allowedAppids : [];
+    const keep = this.ui.appid.value;
+    this.ui.appid.replaceChildren(...appids.map((a) => new Option(a, a)));
+    if (appids.includes(keep)) this.ui.appid.value = keep;
+  }
+
+  // -- logging in and out -----------------------------------------------------
+
+  login() {
+    const service = this.selectedService();
+    const appid = this.ui.appid.value;
+    const uname = this.ui.uname.value.trim();
+    if (!service) return this.setLoginStatus(t("chat.pickService"), true);
+    if (!uname) {
+      this.ui.uname.focus();
+      return this.setLoginStatus(t("chat.unameRequired"), true);
+    }
+    if (this.isTaken(service.serviceId, this)) return this.setLoginStatus(t("chat.inOtherPanel"), true);
+    this.serviceId = service.serviceId;
+    this.appid = appid;
+    this.uname = uname;
+    this.sendLogin();
+  }
+
+  sendLogin() {
+    this.socket.route(this.serviceId, this.handler);
+    const sent = this.socket.send({ method: "loginReq", serviceId: this.serviceId, appid: this.appid, uname: this.uname });
+    if (!sent) {
+      this.setLoginStatus(t("chat.notConnected"), true);
+      if (this.status === IDLE) this.socket.unroute(this.serviceId, this.handler);
+      return;
+    }
+    this.status = LOGGING_IN;
+    this.setLoginStatus(t("chat.loggingIn"), false);
+    this.paint();
+    this.onStatus(this);
+  }
+
+  logout() {
+    if (this.status !== IDLE) {
+      this.socket.send({ method: "logoutReq", serviceId: this.serviceId, appid: this.appid });
+      this.system(t("chat.loggedOut"));
+    }
+    this.toIdle();
+  }
+
+  toIdle() {
+    if (this.serviceId !== null) this.socket.unroute(this.serviceId, this.handler);
+    this.status = IDLE;
+    this.down = null;
+    this.paintServices();
+    this.paint();
+    this.onStatus(this);
+  }
+
+  close() {
+    this.logout();
+    this.stateView.dispose();
+    this.el.remove();
+    this.onClose(this);
+  }
+
+  // The socket opened again: this is a new session, so log in again.
+  reconnected() {
+    if (this.status === IDLE) return;
+    this.system(t("chat.reconnected"));
+    this.sendLogin();
+  }
+
+  disconnected() {
+    this.paint();
+  }
+
+  // -- messages from the server -------------------------------------------------
+
+  receive(message) {
+    switch (message.method) {
+      case "loginResp":
+        return this.onLogin(message);
+      case "aichatResp":
+        if (message.result === 1) return this.say("bot", message.content, message.action);
+        return this.error(message);
+      case "getUserStatusResp":
+        if (message.result === 1) return this.stateView.update(message);
+        return this.stateView.showError(t("chat.error", message));
+      case "setStatusPushResp":
+        if (message.result === 1) this.ui.auto.checked = this.pushes = Boolean(message.enabled);
+        return undefined;
+      case "servStatus":
+        return this.onServStatus(message);
+      case "logoutResp":
+        return undefined;
+      default:
+        if (message.result !== 1) this.error(message);
+        return undefined;
+    }
+  }
+
+  onLogin(message) {
+    if (this.status === IDLE) return;
+    if (message.result !== 1) {
+      this.setLoginStatus(t("chat.loginFailed", { msg: message.msg }), true);
+      this.error(message);
+      this.toIdle();
+      return;
+    }
+    const first = this.status === LOGGING_IN;
+    this.status = ACTIVE;
+    this.down = null;
+    this.strUid = message.strUid;
+    this.setLoginStatus("", false);
+    if (first) this.stateView.clear();
+    // A new login starts with pushes on; keep the person's choice.
+    if (!this.pushes) this.request("setStatusPushReq", { enabled: false });
+    this.paint();
+    if (first) this.ui.content.focus();
+  }
+
+  onServStatus(message) {
+    if (this.status === IDLE) return;
+    if (message.status === 1) {
+      this.down = null;
+      this.system(t("chat.up"));
+    } else {
+      this.down = message.msg || "";
+      this.system(t("chat.down", { msg: this.down }), true);
+    }
+    this.paint();
+  }
+
+  // -- chatting -----------------------------------------------------------------
+
+  sendChat() {
+    const content = this.ui.content.value;
+    if (!content.trim()) {
+      this.ui.hint.textContent = t("chat.emptyContent");
+      this.ui.content.focus();
+      return;
+    }
+    if (this.down !== null) {
+      this.ui.hint.textContent = t("chat.cannotSend");
+      return;
+    }
+    if (!this.request("aichatReq", { content })) return;
+    this.say("me", content, "");
+    this.ui.content.value = "";
+    this.ui.hint.textContent = "";
+  }
+
+  request(method, fields = {}) {
+    if (this.status !== ACTIVE) return false;
+    const sent = this.socket.send({ method, serviceId: this.serviceId, appid: this.appid, ...fields });
+    if (!sent) this.ui.hint.textContent = t("chat.notConnected");
+    return sent;
+  }
+
+  say(who, content, action) {
+    const key = who === "me" ? "chat.you" : "chat.bot";
+    this.append(h("li", { className: `msg msg-${who}` },
+      h("span", { className: "msg-who", dataset: { i18n: key } }, t(key)),
+      h("span", { className: "msg-text" }, content),
+      action ? h("span", { className: "msg-action", title: "action" }, action) : null));
+  }
+
+  system(text, isError = false) {
+    this.append(h("li", { className: isError ? "msg msg-error" : "msg msg-system" }, text));
+  }
+
+  error(message) {
+    this.system(t("chat.error", { result: message.result, msg: message.msg }), true);
+  }
+
+  append(item) {
+    const list = this.ui.messages;
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.append(item);
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  // -- painting -----------------------------------------------------------------
+
+  setLoginStatus(text, isError) {
+    this.ui.loginStatus.textContent = text;
+    this.ui.loginStatus.classList.toggle("error", Boolean(isError && text));
+  }
+
+  paint() {
+    const ui = this.ui;
+    const idle = this.status === IDLE;
+    const active = this.status === ACTIVE;
+    const service = this.selectedService();
+    ui.title.textContent = service && !idle
+      ? `${t("chat.panel", { n: this.number })} · #${service.serviceId} ${service.description}`
+      : t("chat.panel", { n: this.number });
+    for (const control of [ui.service, ui.appid, ui.uname, ui.loginButton]) control.disabled = !idle;
+    ui.loginButton.hidden = active;
+    ui.session.hidden = !active;
+    if (active) ui.sessionText.textContent = t("chat.loggedIn", { uname: this.uname, uid: this.strUid });
+    const connected = this.socket.isOpen;
+    const canSend = active && connected && this.down === null;
+    ui.content.disabled = !canSend;
+    ui.send.disabled = !canSend;
+    ui.refresh.disabled = !(active && connected);
+    ui.auto.disabled = !(active && connected);
+    let banner = "";
+    if (active && !connected) banner = t("chat.notConnected");
+    else if (active && this.down !== null) banner = t("chat.down", { msg: this.down });
+    ui.banner.textContent = banner;
+    ui.banner.hidden = !banner;
+    this.el.classList.toggle("is-down", Boolean(banner));
+    this.el.dataset.status = this.down !== null ? "down" : this.status;
+  }
+
+  relabel() {
+    if (this.status === IDLE) this.paintServices();
+    this.paintServiceInfo();
+    this.paint();
+    this.stateView.render();
+  }
+}

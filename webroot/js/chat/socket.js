@@ -1,0 +1,98 @@
+// The one browser WebSocket of the chat page, shared by every panel.
+//
+// Messages are routed by serviceId to whoever subscribed to that service;
+// the rest (errors about a frame that could not be read) go to "unrouted"
+// listeners. If the connection drops it is opened again after a growing
+// delay (1 s, 2 s, 4 s … 30 s); "open" tells listeners whether it was a
+// reconnection, so the panels can log in again on the new session.
+
+const INITIAL_DELAY = 1000;
+const MAX_DELAY = 30000;
+
+export class ChatSocket extends EventTarget {
+  constructor(url, { beforeReconnect = async () => {} } = {}) {
+    super();
+    this.url = url;
+    this.beforeReconnect = beforeReconnect;
+    this.ws = null;
+    this.delay = INITIAL_DELAY;
+    this.timer = null;
+    this.opened = false; // whether any connection has opened yet
+    this.closing = false;
+    this.routes = new Map(); // serviceId -> handler(message)
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  connect() {
+    this.timer = null;
+    this.emit("state", { state: "connecting" });
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      const reconnected = this.opened;
+      this.opened = true;
+      this.delay = INITIAL_DELAY;
+      this.emit("state", { state: "open" });
+      this.emit("open", { reconnected });
+    });
+    ws.addEventListener("message", (event) => this.dispatch(event.data));
+    ws.addEventListener("close", () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.emit("close", {});
+      if (!this.closing) this.scheduleReconnect();
+    });
+  }
+
+  async scheduleReconnect() {
+    const delay = this.delay;
+    this.delay = Math.min(this.delay * 2, MAX_DELAY);
+    this.emit("state", { state: "lost", seconds: Math.round(delay / 1000) });
+    try {
+      await this.beforeReconnect();
+    } catch {
+      // Checking the login failed (server away): just try again later.
+    }
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  close() {
+    this.closing = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close();
+  }
+
+  dispatch(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return; // the server only sends JSON; ignore anything else
+    }
+    const handler = message && this.routes.get(message.serviceId);
+    if (handler) handler(message);
+    else this.emit("unrouted", message);
+  }
+
+  route(serviceId, handler) {
+    this.routes.set(serviceId, handler);
+  }
+
+  unroute(serviceId, handler) {
+    if (this.routes.get(serviceId) === handler) this.routes.delete(serviceId);
+  }
+
+  // Send one request; false when the connection is not open.
+  send(message) {
+    if (!this.isOpen) return false;
+    this.ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

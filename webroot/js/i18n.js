@@ -1,0 +1,317 @@
+// Chinese and English strings, and the language switch.
+//
+// Static text in the HTML carries data-i18n="key" (textContent),
+// data-i18n-placeholder, data-i18n-title or data-i18n-aria-label; dynamic text
+// uses t(key, vars). The choice is remembered in localStorage and defaults from
+// navigator.language. Changing it fires "langchange" on document.
+
+const STRINGS = {
+  en: {
+    "app.name": "WebTesting",
+    "lang.label": "Language",
+    "nav.home": "Home",
+    "nav.chat": "Chat",
+    "nav.admin": "Services",
+    "nav.logout": "Log out",
+    "nav.user": "{username} ({role})",
+    "role.tester": "tester",
+    "role.admin": "admin",
+
+    "login.title": "Log in",
+    "login.username": "Username",
+    "login.password": "Password",
+    "login.submit": "Log in",
+    "login.busy": "Logging in…",
+    "login.failed": "Login failed: {msg}",
+    "login.hint": "Ask an admin for an account.",
+
+    "home.title": "What would you like to do?",
+    "home.chat": "Chat",
+    "home.chat.desc": "Talk to a deployed bot and watch the user's tags, topics and memory change live.",
+    "home.admin": "Services",
+    "home.admin.desc": "Register bot deployments, edit or delete them, and see which are healthy and why not.",
+    "home.dbviews": "Database views",
+    "home.dbviews.desc": "Coming later.",
+
+    "chat.title": "Chat",
+    "chat.addPanel": "Add panel",
+    "chat.connection.open": "Connected",
+    "chat.connection.connecting": "Connecting…",
+    "chat.connection.lost": "Connection lost; reconnecting in {seconds} s",
+    "chat.noServices": "No services are registered yet.",
+    "chat.service": "Service",
+    "chat.appid": "Appid",
+    "chat.uname": "User name",
+    "chat.login": "Log in",
+    "chat.logout": "Log out",
+    "chat.closePanel": "Close panel",
+    "chat.loggingIn": "Logging in…",
+    "chat.loggedIn": "Logged in as {uname} (uid {uid})",
+    "chat.loginFailed": "Login failed: {msg}",
+    "chat.unameRequired": "Enter a user name.",
+    "chat.serviceDown": "unavailable: {msg}",
+    "chat.pickService": "Pick a service",
+    "chat.message": "Message",
+    "chat.send": "Send",
+    "chat.emptyContent": "Type a message first.",
+    "chat.you": "You",
+    "chat.bot": "Bot",
+    "chat.error": "Error {result}: {msg}",
+    "chat.down": "Service down: {msg}",
+    "chat.up": "Service back up.",
+    "chat.reconnected": "Reconnected; logging in again.",
+    "chat.notConnected": "Not connected to the server.",
+    "chat.inOtherPanel": "in use in another panel",
+    "chat.panel": "Bot {n}",
+    "chat.loggedOut": "Logged out.",
+    "chat.cannotSend": "Sending is disabled while the service is down.",
+
+    "state.title": "User state",
+    "state.refresh": "Refresh state",
+    "state.auto": "Auto refresh",
+    "state.tags": "Tags",
+    "state.topic": "Current topic",
+    "state.prevTopic": "Previous topic",
+    "state.topics": "Topic list",
+    "state.memory": "Memory",
+    "state.none": "none",
+    "state.new": "new",
+    "state.deleted": "deleted",
+    "state.inUse": "in use",
+    "state.notInUse": "not in use",
+    "state.time": "{begin} – {end}",
+    "state.until": "until {end}",
+    "state.updated": "Updated {time}",
+
+    "admin.title": "Services",
+    "admin.add": "Add service",
+    "admin.refreshNote": "The list refreshes by itself every few seconds.",
+    "admin.col.id": "ID",
+    "admin.col.status": "Status",
+    "admin.col.description": "Description",
+    "admin.col.appids": "Appids",
+    "admin.col.wx": "WxService",
+    "admin.col.agent": "Agent",
+    "admin.col.actions": "Actions",
+    "admin.status.up": "up",
+    "admin.status.down": "down",
+    "admin.edit": "Edit",
+    "admin.delete": "Delete",
+    "admin.confirmDelete": "Delete service {id} ({description})?",
+    "admin.deleted": "Service {id} deleted.",
+    "admin.saved": "Saved.",
+    "admin.added": "Service added.",
+    "admin.form.addTitle": "Add a service",
+    "admin.form.editTitle": "Edit service {id}",
+    "admin.form.description": "Description",
+    "admin.form.allowedAppids": "Allowed appids (comma separated)",
+    "admin.form.wxServiceAddr": "WxService address",
+    "admin.form.agentAddr": "Agent address",
+    "admin.form.redisCluster": "Redis Cluster masters (host:port, comma separated)",
+    "admin.form.mysqlAddr": "MySQL host",
+    "admin.form.mysqlPort": "MySQL port",
+    "admin.form.mysqlUser": "MySQL user",
+    "admin.form.mysqlPwd": "MySQL password",
+    "admin.form.mysqlPwdKeep": "unchanged unless you type a new one",
+    "admin.form.mysqlDbname": "MySQL database",
+    "admin.form.save": "Save",
+    "admin.form.cancel": "Cancel",
+    "admin.form.badRedis": "write each master as host:port",
+    "admin.empty": "No services yet.",
+    "admin.loadFailed": "Could not load the services: {msg}",
+
+    "forbidden.title": "Not allowed",
+    "forbidden.text": "This page is for admins. You are logged in as {username} ({role}).",
+    "error.network": "The server did not answer.",
+  },
+  zh: {
+    "app.name": "WebTesting",
+    "lang.label": "语言",
+    "nav.home": "首页",
+    "nav.chat": "聊天",
+    "nav.admin": "服务管理",
+    "nav.logout": "退出登录",
+    "nav.user": "{username}（{role}）",
+    "role.tester": "测试员",
+    "role.admin": "管理员",
+
+    "login.title": "登录",
+    "login.username": "用户名",
+    "login.password": "密码",
+    "login.submit": "登录",
+    "login.busy": "正在登录…",
+    "login.failed": "登录失败：{msg}",
+    "login.hint": "请向管理员申请账号。",
+
+    "home.title": "您想做什么？",
+    "home.chat": "聊天",
+    "home.chat.desc": "与已部署的机器人对话，实时查看用户的标签、话题和记忆。",
+    "home.admin": "服务管理",
+    "home.admin.desc": "登记机器人部署，编辑或删除，查看哪些正常、哪些异常及原因。",
+    "home.dbviews": "数据库视图",
+    "home.dbviews.desc": "即将推出。",
+
+    "chat.title": "聊天",
+    "chat.addPanel": "添加面板",
+    "chat.connection.open": "已连接",
+    "chat.connection.connecting": "正在连接…",
+    "chat.connection.lost": "连接已断开，{seconds} 秒后重连",
+    "chat.noServices": "还没有登记任何服务。",
+    "chat.service": "服务",
+    "chat.appid": "Appid",
+    "chat.uname": "用户名",
+    "chat.login": "登录",
+    "chat.logout": "退出",
+    "chat.closePanel": "关闭面板",
+    "chat.loggingIn": "正在登录…",
+    "chat.loggedIn": "已登录：{uname}（uid {uid}）",
+    "chat.loginFailed": "登录失败：{msg}",
+    "chat.unameRequired": "请输入用户名。",
+    "chat.serviceDown": "不可用：{msg}",
+    "chat.pickService": "请选择服务",
+    "chat.message": "消息",
+    "chat.send": "发送",
+    "chat.emptyContent": "请先输入消息。",
+    "chat.you": "我",
+    "chat.bot": "机器人",
+    "chat.error": "错误 {result}：{msg}",
+    "chat.down": "服务不可用：{msg}",
+    "chat.up": "服务已恢复。",
+    "chat.reconnected": "已重新连接，正在重新登录。",
+    "chat.notConnected": "未连接到服务器。",
+    "chat.inOtherPanel": "已在其他面板中使用",
+    "chat.panel": "机器人 {n}",
+    "chat.loggedOut": "已退出。",
+    "chat.cannotSend": "服务不可用期间无法发送。",
+
+    "state.title": "用户状态",
+    "state.refresh": "刷新状态",
+    "state.auto": "自动刷新",
+    "state.tags": "标签",
+    "state.topic": "当前话题",
+    "state.prevTopic": "上一个话题",
+    "state.topics": "话题列表",
+    "state.memory": "记忆",
+    "state.none": "无",
+    "state.new": "新",
+    "state.deleted": "已删除",
+    "state.inUse": "使用中",
+    "state.notInUse": "未使用",
+    "state.time": "{begin} – {end}",
+    "state.until": "至 {end}",
+    "state.updated": "更新于 {time}",
+
+    "admin.title": "服务管理",
+    "admin.add": "添加服务",
+    "admin.refreshNote": "列表每隔几秒自动刷新。",
+    "admin.col.id": "ID",
+    "admin.col.status": "状态",
+    "admin.col.description": "描述",
+    "admin.col.appids": "Appid",
+    "admin.col.wx": "WxService",
+    "admin.col.agent": "Agent",
+    "admin.col.actions": "操作",
+    "admin.status.up": "正常",
+    "admin.status.down": "异常",
+    "admin.edit": "编辑",
+    "admin.delete": "删除",
+    "admin.confirmDelete": "删除服务 {id}（{description}）？",
+    "admin.deleted": "服务 {id} 已删除。",
+    "admin.saved": "已保存。",
+    "admin.added": "服务已添加。",
+    "admin.form.addTitle": "添加服务",
+    "admin.form.editTitle": "编辑服务 {id}",
+    "admin.form.description": "描述",
+    "admin.form.allowedAppids": "允许的 appid（逗号分隔）",
+    "admin.form.wxServiceAddr": "WxService 地址",
+    "admin.form.agentAddr": "Agent 地址",
+    "admin.form.redisCluster": "Redis Cluster 主节点（host:port，逗号分隔）",
+    "admin.form.mysqlAddr": "MySQL 主机",
+    "admin.form.mysqlPort": "MySQL 端口",
+    "admin.form.mysqlUser": "MySQL 用户",
+    "admin.form.mysqlPwd": "MySQL 密码",
+    "admin.form.mysqlPwdKeep": "不重新输入则保持不变",
+    "admin.form.mysqlDbname": "MySQL 数据库",
+    "admin.form.save": "保存",
+    "admin.form.cancel": "取消",
+    "admin.form.badRedis": "每个主节点写成 host:port",
+    "admin.empty": "还没有服务。",
+    "admin.loadFailed": "无法加载服务列表：{msg}",
+
+    "forbidden.title": "无权访问",
+    "forbidden.text": "此页面仅供管理员使用。您当前的身份是 {username}（{role}）。",
+    "error.network": "服务器没有响应。",
+  },
+};
+
+export const LANGUAGES = [["zh", "中文"], ["en", "English"]];
+const STORAGE_KEY = "wt.lang";
+
+function initialLang() {
+  const saved = safeStorage(() => localStorage.getItem(STORAGE_KEY));
+  if (saved && STRINGS[saved]) return saved;
+  return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+function safeStorage(fn) {
+  try {
+    return fn();
+  } catch {
+    return null; // storage disabled: the choice just isn't remembered
+  }
+}
+
+let lang = initialLang();
+
+export function getLang() {
+  return lang;
+}
+
+export function setLang(next) {
+  if (!STRINGS[next] || next === lang) return;
+  lang = next;
+  safeStorage(() => localStorage.setItem(STORAGE_KEY, next));
+  applyI18n(document);
+  document.dispatchEvent(new CustomEvent("langchange", { detail: { lang } }));
+}
+
+// The string for key in the current language, with {name} replaced from vars.
+export function t(key, vars = {}) {
+  const text = STRINGS[lang][key] ?? STRINGS.en[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+const ATTRIBUTES = [
+  ["i18nPlaceholder", "placeholder"],
+  ["i18nTitle", "title"],
+  ["i18nAriaLabel", "aria-label"],
+];
+
+export function applyI18n(root) {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const [data, attribute] of ATTRIBUTES) {
+    const selector = `[data-${data.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())}]`;
+    for (const el of root.querySelectorAll(selector)) el.setAttribute(attribute, t(el.dataset[data]));
+  }
+  const title = document.querySelector("meta[name=wt-title]");
+  if (title) document.title = `${t(title.content)} · ${t("app.name")}`;
+}
+
+// Fill a <select> with the languages and keep it in step with the choice.
+export function mountLangSwitch(select) {
+  select.replaceChildren(
+    ...LANGUAGES.map(([code, name]) => new Option(name, code, false, code === lang)),
+  );
+  select.addEventListener("change", () => setLang(select.value));
+  document.addEventListener("langchange", () => {
+    select.value = lang;
+  });
+}
+
+export function formatTime(ms) {
+  if (ms === null || ms === undefined || ms === "") return "—";
+  const date = new Date(Number(ms));
+  if (Number.isNaN(date.getTime())) return String(ms);
+  return date.toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { hour12: false });
+}
