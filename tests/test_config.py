@@ -145,6 +145,14 @@ class PluginOptionsTests(unittest.TestCase):
         e = self.assertRaises(usage.UsageError, agent_tap.Options().parseOptions, [])
         self.assertIn("auth: secret or secret_file", str(e))
 
+    def test_short_inline_secret(self) -> None:
+        """An inline secret shorter than 16 characters is refused like a short secret file."""
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            f.write("auth:\n  secret: short\n")
+        e = self.assertRaises(usage.UsageError, agent_tap.Options().parseOptions, ["--config", path])
+        self.assertIn("at least 16 characters", str(e))
+
     def test_secret_file(self) -> None:
         """The secret may come from a file next to the configuration; a missing or short file is refused."""
         folder = self.mktemp()

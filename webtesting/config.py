@@ -258,6 +258,8 @@ class SecretConfig:
     def read(self, source: str = "configuration") -> str:
         """The secret; L{ConfigError} when there is none or its file is unreadable."""
         if self.secret:
+            if len(self.secret) < 16:
+                raise ConfigError(source, ["secret: must be at least 16 characters"])
             return self.secret
         if not self.secret_file:
             raise ConfigError(source, ["secret or secret_file: one is required (the agent link's shared secret)"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from urllib.parse import urlsplit
 from enum import IntEnum
 from typing import Any
 
@@ -298,6 +299,27 @@ def validate_service_ids(raw: Any) -> list[int]:
         if sid not in out:
             out.append(sid)
     return out
+
+
+# -- reasons shown to testers ---------------------------------------------------
+
+_PORT_AFTER = re.compile(r"…:\d+")
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+
+
+def scrub_reason(text: str, service: dict[str, Any] | None) -> str:
+    """C{text} without the service's addresses, names and credentials."""
+    if not service:
+        return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
+    words = [service.get("mysqlAddr"), service.get("mysqlUser"), service.get("mysqlPwd"),
+             service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
+    words += [node.get("host") for node in service.get("redisCluster") or []]
+    for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
+        words.append(urlsplit(url or "").hostname)
+    for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
+        text = text.replace(word, "…")
+    return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
+
 
 
 # -- WebSocket legs (docs/protocol.md) ----------------------------------------

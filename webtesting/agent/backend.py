@@ -78,16 +78,20 @@ class ServiceState:
         self._connecting: Deferred[Any] | None = None
         self._retry: Any = None
         self._closed = False
-        self.db.startService()
+        self.db.startService()  # may report at once: _closed must exist first
         self.poller.start()
         self._connect()
 
     # -- health ------------------------------------------------------------
 
     def _mysql_state(self, available: bool, reason: str) -> None:
+        if self._closed:
+            return  # replaced by a newer source: its word is the one that counts
         self._on_health("mysql", available, "ok" if available else f"bot MySQL unreachable: {reason}")
 
     def _redis_state(self, ok: bool, why: str) -> None:
+        if self._closed:
+            return
         if (ok, why) == (self._redis_ok, self._redis_reason):
             return
         self._redis_ok, self._redis_reason = ok, why

@@ -33,6 +33,7 @@ from webtesting.protocol import (
     parse_json_object,
     require_int,
     routed_frame,
+    scrub_reason,
     validate_agent_info,
 )
 from webtesting.statelayout import StateLayout
@@ -65,6 +66,10 @@ class StateSource(Protocol):
 StateSourceFactory = Callable[
     [dict[str, Any], Any, StateLayout, Callable[[str, bool, str], None], float], StateSource
 ]
+
+
+# The web server refuses agent frames over 1 MiB (and drops the link).
+MAX_FRAME = 1024 * 1024 - 1024
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,21 @@ class WebLink:
         self._send(json.dumps(message, ensure_ascii=False).encode())
 
     def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
-        self._send(routed_frame(uuid, mark, message))
+        data = routed_frame(uuid, mark, message)
+        if len(data) > MAX_FRAME:
+            # Larger frames would make the web server drop the whole link.
+            self._log.warn("a {method} for {uuid} of {size} bytes was replaced by an error",
+                           method=message.get("method"), uuid=uuid, size=len(data))
+            data = routed_frame(uuid, mark, {
+                "method": message.get("method"), "serviceId": message.get("serviceId"),
+                "appid": message.get("appid"), "result": int(Result.TOO_LARGE),
+                "msg": f"the answer was larger than {MAX_FRAME} bytes and was dropped",
+            })
+        self._send(data)
+
+    def scrub(self, text: str) -> str:
+        """C{text} without this service's addresses and credentials (for browsers)."""
+        return scrub_reason(text, self.service)
 
     # -- dispatch -------------------------------------------------------------
 

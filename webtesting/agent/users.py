@@ -49,6 +49,9 @@ class UserHost(Protocol):
     def wxservice_health(self, ok: bool, why: str) -> None:
         """What the last attempt to reach WxService showed."""
 
+    def scrub(self, text: str) -> str:
+        """C{text} without the service's addresses and credentials."""
+
 
 class UserSession:
     """
@@ -140,7 +143,7 @@ class UserSession:
             self.host.wxservice_health(False, msg)
         self._log.info("user {uuid}: login failed: {msg}", uuid=self.uuid, msg=msg)
         self._end(close=True)
-        self.answer("loginResp", result, msg, LOGGED_OUT)
+        self.answer("loginResp", result, self.host.scrub(msg), LOGGED_OUT)
 
     # -- while online -----------------------------------------------------------
 
@@ -170,7 +173,8 @@ class UserSession:
             return
         self.host.wxservice_health(False, f"WxService connection lost: {reason}")
         if self.state is UserState.ONLINE:
-            self.answer("servStatus", 0, f"the bot is unreachable ({reason}); reconnecting", status=0)
+            self.answer("servStatus", 0, self.host.scrub(f"the bot is unreachable ({reason}); reconnecting"),
+                        status=0)
             self._set(UserState.RECONNECTING)
             self._schedule_reconnect()
         # While LOGGING_IN the pending login fails by itself and answers.

@@ -174,6 +174,13 @@ def connect(
         secure, host, port, _resource, _path, _params = parse_url(url)
     except Exception as e:  # noqa: BLE001 - autobahn raises plain Exception for bad URLs
         return defer.fail(ValueError(f"not a WebSocket address: {url!r} ({e})"))
+    try:
+        if secure:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            tls = optionsForClientTLS(host)
+    except Exception as e:  # noqa: BLE001 - an IDNA-invalid host name, for one
+        return defer.fail(ValueError(f"not a usable host name: {host!r} ({e})"))
     factory = _ClientFactory(url, reactor, listener)
     factory.setProtocolOptions(
         maxMessagePayloadSize=max_message_bytes,
@@ -184,9 +191,7 @@ def connect(
     )
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if secure:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        endpoint = wrapClientTLS(tls, endpoint)
 
     def not_connected(failure: Failure) -> Failure:
         if failure.check(WxServiceUnavailable, defer.CancelledError):

@@ -138,7 +138,9 @@ class SessionSigner:
             version, payload, signature = value.split(".")
         except ValueError:
             return None
-        if version != "v1" or not hmac.compare_digest(signature, self._sign(payload)):
+        if version != "v1" or not hmac.compare_digest(
+            signature.encode("utf-8", "replace"), self._sign(payload).encode()
+        ):
             return None
         try:
             data = json.loads(_unb64(payload))

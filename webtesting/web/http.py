@@ -10,9 +10,7 @@ naming what was wrong. Bodies are size-limited while they arrive
 from __future__ import annotations
 
 import json
-import re
 from functools import partial
-from urllib.parse import urlsplit
 from typing import Any, Callable
 
 from klein import Klein
@@ -23,6 +21,7 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import deferLater
 
 from webtesting.dbpool import DatabaseUnavailable
@@ -32,6 +31,7 @@ from webtesting.protocol import (
     Result,
     require_object,
     require_str,
+    scrub_reason,
     validate_service_ids,
     validate_service_list,
 )
@@ -124,29 +124,13 @@ def public_service(service: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-_PORT_AFTER = re.compile(r"…:\d+")
-_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
-
-
-def _scrub(text: str, service: dict[str, Any]) -> str:
-    """C{text} without the service's addresses, names and credentials."""
-    words = [service.get("mysqlAddr"), service.get("mysqlUser"), service.get("mysqlPwd"),
-             service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
-    words += [node.get("host") for node in service.get("redisCluster") or []]
-    for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
-        words.append(urlsplit(url or "").hostname)
-    for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
-        text = text.replace(word, "…")
-    return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
-
-
 def tester_service(service: dict[str, Any]) -> dict[str, Any]:
     """
     A service as getServiceList shows it: no addresses, no credentials —
     not even inside the reason it is down (admins see that in full).
     """
     shown = {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
-    shown["msg"] = _scrub(str(shown["msg"]), service)
+    shown["msg"] = scrub_reason(str(shown["msg"]), service)
     return shown
 
 
@@ -189,6 +173,7 @@ class RegistryAPI:
         self.accounts = Accounts(registry.db, registry.dialect_name)
         self.signer = signer
         self.throttle = throttle or LoginThrottle()
+        self._checking = DeferredSemaphore(4)
         self._reactor = reactor
         self.webroot = webroot
         self.ws_addr = ws_addr
@@ -294,11 +279,14 @@ class RegistryAPI:
         password = require_str(body.get("password"), "password", 1024)
         keys = [f"user:{username.lower()}", f"addr:{request.getClientAddress().host}"]
         delay = self.throttle.delay(keys)
-        role = await self.accounts.authenticate(username, password)
+        if delay:
+            # Wait before checking, so that guesses sent in parallel are
+            # slowed as much as guesses sent one after another.
+            await deferLater(self._reactor, delay, lambda: None)
+        async with self._checking:  # scrypt is costly: a few checks at a time
+            role = await self.accounts.authenticate(username, password)
         if role is None:
             self.throttle.failed(keys)
-            if delay:
-                await deferLater(self._reactor, delay, lambda: None)
             self._log.info("failed login for {username}", username=username)
             raise HTTPError(Result.UNAUTHORIZED, "wrong username or password")
         self.throttle.succeeded(keys)

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web.error import Error as WebError
 
 from webtesting.dbpool import DatabaseUnavailable
-from webtesting.protocol import SERVICE_FIELDS
+from webtesting.protocol import SERVICE_FIELDS, scrub_reason
 from webtesting.web.sessions import Relay
 
 # The settings an agent is given (agentInfoReq); agentAddr is the link itself.
@@ -134,7 +134,8 @@ class AgentLink:
 
     @property
     def reason(self) -> str:
-        return self.health[1]
+        """Why the link is down, as testers may see it (no addresses, no credentials)."""
+        return scrub_reason(self.health[1], self.record)
 
     def send(self, message: dict[str, Any]) -> None:
         if self._proto is not None and self._proto.state == WebSocketClientProtocol.STATE_OPEN:
@@ -158,8 +159,11 @@ class AgentLink:
             self._log.info(
                 "agent link {service_id}: record changed, reconnecting", service_id=self.service_id
             )
+            was_up = self.state is LinkState.UP
             self._drop_connection()
             self.failures = 0
+            if was_up:
+                self._relay.service_status(self.service_id, 0, "the agent moved; reconnecting")
             self._connect()
         elif any(record[f] != old[f] for f in AGENT_FIELDS) and self._proto is not None:
             self._send_info()
@@ -201,7 +205,11 @@ class AgentLink:
             raise Unrepairable(f"agent address {url!r} is not usable: {e}") from None
         endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
         if secure:
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+            try:
+                tls = optionsForClientTLS(host)
+            except Exception as e:  # noqa: BLE001 - an IDNA-invalid host name, for one
+                raise Unrepairable(f"agent address {url!r} is not usable: {e}") from None
+            endpoint = wrapClientTLS(tls, endpoint)
         factory = WebSocketClientFactory(
             url, headers={"Authorization": f"Bearer {self._secret}"}, reactor=self._reactor
         )
@@ -396,6 +404,7 @@ class AgentLinks(service.Service):
         self._loop = LoopingCall(self.sync)
         self._loop.clock = reactor
         self._syncing: Deferred[None] | None = None
+        self._again = False
         # (status, msg) last written to the registry per service
         self._written: dict[int, tuple[int, str]] = {}
 
@@ -420,13 +429,19 @@ class AgentLinks(service.Service):
     def sync(self) -> Deferred[None] | None:
         """Re-read the registry and make the links match it. Never raises."""
         if self._syncing is not None:
-            return None  # the previous sync is still running: skip this tick
+            # The running sync may have read the registry before a change
+            # that wants to be seen now: run once more when it ends.
+            self._again = True
+            return None
         d = self.registry.list_services()
         d.addCallback(self._reconcile)
         d.addErrback(self._sync_failed)
 
         def done(_: object) -> None:
             self._syncing = None
+            if self._again and self.running:
+                self._again = False
+                self.sync()
 
         d.addBoth(done)
         self._syncing = d

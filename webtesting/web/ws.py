@@ -10,6 +10,7 @@ streams without end.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ class BrowserProtocol(WebSocketServerProtocol):
     factory: "BrowserFactory"
     session: BrowserSession | None = None
     user: Session | None = None
+    _expiry: Any = None
     _too_large = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -43,10 +45,18 @@ class BrowserProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            if self.user is not None:
+                # The login ends for this connection too when it expires.
+                self._expiry = self.factory.reactor.callLater(
+                    max(0.0, self.user.expires - time.time()), self._login_expired)
             self.session = self.factory.relay.open_session(self._deliver)
         except Exception:
             self._log.failure("opening a browser session")
             self.dropConnection(abort=True)
+
+    def _login_expired(self) -> None:
+        self._expiry = None
+        self.sendClose(code=4401, reason="login expired; log in again")
 
     def _deliver(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -90,6 +100,9 @@ class BrowserProtocol(WebSocketServerProtocol):
             self._deliver(_INTERNAL)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         if self.session is None:
             return
         session, self.session = self.session, None
