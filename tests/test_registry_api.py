@@ -181,7 +181,8 @@ class RegistryAPITestsMixin:
         [sid] = await self.add(seed_service())
         status, answer = await self.call(
             "POST", "updateServices",
-            [{"serviceId": sid, "description": "新的描述", "allowedAppids": ["2.00001"], "mysqlPort": 3307}],
+            [{"serviceId": sid, "description": "新的描述", "allowedAppids": ["2.00001"], "mysqlPort": 3307,
+              "mysqlPwd": "root"}],  # moving to another port needs the password again
         )
         self.assertEqual((status, answer["result"], answer["msg"]), (200, 1, "ok"))
         [listed] = await self.list_all()
@@ -212,6 +213,21 @@ class RegistryAPITestsMixin:
         await self.call("POST", "updateServices", [{"serviceId": sid, "mysqlPwd": "n3w"}])
         [stored] = await self.running.registry.list_services()
         self.assertEqual(stored["mysqlPwd"], "n3w")
+
+    async def test_moving_mysql_needs_the_password_again(self) -> None:
+        """Moving a service to another MySQL server without retyping the password is refused; nothing changes."""
+        [sid] = await self.add(seed_service(mysqlPwd="s3cret"))
+        for change in ({"mysqlAddr": "127.0.0.9"}, {"mysqlAddr": "127.0.0.9", "mysqlPwd": PASSWORD_MASK},
+                       {"mysqlPort": 3307, "description": "x"}):
+            status, answer = await self.call("POST", "updateServices", [{"serviceId": sid, **change}])
+            self.assertEqual(status, 400, change)
+            self.assertIn("[0].mysqlPwd: retype the password", answer["msg"])
+        [stored] = await self.running.registry.list_services()
+        self.assertEqual((stored["mysqlAddr"], stored["mysqlPort"], stored["description"]),
+                         ("127.0.0.1", 3306, seed_service()["description"]))
+        status, _ = await self.call("POST", "updateServices",
+                                    [{"serviceId": sid, "mysqlAddr": "127.0.0.9", "mysqlPwd": "n3w"}])
+        self.assertEqual(status, 200)
 
     async def test_update_unknown_ids(self) -> None:
         """An update naming an unknown id changes nothing, not even the known ids."""

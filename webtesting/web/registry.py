@@ -22,6 +22,7 @@ from webtesting.config import RegistryConfig
 from webtesting.web.accounts import USER_SCHEMA_MYSQL, USER_SCHEMA_SQLITE
 from webtesting.protocol import (
     PASSWORD_MASK,
+    InvalidInput,
     SERVICE_FIELDS,
     STATUS_MSG_LIMIT,
     json_text,
@@ -170,11 +171,14 @@ class Registry:
         """
         Change the given fields of every given service, or of none if any is
         unknown (L{UnknownServices}). A C{mysqlPwd} equal to L{PASSWORD_MASK}
-        keeps the stored password.
+        (or left out) keeps the stored password — but not when the service
+        moves to another MySQL server: the stored password must not follow
+        an address nobody retyped it for (L{InvalidInput}).
         """
         ids = [s["serviceId"] for s in services]
         select = self._dialect.sql(
-            f"SELECT id FROM {TABLE} WHERE id IN ({_placeholders(len(ids))}){self._dialect.for_update}"
+            f"SELECT id, mysqlAddr, mysqlPort FROM {TABLE} "
+            f"WHERE id IN ({_placeholders(len(ids))}){self._dialect.for_update}"
         )
         updates: list[tuple[str, list[Any]]] = []
         for s in services:
@@ -192,10 +196,16 @@ class Registry:
 
         def work(cursor: Any) -> int:
             cursor.execute(select, ids)
-            found = {row[0] for row in cursor.fetchall()}
+            found = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise UnknownServices(missing)
+            for i, s in enumerate(services):
+                addr, port = found[s["serviceId"]]
+                moved = s.get("mysqlAddr", addr) != addr or s.get("mysqlPort", port) != port
+                if moved and s.get("mysqlPwd", PASSWORD_MASK) == PASSWORD_MASK:
+                    raise InvalidInput(f"[{i}].mysqlPwd",
+                                       "retype the password when moving the service to another MySQL server")
             for statement, params in updates:
                 cursor.execute(statement, params)
             return len(ids)
