@@ -17,6 +17,7 @@ class FakeLink:
     def __init__(self, service_id: int, up: bool = True) -> None:
         self.service_id = service_id
         self.up = up
+        self.connected = up
         self.reason = "ok" if up else "agent unreachable: connection refused"
         self.sent: list[dict[str, Any]] = []
 
@@ -212,6 +213,13 @@ class RelayTests(unittest.TestCase):
         answer = self.send({"method": "logoutReq", "serviceId": 1, "appid": "1.00002"})
         self.assertEqual((answer["method"], answer["result"]), ("logoutResp", 1))
         self.assertEqual(self.relay.logins_to_restore(1), [])
+
+    def test_logout_while_agent_refuses_settings(self) -> None:
+        """A link that is connected but not up still hears that the login is over."""
+        self.login(1)
+        self.links[1].up = False  # connected, settings refused
+        self.send({"method": "logoutReq", "serviceId": 1, "appid": "1.00002"})
+        self.assertEqual(self.links[1].sent[-1], {"method": "sessionClosed", "uuid": self.session.uuid})
 
     def test_chat_while_link_down(self) -> None:
         """Chat while the link is down is answered 503; nothing is sent."""

@@ -14,6 +14,7 @@ class StaticLink:
     def __init__(self, service_id: int) -> None:
         self.service_id = service_id
         self.up = True
+        self.connected = True
         self.reason = "ok"
         self.sent: list[dict[str, Any]] = []
         self.relay: Any = None

@@ -133,6 +133,10 @@ class AgentLink:
         return self.state is LinkState.UP
 
     @property
+    def connected(self) -> bool:
+        return self._proto is not None and self.state in (LinkState.OPEN, LinkState.UP)
+
+    @property
     def reason(self) -> str:
         """Why the link is down, as testers may see it (no addresses, no credentials)."""
         return scrub_reason(self.health[1], self.record)

@@ -45,6 +45,10 @@ class LinkView(Protocol):
         """Whether the link carries requests now."""
 
     @property
+    def connected(self) -> bool:
+        """Whether the agent is on the line (it may still refuse its settings)."""
+
+    @property
     def reason(self) -> str:
         """Why not, when it does not."""
 
@@ -105,7 +109,8 @@ class Relay:
         for service_id in list(session.logins):
             self._forget_login(session, service_id)
             link = self.links.get(service_id)
-            if link is not None and link.up:
+            if link is not None and link.connected:
+                # Even a link that is not up may still hold the user at the agent.
                 link.send({"method": SESSION_CLOSED, "uuid": session.uuid})
 
     def from_browser(self, session: BrowserSession, payload: bytes) -> None:
@@ -159,7 +164,10 @@ class Relay:
             if method == "logoutReq":
                 # An agent forgets its users when its link goes, so the login
                 # is over already; don't bring it back when the link returns.
+                # If the agent is still on the line, make sure it forgets too.
                 self._forget_login(session, service_id)
+                if link.connected:
+                    link.send({"method": SESSION_CLOSED, "uuid": session.uuid})
                 _answer(session.deliver, answer, Result.OK, "ok", **echo)
                 return
             _answer(
