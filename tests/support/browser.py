@@ -37,15 +37,12 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from webtesting.agent.backend import state_source_factory
-from webtesting.agent.server import AgentSettings
 from webtesting.web import tap
 from webtesting.web.accounts import COOKIE, SessionSigner, add_user_sync
 from webtesting.web.registry import connect_sync
 from tests.support import mariadb
-from tests.support.agent import SECRET, RunningAgent
-from tests.support.rediscluster import start_cluster
-from tests.support.system import Bot
+from tests.support.agent import SECRET
+from tests.support.system import BotBackends
 from tests.support.wait import eventually, free_port
 
 T = TypeVar("T")
@@ -147,7 +144,7 @@ SESSION_SECRET = "pages-test-session-secret-0123456789"
 PASSWORD = "correct horse battery"
 
 
-class PagesSystem:
+class PagesSystem(BotBackends):
     """
     The real product for a browser: the web server exactly as ``twistd
     webtesting-web`` builds it (L{tap.makeService} from a generated YAML file:
@@ -158,15 +155,7 @@ class PagesSystem:
     """
 
     def __init__(self, testcase: Any) -> None:
-        self.testcase = testcase
-        self.cluster = start_cluster(testcase)
-        self.database = mariadb.temporary_database(testcase, "wt_pages")
-        self.bot = Bot(testcase, list(self.cluster.nodes), self.database)
-        self.agent = RunningAgent(
-            free_port(), state_source_factory(timeout=2.0, retry_interval=0.2),
-            settings=AgentSettings(poll_interval=0.2, retry_initial=0.1, retry_max=0.4, login_timeout=3),
-        )
-        testcase.addCleanup(self.agent.kill)
+        super().__init__(testcase, "wt_pages")
         folder = os.path.abspath(testcase.mktemp())
         os.makedirs(folder)
         self.folder = folder

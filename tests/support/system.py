@@ -74,17 +74,26 @@ class Bot:
         await service.stopService()
 
 
-class System:
-    def __init__(self, testcase: Any) -> None:
+class BotBackends:
+    """What a service is made of: a Redis Cluster, a MariaDB database, the reference bot, an agent."""
+
+    def __init__(self, testcase: Any, db_prefix: str) -> None:
         self.testcase = testcase
         self.cluster = start_cluster(testcase)
-        self.database = mariadb.temporary_database(testcase, "wt_bot")
+        self.database = mariadb.temporary_database(testcase, db_prefix)
         self.bot = Bot(testcase, list(self.cluster.nodes), self.database)
         self.agent = RunningAgent(
             free_port(), state_source_factory(timeout=2.0, retry_interval=0.2),
             settings=AgentSettings(poll_interval=0.2, retry_initial=0.1, retry_max=0.4, login_timeout=3),
         )
         testcase.addCleanup(self.agent.kill)
+
+
+class System(BotBackends):
+    """The backends plus the web server's parts, assembled in this process."""
+
+    def __init__(self, testcase: Any) -> None:
+        super().__init__(testcase, "wt_bot")
         self.registry = open_registry(RegistryConfig(sqlite_path=testcase.mktemp() + ".sqlite3"), reactor)
         self.relay = Relay({})
         self.links = AgentLinks(self.registry, self.relay, reactor, secret=SECRET,
