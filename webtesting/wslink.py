@@ -1,0 +1,300 @@
+"""
+A WebSocket client link kept up by a L{webtesting.lifecycle.Lifecycle}.
+
+The usual Autobahn pattern: Twisted's C{ReconnectingClientFactory} mixed into
+Autobahn's C{WebSocketClientFactory}. Its C{clientConnectionFailed} and
+C{clientConnectionLost} see the failure's reason, so the link can tell a
+refused connection (retry, growing delay) from an unknown host (retry at the
+longest delay) and an address that cannot parse (C{stopTrying()} until it
+changes). The lifecycle decides; the factory only waits and redials.
+
+A L{WebSocketDialer} makes one L{LinkFactory} per address: when the address
+changes the old factory stops trying and a new one dials. A frozen peer is
+found by WebSocket ping/pong (C{autoPingInterval} + C{autoPingTimeout}).
+
+Who owns the link (a L{LinkOwner}) hears of each open protocol, each frame,
+and each close, and says when the link counts as up
+(C{lifecycle.connected()}): for the web server's agent link that is when the
+WebSocket opens, for a user's WxService link when the bot accepted the login.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from autobahn.websocket.util import parse_url
+from twisted.internet import error
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from webtesting.lifecycle import Backoff, Fault, Lifecycle, Reason
+
+
+class LinkOwner(Protocol):
+    """What a link tells its owner."""
+
+    def link_opened(self, proto: "LinkProtocol") -> None:
+        """The WebSocket is open; the owner may send, and says when it is up."""
+
+    def link_frame(self, proto: "LinkProtocol", payload: bytes, is_binary: bool) -> None:
+        """A message arrived on the open link."""
+
+    def link_closed(self, proto: "LinkProtocol", reason: Reason) -> None:
+        """The open link closed (the lifecycle is told as well)."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """The reason codes of one kind of link, and what to call its peer in the details."""
+
+    what: str  # "agent", "bot"
+    unreachable: str
+    unknown_host: str
+    address_invalid: str
+    refused: str
+    not_responding: str
+
+
+AGENT = Names("agent", "agent_unreachable", "agent_unknown_host", "agent_address_invalid",
+              "agent_refused", "agent_not_responding")
+BOT = Names("bot", "bot_unreachable", "bot_unreachable", "bot_address_invalid",
+            "bot_unreachable", "bot_not_responding")
+
+
+class LinkProtocol(WebSocketClientProtocol):
+    """The wire side of one link; every decision is the dialer's and its owner's."""
+
+    _log = Logger()
+    factory: "LinkFactory"
+    opened = False
+
+    def onOpen(self) -> None:
+        try:
+            self.opened = True
+            self.factory.opened(self)
+        except Exception:
+            self._log.failure("{what} link: opening", what=self.factory.names.what)
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            self.factory.frame(self, payload, isBinary)
+        except Exception:
+            self._log.failure("{what} link: handling a frame", what=self.factory.names.what)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            self.factory.closed(self, wasClean, code, reason)
+        except Exception:
+            self._log.failure("{what} link: closing", what=self.factory.names.what)
+
+
+class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: ignore[misc]
+    """
+    One address's reconnecting factory. Twisted's retry timer and delays;
+    the dialer's lifecycle decides whether to retry at all.
+    """
+
+    protocol = LinkProtocol  # type: ignore[assignment]
+    _log = Logger()
+
+    def __init__(
+        self, dialer: "WebSocketDialer", url: str, *, reactor: Any, backoff: Backoff,
+        headers: dict[str, str], options: dict[str, Any],
+    ) -> None:
+        WebSocketClientFactory.__init__(self, url, reactor=reactor, headers=headers)
+        self.setProtocolOptions(**options)
+        self.clock = reactor
+        self.noisy = False  # the lifecycle logs what matters, once
+        self.initialDelay = self.delay = backoff.initial
+        self.maxDelay = backoff.maximum  # type: ignore[assignment]
+        self.factor = backoff.factor
+        self.jitter = backoff.jitter
+        self.dialer: WebSocketDialer | None = dialer
+        self.names = dialer.names
+        self.proto: LinkProtocol | None = None
+        self._close_reason: Reason | None = None
+
+    # -- the dialer's hooks --------------------------------------------------
+
+    def retry_after_backoff(self, longest: bool) -> float:
+        if longest:
+            self.delay = self.maxDelay
+        self.continueTrying = True
+        self.retry()
+        call: Any = self._callID
+        clock: Any = self.clock
+        return float(call.getTime() - clock.seconds()) if call is not None else 0.0
+
+    def detach(self) -> None:
+        """Given up on: no more retries, no more news, and the connection dropped."""
+        self.dialer = None
+        self.stopTrying()
+        if self.proto is not None:
+            proto, self.proto = self.proto, None
+            proto.dropConnection(abort=True)
+
+    # -- the protocol's --------------------------------------------------------
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto: Any = WebSocketClientFactory.buildProtocol(self, addr)
+        self.proto = proto
+        self._close_reason = None
+        return proto
+
+    def opened(self, proto: LinkProtocol) -> None:
+        if self.dialer is None or proto is not self.proto:
+            proto.dropConnection(abort=True)
+            return
+        self.dialer.owner.link_opened(proto)
+
+    def frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
+        if self.dialer is not None and proto is self.proto:
+            self.dialer.owner.link_frame(proto, payload, is_binary)
+
+    def closed(self, proto: LinkProtocol, was_clean: bool, code: int | None, reason: str | None) -> None:
+        n = self.names
+        text = reason or ""
+        if "ping timeout" in text or "did not respond with pong" in text:
+            self._close_reason = Reason(n.not_responding, f"the {n.what} stopped answering (no pong in time)")
+        elif not proto.opened:
+            self._close_reason = Reason(
+                n.refused, f"the {n.what} refused the WebSocket: {text}" if text
+                else f"the {n.what} closed the link during the handshake",
+            )
+        else:
+            self._close_reason = Reason(n.unreachable, f"{n.what} link lost" + (f": {text}" if text else ""))
+
+    # -- ReconnectingClientFactory's -------------------------------------------
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.connector = connector
+        if self.dialer is not None:
+            self.dialer.lifecycle.attempting()
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.connector = connector
+        if self.dialer is None:
+            return
+        reason_ = classify_connect_failure(reason, self.names, self.host)
+        if reason_.fault is Fault.UNUSABLE:
+            self.stopTrying()
+        self.dialer.lifecycle.fail(reason_)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.connector = connector
+        proto, self.proto = self.proto, None
+        if self.dialer is None:
+            return
+        n = self.names
+        why = self._close_reason or Reason(n.unreachable, f"{n.what} link lost: {reason.getErrorMessage()}")
+        if proto is not None and proto.opened:
+            self.dialer.owner.link_closed(proto, why)
+            self.dialer.lifecycle.lost(why)
+        else:
+            self.dialer.lifecycle.fail(why)
+
+
+def classify_connect_failure(failure: Failure, names: Names, host: str) -> Reason:
+    """Why a TCP (or TLS) connection attempt failed, and whether waiting repairs it."""
+    n = names
+    if failure.check(error.DNSLookupError):
+        return Reason(n.unknown_host, f"{n.what} host unknown: {host}", Fault.UNKNOWN_HOST)
+    if failure.check(error.ConnectionRefusedError):
+        return Reason(n.unreachable, f"{n.what} unreachable: connection refused")
+    if failure.check(error.TimeoutError, error.UserError):
+        return Reason(n.unreachable, f"{n.what} unreachable: connecting timed out")
+    return Reason(n.unreachable, f"{n.what} unreachable: {failure.getErrorMessage()}")
+
+
+class WebSocketDialer:
+    """
+    The L{webtesting.lifecycle.Dialer} of one WebSocket link.
+
+    @param url: gives the current address (it may change between dials).
+    @param headers: gives the handshake headers for each dial.
+    @param options: Autobahn protocol options (ping/pong, sizes, timeouts).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        owner: LinkOwner,
+        names: Names,
+        *,
+        reactor: Any,
+        backoff: Backoff,
+        url: Callable[[], str],
+        headers: Callable[[], dict[str, str]] = dict,
+        connect_timeout: float = 5.0,
+        options: dict[str, Any] | None = None,
+        tls: Callable[[str], Any] = optionsForClientTLS,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.owner = owner
+        self.names = names
+        self._reactor = reactor
+        self._backoff = backoff
+        self._url = url
+        self._headers = headers
+        self._connect_timeout = connect_timeout
+        self._options = dict(options or {})
+        self._options.setdefault("openHandshakeTimeout", connect_timeout)
+        self._tls = tls
+        self.factory: LinkFactory | None = None
+        self._timer: Any = None
+        lifecycle.dialer = self
+
+    def dial(self) -> None:
+        if self.factory is not None:
+            self.factory.detach()
+            self.factory = None
+        url = self._url()
+        n = self.names
+        try:
+            secure, host, _port, _resource, _path, _params = parse_url(url)
+            factory = LinkFactory(self, url, reactor=self._reactor, backoff=self._backoff,
+                                  headers=self._headers(), options=self._options)
+            context = self._tls(host) if secure else None
+        except Exception as e:  # noqa: BLE001 - autobahn and IDNA raise plain exceptions
+            self.lifecycle.fail(Reason(n.address_invalid, f"{n.what} address {url!r} is not usable: {e}",
+                                       Fault.UNUSABLE))
+            return
+        self.factory = factory
+        factory.connector = connectWS(factory, context, timeout=self._connect_timeout)
+
+    def redial(self, longest: bool) -> float:
+        if self.factory is None or self.factory.connector is None:
+            # Nothing to redial (the address never parsed): dial afresh later.
+            delay = self._backoff.longest() if longest else self._backoff.initial
+            self._timer = self._reactor.callLater(delay, self._fresh)
+            return delay
+        return self.factory.retry_after_backoff(longest)
+
+    def _fresh(self) -> None:
+        self._timer = None
+        if self.lifecycle.state == "backing off":
+            self.lifecycle.attempting()
+            self.dial()
+
+    def reset(self) -> None:
+        if self.factory is not None:
+            self.factory.resetDelay()
+
+    def hang_up(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.factory is not None:
+            factory, self.factory = self.factory, None
+            factory.detach()
+
+    @property
+    def proto(self) -> LinkProtocol | None:
+        return self.factory.proto if self.factory is not None else None
