@@ -22,6 +22,7 @@ class BrowserWebSocketTests(unittest.TestCase):
     async def setUp(self) -> None:
         self.link = StaticLink(1)
         self.relay = Relay({1: self.link})
+        self.addCleanup(self.relay.stop)  # requests the fake agent never answers
         self.link.relay = self.relay
         self.signer = SessionSigner("browser-ws-test-secret-0123", 3600)
         factory = BrowserFactory(self.relay, self.signer, path="/WebTesting", max_message=1024)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
+from twisted.internet import error, reactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from webtesting.config import RegistryConfig
-from webtesting.web.links import AgentLink, AgentLinks, LinkState
+from webtesting.lifecycle import Backoff
+from webtesting.web.links import AgentLink, AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 from tests.support import wsclient
@@ -30,8 +31,7 @@ def up(links: AgentLinks, sid: int) -> bool:
     return link is not None and link.up
 
 
-def policy(attempt: int) -> float:
-    return float(min(STEP * 2**attempt, 0.4))
+BACKOFF = Backoff(initial=STEP, maximum=0.4, jitter=0.0)
 
 
 class LinkTestsBase(unittest.TestCase):
@@ -52,7 +52,7 @@ class LinkTestsBase(unittest.TestCase):
 
     def links(self, secret: str = SECRET, sync_interval: float = 0.2) -> AgentLinks:
         links = AgentLinks(self.registry, self.relay, reactor, secret=secret,
-                           sync_interval=sync_interval, policy=policy, connect_timeout=2)
+                           sync_interval=sync_interval, backoff=BACKOFF, connect_timeout=2)
         links.startService()
         self.addCleanup(links.stopService)
         return links
@@ -76,7 +76,8 @@ class AgentLinkTests(LinkTestsBase):
         sid = await self.add(agentAddr=agent.url)
         links = self.links()
         await eventually(lambda: self.status_is(sid, 0, "connection refused"), what="status 0, refused")
-        self.assertEqual(links.links[sid].state, LinkState.WAITING)
+        self.assertEqual(links.links[sid].state, "backing off")
+        self.assertEqual(links.links[sid].code, "agent_unreachable")
         agent.start()
         took = await eventually(lambda: self.status_is(sid, 1, "ok"), what="status 1")
         self.assertLess(took, 0.4 + 0.5, "the link must come up within one (max) backoff step")
@@ -117,8 +118,14 @@ class AgentLinkTests(LinkTestsBase):
         agent.start()
         sid = await self.add(agentAddr=agent.url)
         links = self.links(secret="not-the-secret-at-all")
-        await eventually(lambda: self.status_is(sid, 0, "refused the link"), what="refused")
-        await eventually(lambda: sid in links.links and links.links[sid].failures >= 3, what="three failures")
+        await eventually(lambda: self.status_is(sid, 0, "refused the WebSocket"), what="refused")
+        self.assertEqual(links.links[sid].code, "agent_refused")
+
+        def retries() -> int:
+            factory = links.links[sid]._dialer.factory
+            return factory.retries if factory is not None else 0
+
+        await eventually(lambda: retries() >= 3, what="three retries")
         self.assertEqual(agent.links(), [])
 
     async def test_client_without_secret_is_refused(self) -> None:
@@ -132,20 +139,20 @@ class AgentLinkTests(LinkTestsBase):
         client = await wsclient.connect(agent.url, headers={"Authorization": f"Bearer {SECRET}"})
         await client.close()
 
-    async def test_unknown_host_is_not_retried(self) -> None:
-        """An unknown agent host is recorded and not retried until the record changes."""
+    async def test_unknown_host_is_retried_at_the_longest_delay(self) -> None:
+        """An unknown agent host is recorded and retried at the longest delay; a changed record connects at once."""
         sid = await self.add(agentAddr="ws://no-such-host.invalid:2021/WebTesting/Agent")
         links = self.links()
         await eventually(lambda: self.status_is(sid, 0, "unknown"), what="unknown host")
         link = links.links[sid]
-        self.assertEqual(link.state, LinkState.BROKEN)
-        failures = link.failures
-        await eventually(lambda: True)
+        self.assertEqual((link.state, link.code), ("backing off", "agent_unknown_host"))
+        factory = link._dialer.factory
+        assert factory is not None
+        self.assertEqual(factory.delay, BACKOFF.maximum)
         agent = self.agent()
         agent.start()
         await self.registry.update_services([{"serviceId": sid, "agentAddr": agent.url}])
         await eventually(lambda: self.status_is(sid, 1), what="up after the record changed")
-        self.assertEqual(failures, 0)
 
 
 class RegistrySyncTests(LinkTestsBase):
@@ -197,82 +204,51 @@ class RegistrySyncTests(LinkTestsBase):
         self.assertTrue(links.links[sid].up)
 
 
-class BackoffTests(unittest.TestCase):
-    """The retry timing, with a Clock and an endpoint that always refuses."""
+class AgentLinkUnitTests(unittest.TestCase):
+    """One link's decisions on a MemoryReactorClock: no sockets."""
 
-    def test_delay_grows_and_resets(self) -> None:
-        """Each refused attempt waits longer (the policy's next step); being up resets the count."""
-        clock = Clock()
-        attempts: list[float] = []
-
-        class Refusing:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                attempts.append(clock.seconds())
-                from twisted.internet.error import ConnectionRefusedError
-
-                return defer.fail(ConnectionRefusedError())
-
+    def link(self, **record: Any) -> tuple[AgentLink, MemoryReactorClock, list[tuple[int, str]]]:
+        clock = MemoryReactorClock()
         health: list[tuple[int, str]] = []
         link = AgentLink(
-            seed_service(serviceId=1, status=0, msg=""), reactor=clock, relay=Relay({}), secret="s",
-            on_health=lambda l: health.append(l.health), policy=lambda n: float(2**n),
+            seed_service(serviceId=1, status=0, msg="", **record), reactor=clock, relay=Relay({}, clock=clock),
+            secret="s", on_health=lambda l: health.append(l.health), backoff=BACKOFF,
         )
-        link._endpoint = lambda: (Refusing(), None)  # type: ignore[method-assign,assignment,return-value]
-        link.start()
-        for _ in range(4):
-            clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
-        self.assertEqual(attempts, [0, 1, 3, 7, 15])
-        self.assertEqual(health, [(0, "agent unreachable: connection refused")])
-        link.stop()
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.addCleanup(link.stop)
+        return link, clock, health
 
     def test_unusable_address(self) -> None:
-        """An address that does not parse is not retried at all."""
-        clock = Clock()
-        link = AgentLink(
-            seed_service(serviceId=1, agentAddr="ws://bad:port:x", status=0, msg=""), reactor=clock,
-            relay=Relay({}), secret="s", on_health=lambda l: None, policy=lambda n: 1.0,
-        )
+        """An address that does not parse is not dialled nor retried; it waits for its record to change."""
+        link, clock, health = self.link(agentAddr="ws://bad:port:x")
         link.start()
-        self.assertEqual(link.state, LinkState.BROKEN)
+        self.assertEqual((link.state, link.code), ("unusable", "agent_address_invalid"))
         self.assertIn("not usable", link.reason)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual((clock.tcpClients, clock.getDelayedCalls()), ([], []))
+        link.update(seed_service(serviceId=1, status=0, msg="", agentAddr="ws://127.0.0.3:9/x"))
+        self.assertEqual([c[:2] for c in clock.tcpClients], [("127.0.0.3", 9)])
 
-    def test_failure_messages(self) -> None:
-        """Each kind of connect failure has its own reason."""
-        from twisted.internet import error
-
-        link = AgentLink(seed_service(serviceId=1, status=0, msg=""), reactor=Clock(), relay=Relay({}),
-                         secret="s", on_health=lambda l: None, policy=lambda n: 1.0)
-        link.state = LinkState.CONNECTING  # as if start() had begun an attempt
-        link._connect_failed(Failure(error.TimeoutError()), None)
-        self.assertEqual(link.reason, "agent unreachable: connecting timed out")
-        link._connect_failed(Failure(error.DNSLookupError("x")), None)
-        self.assertEqual((link.state, link.health[1]), (LinkState.BROKEN, "agent host unknown: 127.0.0.2"))
-        self.assertEqual(link.reason, "agent host unknown: …", "testers see no address")
-        link.stop()
-
-    def test_dropped_attempt_is_not_a_failure(self) -> None:
-        """An attempt cancelled by stop() or a changed address is not counted, retried or reported."""
-        clock = Clock()
-
-        class Hanging:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                from twisted.internet.error import DNSLookupError
-
-                # Like HostnameEndpoint: cancelling may fail with another error.
-                return defer.Deferred(lambda d: d.errback(DNSLookupError("cancelled mid-lookup")))
-
-        health: list[tuple[int, str]] = []
-        link = AgentLink(
-            seed_service(serviceId=1, status=0, msg=""), reactor=clock, relay=Relay({}), secret="s",
-            on_health=lambda l: health.append(l.health), policy=lambda n: 1.0,
-        )
-        link._endpoint = lambda: (Hanging(), None)  # type: ignore[method-assign,assignment,return-value]
+    def test_failure_reasons_are_scrubbed(self) -> None:
+        """Each kind of connect failure has its own code; testers see no address."""
+        link, clock, health = self.link()
         link.start()
-        link.update(seed_service(serviceId=1, status=0, msg="", agentAddr="ws://127.0.0.3:1/x"))
-        self.assertEqual((link.state, link.failures), (LinkState.CONNECTING, 0))
+        factory, connector = clock.tcpClients[0][2], clock.connectors[0]
+        factory.clientConnectionFailed(connector, Failure(error.TimeoutError()))
+        self.assertEqual(health[-1], (0, "agent unreachable: connecting timed out"))
+        self.assertEqual(link.code, "agent_unreachable")
+        clock.advance(1)
+        factory.startedConnecting(connector)  # what a real connector does when the retry dials
+        factory.clientConnectionFailed(connector, Failure(error.DNSLookupError("x")))
+        self.assertEqual(health[-1], (0, "agent host unknown: 127.0.0.2"))
+        self.assertEqual(link.reason, "agent host unknown: …", "testers see no address")
+
+    def test_stop_leaves_nothing_behind(self) -> None:
+        """Stopping a link that is backing off cancels its retry and stops its factory."""
+        link, clock, health = self.link()
+        link.start()
+        factory, connector = clock.tcpClients[0][2], clock.connectors[0]
+        factory.clientConnectionFailed(connector, Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
         link.stop()
-        self.assertEqual(link.state, LinkState.STOPPED)
         self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertEqual(health, [])
+        self.assertFalse(factory.continueTrying)
+        self.assertEqual(link.state, "stopped")

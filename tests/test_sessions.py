@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
@@ -19,6 +20,7 @@ class FakeLink:
         self.up = up
         self.connected = up
         self.reason = "ok" if up else "agent unreachable: connection refused"
+        self.code = "ok" if up else "agent_unreachable"
         self.sent: list[dict[str, Any]] = []
 
     def send(self, message: dict[str, Any]) -> None:
@@ -29,7 +31,8 @@ class RelayTests(unittest.TestCase):
     def setUp(self) -> None:
         self.links: dict[int, Any] = {1: FakeLink(1), 2: FakeLink(2), 3: FakeLink(3, up=False)}
         counter = iter(range(1000))
-        self.relay = Relay(self.links, new_uuid=lambda: f"{next(counter):032x}")
+        self.clock = Clock()
+        self.relay = Relay(self.links, new_uuid=lambda: f"{next(counter):032x}", clock=self.clock, deadline=10)
         self.received: list[dict[str, Any]] = []
         self.session = self.relay.open_session(lambda data: self.received.append(json.loads(data)))
 
@@ -191,9 +194,10 @@ class RelayTests(unittest.TestCase):
         bystander: list[bytes] = []
         self.relay.open_session(bystander.append)
         self.login(1)
-        self.relay.service_status(1, 0, "agent link lost")
+        self.relay.service_status(1, 0, "agent link lost", "agent_unreachable")
         self.assertEqual(self.received[-1], {
             "method": "servStatus", "serviceId": 1, "appid": "1.00002", "status": 0, "msg": "agent link lost",
+            "code": "agent_unreachable",
         })
         self.assertEqual(bystander, [])
 
@@ -234,5 +238,90 @@ class RelayTests(unittest.TestCase):
         """A service removed from the registry ends its logins and tells the browser."""
         self.login(1)
         self.relay.service_removed(1)
-        self.assertEqual((self.received[-1]["method"], self.received[-1]["status"]), ("servStatus", 0))
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["code"]), ("logoutResp", "service_deleted"))
+        self.assertNotEqual(self.received[-1]["result"], 1)
         self.assertEqual(self.session.logins, {})
+
+    def chat(self, content: str = "x") -> dict[str, Any]:
+        return self.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": content})
+
+    def test_unanswered_request_times_out(self) -> None:
+        """A request the agent never answers is answered with code timeout at its deadline, once."""
+        self.login(1)
+        self.chat("one")
+        self.clock.advance(4)
+        self.chat("two")
+        self.clock.advance(5.9)
+        self.assertEqual(self.received[-1]["method"], "loginResp")
+        self.clock.advance(0.2)
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["code"], self.received[-1]["result"]),
+                         ("aichatResp", "timeout", 504))
+        # The bot's late reply answers the oldest request still waiting ("two").
+        self.agent(1, ROUTE, {"method": "aichatResp", "content": "late", "result": 1, "msg": "ok"})
+        self.clock.advance(10)
+        self.assertEqual([m.get("code") for m in self.received if m["method"] == "aichatResp"], ["timeout", None])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answered_requests_leave_no_timer(self) -> None:
+        """Answered requests are not failed later, and no timer is left once nothing is pending."""
+        self.login(1)
+        for n in range(3):
+            self.chat(str(n))
+        for n in range(3):
+            self.agent(1, ROUTE, {"method": "aichatResp", "content": str(n), "result": 1, "msg": "ok"})
+        self.clock.advance(11)
+        self.assertFalse([m for m in self.received if m.get("code") == "timeout"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_link_lost_answers_pending_at_once(self) -> None:
+        """When the link drops, every request waiting there is answered at once, and the page hears servStatus 0."""
+        self.login(1)
+        self.chat("a")
+        self.chat("b")
+        self.relay.link_lost(1, "agent_not_responding", "the agent stopped answering")
+        methods = [(m["method"], m.get("code")) for m in self.received[-3:]]
+        self.assertEqual(methods, [("servStatus", "agent_not_responding"), ("aichatResp", "agent_not_responding"),
+                                   ("aichatResp", "agent_not_responding")])
+        self.clock.advance(11)
+        self.assertEqual(len([m for m in self.received if m["method"] == "aichatResp"]), 2)
+
+    def test_restored_login_is_announced_before_service_is_up(self) -> None:
+        """A restored login's loginResp reaches the page before servStatus 1, and chat waits for it."""
+        self.login(1)
+        self.relay.logins_to_restore(1)
+        answer = self.chat()
+        self.assertEqual((answer["result"], answer["code"]), (503, "unavailable"))
+        self.relay.service_status(1, 1, "ok")
+        self.assertNotEqual(self.received[-1]["method"], "servStatus")
+        self.agent(1, LOGGED_IN, {"method": "loginResp", "strUid": "7", "result": 1, "msg": "ok"})
+        self.assertEqual([m["method"] for m in self.received[-2:]], ["loginResp", "servStatus"])
+        self.assertEqual(self.received[-1]["status"], 1)
+        self.assertEqual(self.chat(), {})  # forwarded now
+
+    def test_restored_login_refused_is_a_logout(self) -> None:
+        """A restored login the bot refuses reaches the page as an unprompted logoutResp (relogin_refused)."""
+        self.login(1)
+        self.relay.logins_to_restore(1)
+        self.agent(1, LOGGED_OUT, {"method": "loginResp", "result": 403, "msg": "user banned"})
+        last = self.received[-1]
+        self.assertEqual((last["method"], last["code"]), ("logoutResp", "relogin_refused"))
+        self.assertIn("user banned", last["msg"])
+        self.assertEqual(self.session.logins, {})
+
+    def test_login_that_times_out_can_be_tried_again(self) -> None:
+        """A login never answered ends at its deadline; the agent is told to forget it, and the page may retry."""
+        self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        self.clock.advance(10)
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["code"]), ("loginResp", "timeout"))
+        self.assertEqual(self.links[1].sent[-1], {"method": "sessionClosed", "uuid": self.session.uuid})
+        self.assertEqual(self.session.logins, {})
+
+    def test_closed_session_pending_dropped(self) -> None:
+        """Requests of a session that went away are not answered, and leave no timer."""
+        self.login(1)
+        self.chat()
+        self.relay.close_session(self.session)
+        count = len(self.received)
+        self.clock.advance(11)
+        self.assertEqual(len(self.received), count)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

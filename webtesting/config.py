@@ -295,6 +295,7 @@ class BrowserWebSocketConfig:
     path: str = field(default="/WebTesting", metadata={"check": _check_ws_path})
     public_url: str = field(default="", metadata={"check": _check_ws_url})
     max_message_bytes: int = number_field(64 * 1024, 256, 16 * 1024 * 1024)
+    request_deadline: float = number_field(10.0, 0.1, 600)
     # Origins (scheme://host[:port]) allowed besides pages from the same host.
     allowed_origins: list[str] = field(default_factory=list)
 
@@ -303,9 +304,11 @@ class BrowserWebSocketConfig:
 class AgentLinksConfig:
     auth: SecretConfig = SecretConfig()
     sync_interval: float = number_field(30.0, 0.05, 3600)
-    retry_initial: float = number_field(1.0, 0.01, 600)
-    retry_max: float = number_field(60.0, 0.01, 3600)
+    retry_initial: float = number_field(0.5, 0.01, 600)
+    retry_max: float = number_field(4.0, 0.01, 3600)
     connect_timeout: float = number_field(5.0, 0.1, 120)
+    ping_interval: float = number_field(2.0, 0.1, 600)
+    ping_timeout: float = number_field(2.0, 0.1, 600)
 
 
 @dataclass(frozen=True)

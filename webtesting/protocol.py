@@ -33,6 +33,7 @@ class Result(IntEnum):
     UNSUPPORTED_MEDIA_TYPE = 415
     INTERNAL = 500
     UNAVAILABLE = 503
+    TIMEOUT = 504
 
 
 class InvalidInput(Exception):
@@ -348,8 +349,25 @@ LOGGED_OUT = b"-"  # route; that session's login on this service has ended
 
 
 def routed_frame(uuid: str, mark: bytes, message: dict[str, Any]) -> bytes:
-    """An agent -> web frame carrying C{message} for browser session C{uuid}."""
+    """
+    An agent -> web frame carrying C{message} for browser session C{uuid}.
+
+    C{message} must hold C{method} as its first key: the web server reads the
+    method from the frame's first bytes (L{frame_method}) without decoding it.
+    """
     return uuid.encode("ascii") + mark + json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_METHOD_PREFIX = b'{"method":"'
+
+
+def frame_method(frame: bytes) -> bytes:
+    """The method of a routed frame (L{routed_frame}), read without decoding its JSON; b"" if not there."""
+    start = UUID_LEN + 1 + len(_METHOD_PREFIX)
+    if frame[UUID_LEN + 1:start] != _METHOD_PREFIX:
+        return b""
+    end = frame.find(b'"', start, start + 64)
+    return frame[start:end] if end > 0 else b""
 
 
 def error_answer(method: str, result: Result, msg: str, **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class StaticLink:
         self.up = True
         self.connected = True
         self.reason = "ok"
+        self.code = "ok"
         self.sent: list[dict[str, Any]] = []
         self.relay: Any = None
 

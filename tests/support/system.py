@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentSettings
 from webtesting.config import RegistryConfig, from_mapping
+from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import SessionSigner
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
@@ -32,8 +33,7 @@ from tests.support.wait import eventually, free_port
 FOLLOWUP_DELAY = 0.3
 
 
-def fast_policy(attempt: int) -> float:
-    return float(min(0.1 * 2**attempt, 0.4))
+FAST_BACKOFF = Backoff(initial=0.1, maximum=0.4, jitter=0.0)
 
 
 class Bot:
@@ -97,7 +97,7 @@ class System(BotBackends):
         self.registry = open_registry(RegistryConfig(sqlite_path=testcase.mktemp() + ".sqlite3"), reactor)
         self.relay = Relay({})
         self.links = AgentLinks(self.registry, self.relay, reactor, secret=SECRET,
-                                sync_interval=0.3, policy=fast_policy, connect_timeout=2)
+                                sync_interval=0.3, backoff=FAST_BACKOFF, connect_timeout=2)
         self.browser_port: Any = None
         self.signer = SessionSigner("system-test-session-secret-01", 3600)
 

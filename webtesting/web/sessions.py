@@ -10,12 +10,21 @@ frames back by their uuid prefix without decoding their JSON
 A session may hold one login per service, so a page can talk to several bots
 at once; every answer and push carries C{serviceId} and C{appid}. A session
 with exactly one login may leave C{serviceId} out.
+
+Nothing is lost in silence: every request forwarded to an agent is
+remembered (L{Pending}) until its answer comes back, and is answered with an
+error (code C{timeout}) when none came within C{deadline} seconds, or at once
+(code C{agent_unreachable}) when its link drops. The answer to a request is
+the next frame of the answer's method for that session and service (the
+WxService protocol does not number bot replies, so neither can we); the
+method is read from the frame's first bytes, never by decoding it.
 """
 
 from __future__ import annotations
 
 import json
 import uuid as uuidlib
+from collections import deque
 from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
@@ -29,6 +38,7 @@ from webtesting.protocol import (
     InvalidInput,
     Result,
     check_browser_request,
+    frame_method,
     parse_json_object,
 )
 
@@ -52,36 +62,74 @@ class LinkView(Protocol):
     def reason(self) -> str:
         """Why not, when it does not."""
 
+    @property
+    def code(self) -> str:
+        """The stable code of that reason."""
+
     def send(self, message: dict[str, Any]) -> None:
         """Send one JSON message to the agent."""
+
+
+class Pending:
+    """A request forwarded to an agent and not answered yet."""
+
+    __slots__ = ("deadline", "session", "service_id", "answer", "appid", "done")
+
+    def __init__(self, deadline: float, session: "BrowserSession", service_id: int, answer: str, appid: str) -> None:
+        self.deadline = deadline
+        self.session = session
+        self.service_id = service_id
+        self.answer = answer
+        self.appid = appid
+        self.done = False
 
 
 class Login:
     """One login of a browser session on one service."""
 
-    __slots__ = ("appid", "uname", "active")
+    __slots__ = ("appid", "uname", "active", "restoring", "pending")
 
     def __init__(self, appid: str, uname: str) -> None:
         self.appid = appid
         self.uname = uname
         self.active = False  # True once the agent confirmed it
+        self.restoring = False  # sent again on a new link; servStatus 1 follows its loginResp
+        # answer method (bytes) -> the requests waiting for one, oldest first
+        self.pending: dict[bytes, deque[Pending]] = {}
 
 
 class BrowserSession:
-    __slots__ = ("uuid", "deliver", "logins")
+    __slots__ = ("uuid", "deliver", "logins", "closed")
 
     def __init__(self, uuid: str, deliver: Deliver) -> None:
         self.uuid = uuid
         self.deliver = deliver
         self.logins: dict[int, Login] = {}
+        self.closed = False
 
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _answer(deliver: Deliver, method: str, result: Result, msg: str, **fields: Any) -> None:
-    deliver(_encode({"method": method, **fields, "result": int(result), "msg": msg}))
+# The reason code of each error result the relay answers by itself.
+_CODES = {
+    Result.BAD_REQUEST: "bad_request",
+    Result.UNAUTHORIZED: "not_logged_in",
+    Result.FORBIDDEN: "forbidden",
+    Result.NOT_FOUND: "bad_request",
+    Result.TOO_LARGE: "too_large",
+    Result.INTERNAL: "internal",
+    Result.UNAVAILABLE: "unavailable",
+    Result.TIMEOUT: "timeout",
+}
+
+
+def _answer(deliver: Deliver, method: str, result: Result, msg: str, code: str = "", **fields: Any) -> None:
+    message = {"method": method, **fields, "result": int(result), "msg": msg}
+    if result != Result.OK:
+        message["code"] = code or _CODES.get(result, "internal")
+    deliver(_encode(message))
 
 
 class Relay:
@@ -89,12 +137,27 @@ class Relay:
 
     _log = Logger()
 
-    def __init__(self, links: dict[int, Any], new_uuid: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        links: dict[int, Any],
+        new_uuid: Callable[[], str] | None = None,
+        *,
+        clock: Any = None,
+        deadline: float = 10.0,
+    ) -> None:
         self.links: dict[int, LinkView] = links
         self.sessions: dict[str, BrowserSession] = {}
         # serviceId -> uuids of the sessions with a login there
         self._on_service: dict[int, set[str]] = {}
         self._new_uuid = new_uuid or (lambda: uuidlib.uuid4().hex)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self.deadline = deadline
+        # Every pending request, oldest first: deadlines come in this order.
+        self._pending: deque[Pending] = deque()
+        self._live = 0  # how many of them still wait
+        self._sweep: Any = None
 
     # -- browser side -------------------------------------------------------
 
@@ -106,6 +169,9 @@ class Relay:
     def close_session(self, session: BrowserSession) -> None:
         """The browser went away: tell each agent it was logged in at, and forget it."""
         self.sessions.pop(session.uuid, None)
+        session.closed = True
+        for login in session.logins.values():
+            self._drop_pending(login)
         for service_id in list(session.logins):
             self._forget_login(session, service_id)
             link = self.links.get(service_id)
@@ -123,7 +189,7 @@ class Relay:
         method = message["method"]
         answer = BROWSER_REQUESTS.get(method)
         if answer is None:
-            _answer(session.deliver, "error", Result.NOT_FOUND, f"unknown method {method!r}")
+            _answer(session.deliver, "error", Result.NOT_FOUND, f"unknown method {method!r}", "unknown_method")
             return
         echo = _echo(message)
         try:
@@ -154,6 +220,12 @@ class Relay:
         elif login is None:
             _answer(session.deliver, answer, Result.UNAUTHORIZED, f"not logged in to service {service_id}", **echo)
             return
+        elif not login.active and method != "logoutReq":
+            _answer(
+                session.deliver, answer, Result.UNAVAILABLE,
+                f"still logging in to service {service_id}; wait for its loginResp", **echo,
+            )
+            return
         elif login.appid != message["appid"]:
             _answer(
                 session.deliver, answer, Result.BAD_REQUEST,
@@ -172,14 +244,97 @@ class Relay:
                 return
             _answer(
                 session.deliver, answer, Result.UNAVAILABLE,
-                f"service {service_id} is unavailable: {link.reason}", **echo,
+                f"service {service_id} is unavailable: {link.reason}", link.code, **echo,
             )
             return
         if method == "loginReq":
-            session.logins[service_id] = Login(message["appid"], message["uname"])
+            login = session.logins[service_id] = Login(message["appid"], message["uname"])
             self._on_service.setdefault(service_id, set()).add(session.uuid)
+        assert login is not None
         message["uuid"] = session.uuid
         link.send(message)
+        self._expect(session, login, service_id, answer)
+
+    # -- deadlines ------------------------------------------------------------
+
+    def _expect(self, session: BrowserSession, login: Login, service_id: int, answer: str) -> None:
+        pending = Pending(self._clock.seconds() + self.deadline, session, service_id, answer, login.appid)
+        login.pending.setdefault(answer.encode(), deque()).append(pending)
+        self._pending.append(pending)
+        self._live += 1
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self.deadline, self._expire)
+
+    def _done(self, pending: Pending) -> None:
+        pending.done = True
+        self._live -= 1
+        if self._live == 0:
+            # Nothing waits: no timer either.
+            self._pending.clear()
+            if self._sweep is not None and self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
+
+    def _answered(self, login: Login, method: bytes) -> None:
+        waiting = login.pending.get(method)
+        while waiting:
+            pending = waiting.popleft()
+            if not pending.done:
+                self._done(pending)
+                return
+
+    def _drop_pending(self, login: Login) -> None:
+        for waiting in login.pending.values():
+            while waiting:
+                pending = waiting.popleft()
+                if not pending.done:
+                    self._done(pending)
+
+    def _expire(self) -> None:
+        self._sweep = None
+        now = self._clock.seconds()
+        queue = self._pending
+        while queue and (queue[0].done or queue[0].deadline <= now):
+            pending = queue.popleft()
+            if pending.done:
+                continue
+            self._fail(pending, Result.TIMEOUT, "timeout",
+                       f"no answer from service {pending.service_id} within {self.deadline:g} s")
+        if queue:
+            self._sweep = self._clock.callLater(max(0.0, queue[0].deadline - now), self._expire)
+
+    def _fail(self, pending: Pending, result: Result, code: str, msg: str) -> None:
+        self._done(pending)
+        session = pending.session
+        login = session.logins.get(pending.service_id)
+        if login is not None:
+            waiting = login.pending.get(pending.answer.encode())
+            if waiting and waiting[0] is pending:
+                waiting.popleft()
+        _answer(session.deliver, pending.answer, result, msg, code,
+                serviceId=pending.service_id, appid=pending.appid)
+        if pending.answer == "loginResp" and login is not None and not login.active:
+            # A login that was never confirmed is over: the browser may try again.
+            self._forget_login(session, pending.service_id)
+            link = self.links.get(pending.service_id)
+            if link is not None and link.connected:
+                link.send({"method": SESSION_CLOSED, "uuid": session.uuid})
+
+    def _fail_login(self, session: BrowserSession, service_id: int, login: Login, code: str, msg: str) -> None:
+        """Answer every request of this login still waiting, with C{msg}."""
+        for waiting in list(login.pending.values()):
+            while waiting:
+                pending = waiting.popleft()
+                if not pending.done:
+                    self._done(pending)
+                    _answer(session.deliver, pending.answer, Result.UNAVAILABLE, msg, code,
+                            serviceId=service_id, appid=pending.appid)
+
+    def stop(self) -> None:
+        """The server stops: no more deadline timers."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
 
     # -- agent side ---------------------------------------------------------
 
@@ -189,44 +344,98 @@ class Relay:
         if session is None:
             return  # the browser has gone; the agent has been or will be told
         mark = frame[UUID_LEN:UUID_LEN + 1]
-        if mark == LOGGED_IN:
-            login = session.logins.get(service_id)
-            if login is not None:
-                login.active = True
-        elif mark == LOGGED_OUT:
-            self._forget_login(session, service_id)
+        login = session.logins.get(service_id)
+        if login is not None and login.pending:
+            self._answered(login, frame_method(frame))
+        if login is not None and login.restoring and mark == LOGGED_OUT:
+            # The page did not ask for this login again: tell it its login is over.
+            self._restore_refused(session, service_id, login, frame)
+            return
         session.deliver(frame[UUID_LEN + 1:])
+        if login is None:
+            return
+        if mark == LOGGED_IN:
+            login.active = True
+            if login.restoring:
+                # The page hears the service is back only once it can chat again.
+                login.restoring = False
+                link = self.links.get(service_id)
+                if link is not None and link.up:
+                    session.deliver(_encode({"method": "servStatus", "serviceId": service_id,
+                                             "appid": login.appid, "status": 1, "msg": "ok", "code": "ok"}))
+        elif mark == LOGGED_OUT:
+            self._fail_login(session, service_id, login, "login_ended",
+                             f"the login to service {service_id} ended before the answer came")
+            self._forget_login(session, service_id)
 
-    def service_status(self, service_id: int, status: int, msg: str) -> None:
-        """Push servStatus to every session logged in to this service."""
+    def _restore_refused(self, session: BrowserSession, service_id: int, login: Login, frame: bytes) -> None:
+        try:
+            refused = json.loads(frame[UUID_LEN + 1:])
+            why = str(refused.get("msg", "refused"))
+        except ValueError:
+            why = "refused"
+        self._fail_login(session, service_id, login, "relogin_refused", f"logging in again failed: {why}")
+        _answer(session.deliver, "logoutResp", Result.UNAVAILABLE, f"logging in again failed: {why}",
+                "relogin_refused", serviceId=service_id, appid=login.appid)
+        self._forget_login(session, service_id)
+
+    def service_status(self, service_id: int, status: int, msg: str, code: str = "") -> None:
+        """Push servStatus to every session whose login on this service is confirmed."""
+        code = code or ("ok" if status == 1 else "unavailable")
         for uuid in self._on_service.get(service_id, ()):
             session = self.sessions[uuid]
             login = session.logins[service_id]
+            if not login.active:
+                continue  # it hears of the service with its (restored) loginResp
             session.deliver(_encode({
                 "method": "servStatus", "serviceId": service_id, "appid": login.appid,
-                "status": status, "msg": msg,
+                "status": status, "msg": msg, "code": code,
             }))
+
+    def link_lost(self, service_id: int, code: str, msg: str) -> None:
+        """
+        The link to this service dropped: every request waiting for an answer
+        there is answered now (it may or may not have reached the bot), and
+        the page hears the service is down.
+        """
+        self.service_status(service_id, 0, msg, code)
+        for uuid in self._on_service.get(service_id, ()):
+            session = self.sessions[uuid]
+            login = session.logins[service_id]
+            self._fail_login(session, service_id, login, code,
+                             f"service {service_id} went away before answering ({msg}); "
+                             "the request may not have reached the bot")
 
     def logins_to_restore(self, service_id: int) -> list[dict[str, Any]]:
         """
         The loginReq to send again on a new link to this service: the agent
-        forgot its users when the old link went, the browsers did not.
+        forgot its users when the old link went, the browsers did not. Each
+        session hears servStatus 1 right after its restored loginResp.
         """
         messages = []
         for uuid in self._on_service.get(service_id, ()):
-            login = self.sessions[uuid].logins[service_id]
+            session = self.sessions[uuid]
+            login = session.logins[service_id]
             login.active = False
+            login.restoring = True
             messages.append({
                 "method": "loginReq", "serviceId": service_id, "appid": login.appid,
                 "uname": login.uname, "uuid": uuid,
             })
+            self._expect(session, login, service_id, "loginResp")
         return messages
 
     def service_removed(self, service_id: int) -> None:
-        """The service left the registry: its logins end."""
-        self.service_status(service_id, 0, "the service was removed from the registry")
+        """The service left the registry: its logins end, and each page is told so."""
         for uuid in list(self._on_service.get(service_id, ())):
-            self._forget_login(self.sessions[uuid], service_id)
+            session = self.sessions[uuid]
+            login = session.logins[service_id]
+            self._fail_login(session, service_id, login, "service_deleted",
+                             f"service {service_id} was removed from the registry")
+            _answer(session.deliver, "logoutResp", Result.NOT_FOUND,
+                    f"service {service_id} was removed from the registry", "service_deleted",
+                    serviceId=service_id, appid=login.appid)
+            self._forget_login(session, service_id)
 
     def _forget_login(self, session: BrowserSession, service_id: int) -> None:
         session.logins.pop(service_id, None)

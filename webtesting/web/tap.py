@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, backoffPolicy
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
+from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import SessionSigner
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
@@ -74,14 +75,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     registry = open_registry(config.registry, reactor)
     registry.db.setServiceParent(top)
 
-    relay = Relay({})
+    relay = Relay({}, clock=reactor, deadline=config.websocket.request_deadline)
     agents = config.agents
     links = AgentLinks(
         registry, relay, reactor,
         secret=options.secret,
         sync_interval=agents.sync_interval,
-        policy=backoffPolicy(initialDelay=agents.retry_initial, maxDelay=agents.retry_max, factor=2.0),
+        backoff=Backoff(initial=agents.retry_initial, maximum=agents.retry_max),
         connect_timeout=agents.connect_timeout,
+        ping_interval=agents.ping_interval,
+        ping_timeout=agents.ping_timeout,
     )
     links.setName("agent-links")
     links.setServiceParent(top)
