@@ -133,6 +133,7 @@ class LifecycleTests(unittest.TestCase):
         self.life.changed()
         self.assertEqual(self.attempts.closed, ["old"])
         self.assertEqual(self.life.state, "connecting")
+        self.assertEqual(self.life.health, Health(False, "connecting", "connecting to the changed address"))
         self.attempts.succeed("new")
         self.assertEqual(self.opened, ["old", "new"])
 

@@ -138,6 +138,7 @@ class Lifecycle:
         self.name = name
         self._on_health = on_health
         self.dialer: Dialer | None = None
+        self._initial = initial
         self._reason = Reason(initial.code, initial.msg)
         self.health = initial
         self.state = "idle"  # mirrors the machine's state, for the log and for tests
@@ -226,6 +227,10 @@ class Lifecycle:
         self._reason = reason
 
     @_machine.output()
+    def _moved(self) -> None:
+        self._reason = Reason(self._initial.code, "connecting to the changed address")
+
+    @_machine.output()
     def _dial(self) -> None:
         assert self.dialer is not None, "a lifecycle needs a dialer before it starts"
         self.dialer.dial()
@@ -289,7 +294,7 @@ class Lifecycle:
 
     _up.upon(lost, enter=_backing_off, outputs=[_now_backing_off, _remember, _report, _redial])
     _up.upon(failed, enter=_backing_off, outputs=[_now_backing_off, _remember, _report, _redial])
-    _up.upon(changed, enter=_connecting, outputs=[_now_connecting, _hang_up, _dial])
+    _up.upon(changed, enter=_connecting, outputs=[_now_connecting, _moved, _hang_up, _report, _dial])
     _up.upon(stop, enter=_stopped, outputs=[_now_stopped, _hang_up])
 
     _backing_off.upon(attempting, enter=_connecting, outputs=[_now_connecting])
