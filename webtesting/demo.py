@@ -115,7 +115,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Ports:
                         help="the Redis Cluster's three master ports; default $WT_REDIS_PORTS or 7000,7001,7002")
     args = parser.parse_args(list(argv))
     ports = Ports(args.bot, args.http, args.websocket, args.agent, args.redis)
-    every = [*ports.daemons(), *ports.redis]
+    every = [ports.bot, ports.http, ports.websocket, ports.agent, *ports.redis]
     if len(set(every)) != len(every):
         parser.error(f"the ports must all differ: {ports}")
     return ports
