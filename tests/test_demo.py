@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from webtesting.demo import Ports, answers, parse_options, with_port
 from tests.support import wsclient
+from tests.support.rediscluster import free_ports
 from tests.support.wait import eventually, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,9 +37,10 @@ class DemoOptionsTests(unittest.TestCase):
         self.assertEqual(ports, Ports(1443, 8019, 2020, 9021, (8000, 8001, 8002)))
 
     def test_bad_ports_are_refused(self) -> None:
-        """A port out of range, a wrong number of Redis ports or two daemons on one port stop the demo."""
+        """A bad port, a Redis port without room for its bus port, or two daemons on one port stop the demo."""
         self.patch(sys, "stderr", io.StringIO())
-        for argv in (["--bot-port", "70000"], ["--redis-ports", "1,2"], ["--http-port", "2020"]):
+        for argv in (["--bot-port", "70000"], ["--redis-ports", "1,2"], ["--redis-ports", "7000,7001,60000"],
+                     ["--http-port", "2020"]):
             with self.assertRaises(SystemExit, msg=argv):
                 parse_options(argv, {})
 
@@ -54,7 +56,8 @@ class DemoTests(unittest.TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        self.ports = Ports(free_port(), free_port(), free_port(), free_port(), (free_port(), free_port(), free_port()))
+        # Redis Cluster nodes also need their port + 10000 free: free_ports checks that.
+        self.ports = Ports(free_port(), free_port(), free_port(), free_port(), tuple(free_ports(3)))
         self.http = f"http://127.0.0.1:{self.ports.http}"
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
@@ -118,7 +121,7 @@ class DemoTests(unittest.TestCase):
             await client.close()
 
     async def test_demo_restarts_dead_daemons(self) -> None:
-        """The demo runs on the ports given, restarts a daemon killed with -9 until chat works again, and SIGTERM stops all."""
+        """The demo restarts the agent and the bot killed with -9 until chat works again; SIGTERM stops all."""
         def running() -> bool:
             self.assertIsNone(self.demo.poll(), self.output())
             return "WebTesting is running" in self.output()

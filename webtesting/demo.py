@@ -104,6 +104,9 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Ports:
         ports = tuple(port(p.strip()) for p in text.split(","))
         if len(ports) != 3:
             raise argparse.ArgumentTypeError(f"three ports separated by commas are needed, not {text!r}")
+        if max(ports) > 55535:
+            # A cluster node also listens on its port + 10000 (the cluster bus); redis-server refuses otherwise.
+            raise argparse.ArgumentTypeError(f"Redis Cluster ports must be 55535 or less, not {text!r}")
         return ports
 
     for option, variable, name in _PORT_OPTIONS:
