@@ -24,6 +24,7 @@ What each fault asserts (every message states the measured figure):
   the API answering 503, fast;
 - recovery <= 5 s after the part is back: the registry's C{status} 1 "ok",
   C{servStatus} 1, and a successful chat at every browser, with no new login;
+  once a browser's chat has succeeded again, none of its chats is refused;
 - the reason while away names the failed part (its C{code}, or the part in
   C{msg}), and no flapping: one change down, one change up.
 
@@ -141,6 +142,9 @@ class DrillTests(unittest.TestCase):
             problems.append(
                 f"{f['lost']} of {f['sent']} requests lost ({f['unanswered']} never answered, {f['late']} "
                 f"answered after the {DEADLINE:.0f} s deadline; slowest answer {_fmt(f['slowest_answer_s'])})")
+        if f["errors_after_recovery"]:
+            problems.append(f"{f['errors_after_recovery']} chats were refused after the chat had recovered "
+                            f"(a session's first success after the part was back)")
         if f["errors_without_reason"]:
             problems.append(f"{f['errors_without_reason']} error answers say no reason")
         if f["detection_s"] is None or f["detection_s"] > DETECT_LIMIT:
@@ -273,6 +277,7 @@ class DrillTests(unittest.TestCase):
             # Past the detection limit, a tester tries the service and gives up
             # (today that is what sets the status 0 and leaves it there).
             await sleep(DETECT_LIMIT + 0.2)
+            phase.detect_until = now()
             answer = await drill.try_login()
             phase.notes["login while the bot was away"] = f"{answer.get('result')} {answer.get('msg')}"
 

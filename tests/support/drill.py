@@ -85,8 +85,9 @@ async def sleep(seconds: float) -> None:
 async def port_open(port: int) -> bool:
     """Whether something accepts TCP connections on 127.0.0.1:C{port}."""
     try:
-        proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1).connect(
-            Factory.forProtocol(Protocol))
+        factory = Factory.forProtocol(Protocol)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
+        proto = await endpoint.connect(factory)  # type: ignore[arg-type]
     except Exception:
         return False
     proto.transport.abortConnection()
@@ -440,6 +441,9 @@ class Phase:
     fault_at: float
     back_at: float | None = None
     end_at: float | None = None
+    #: a status change after this moment is not the system's own detection
+    #: (e.g. a tester tried the service and was refused)
+    detect_until: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -684,7 +688,8 @@ class Drill:
                              or (s.http == 503 and not (s.code in expect.codes or expect.words(s.msg)))]
         else:
             downs = [s for s in readable if s.status == 0]
-            detect_registry = (downs[0].at - fault) if downs else None
+            own = [s for s in downs if phase.detect_until is None or s.at <= phase.detect_until]
+            detect_registry = (own[0].at - fault) if own else None
             slowest = max((s.latency for s in samples), default=None)
             recover_registry = None
             if back is not None:
@@ -722,9 +727,12 @@ class Drill:
                 ones = [p for p in pushes if p[1] == 1 and p[0] > zeros[-1][0]]
                 recover_browsers.append(max(0.0, ones[0][0] - back) if ones and back is not None else None)
         recover_chat: list[float | None] = []
+        errors_after_recovery = 0
         for s in sessions:
             success = s.first_success_after(back) if back is not None else None
             recover_chat.append(None if success is None or back is None else success - back)
+            if success is not None:
+                errors_after_recovery += sum(1 for e in s.errors if success < e.at <= end)
 
         # Every request of the whole test.
         requests = [r for s in sessions for r in s.requests]
@@ -756,6 +764,7 @@ class Drill:
             "unanswered": len(unanswered),
             "errors": len(errors),
             "errors_without_reason": len(nameless),
+            "errors_after_recovery": errors_after_recovery,
             "errors_without_code": sum(1 for r in errors if not r.code),
             "error_reasons": dict(sorted(error_reasons.items(), key=lambda kv: -kv[1])[:8]),
             "slowest_answer_s": slowest_answer,
@@ -782,10 +791,10 @@ class Drill:
 
     @staticmethod
     def table(rows: list[dict[str, Any]]) -> str:
-        head = f"{'fault':<34} {'detect s':>8} {'recover s':>9} {'sent':>6} {'answered':>8} {'lost':>5}"
+        head = f"{'fault':<44} {'detect s':>8} {'recover s':>9} {'sent':>6} {'answered':>8} {'lost':>5}"
         lines = [head, "-" * len(head)]
         for r in rows:
-            lines.append(f"{r['fault']:<34} {_fmt(r['detection_s']):>8} {_fmt(r['recovery_s']):>9} "
+            lines.append(f"{r['fault']:<44} {_fmt(r['detection_s']):>8} {_fmt(r['recovery_s']):>9} "
                          f"{r['sent']:>6} {r['answered']:>8} {r['lost']:>5}")
         return "\n".join(lines)
 
