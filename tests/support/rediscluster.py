@@ -149,6 +149,22 @@ class RedisCluster:
         process.kill()
         process.wait(10)
 
+    def restart(self, node: Address) -> None:
+        """
+        Start a killed master again on its port with its own nodes file, as
+        when its host comes back: it rejoins with the slots it had (empty,
+        since the nodes keep nothing on disk). Wait until it answers PING.
+        """
+        old = self.processes[node]
+        if old.poll() is None:
+            raise RedisClusterError(f"node {node[1]} is still running")
+        with open(os.path.join(self.directory, f"redis-{node[1]}.log"), "ab") as log:
+            self.processes[node] = subprocess.Popen(
+                old.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        _wait(lambda: _answers(node), time.monotonic() + 10, f"redis-server on port {node[1]} to restart",
+              self.directory)
+
     def freeze(self, node: Address) -> None:
         """Freeze a master (SIGSTOP): it accepts connections but never answers."""
         self.processes[node].send_signal(signal.SIGSTOP)
