@@ -5,6 +5,11 @@
 // listeners. If the connection drops it is opened again after a growing
 // delay (1 s, 2 s, 4 s … 30 s); "open" tells listeners whether it was a
 // reconnection, so the panels can log in again on the new session.
+//
+// The answer to a logoutReq this page sent is taken here and goes nowhere:
+// the panel went back to "not logged in" when it asked, and may already be
+// logging in there again (or another panel may). Every logoutResp a panel
+// receives is therefore one it did not ask for: the servers ended the login.
 
 const INITIAL_DELAY = 1000;
 const MAX_DELAY = 30000;
@@ -20,6 +25,7 @@ export class ChatSocket extends EventTarget {
     this.opened = false; // whether any connection has opened yet
     this.closing = false;
     this.routes = new Map(); // serviceId -> handler(message)
+    this.logoutsAsked = new Map(); // serviceId -> logoutReq sent and not answered yet
   }
 
   get isOpen() {
@@ -42,6 +48,7 @@ export class ChatSocket extends EventTarget {
     ws.addEventListener("close", () => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.logoutsAsked.clear(); // that session's answers will never come
       this.emit("close", {});
       if (!this.closing) this.scheduleReconnect();
     });
@@ -72,6 +79,10 @@ export class ChatSocket extends EventTarget {
     } catch {
       return; // the server only sends JSON; ignore anything else
     }
+    if (message && message.method === "logoutResp" && this.logoutsAsked.get(message.serviceId) > 0) {
+      this.logoutsAsked.set(message.serviceId, this.logoutsAsked.get(message.serviceId) - 1);
+      return;
+    }
     const handler = message && this.routes.get(message.serviceId);
     if (handler) handler(message);
     else this.emit("unrouted", message);
@@ -89,6 +100,9 @@ export class ChatSocket extends EventTarget {
   send(message) {
     if (!this.isOpen) return false;
     this.ws.send(JSON.stringify(message));
+    if (message.method === "logoutReq") {
+      this.logoutsAsked.set(message.serviceId, (this.logoutsAsked.get(message.serviceId) || 0) + 1);
+    }
     return true;
   }
 
