@@ -385,6 +385,42 @@ class LoginEndsTests(PageTestCase):
         await self.step(ended)
         await self.assert_no_page_errors(page)
 
+    async def test_unprompted_logout_with_code(self) -> None:
+        """An unprompted logoutResp with a code ends the login with that code's sentence; the answer to the panel's own logout never ends a new login."""
+        first = await self.system.add_service(description="first bot")
+        second = await self.system.add_service(description="second bot")
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, first, "1.00002", "ivan")
+        self.system.push({"method": "logoutResp", "serviceId": first, "appid": "1.00002", "result": 410,
+                          "code": "service_deleted", "msg": "service 1 was deleted"})
+
+        def ended() -> None:
+            expect(p).to_have_attribute("data-status", "idle")
+            expect(p.locator(".service-banner")).to_contain_text(f"Not logged in: {DELETED}")
+            shown_once(p, DELETED)
+
+        await self.step(ended)
+
+        def logout_and_back() -> None:
+            log_in_panel(page, 1, second, "1.00002", "ivan")
+            expect(p.locator(".service-banner")).to_be_hidden()
+            # Log out and in again in one go: the logoutResp comes after the
+            # new loginReq went out. It answers the page, and ends nothing.
+            p.evaluate("""(el) => {
+                el.querySelector("button.logout").click();
+                el.querySelector("form.panel-login button.login").click();
+            }""")
+            expect(p).to_have_attribute("data-status", "active")
+            page.wait_for_timeout(1000)
+            expect(p).to_have_attribute("data-status", "active")
+            expect(p.locator(".service-banner")).to_be_hidden()
+            say(p, "my name is Ivan")
+            bot_says(p, "Nice to meet you, Ivan!")
+
+        await self.step(logout_and_back)
+        await self.assert_no_page_errors(page)
+
 
 class ReasonTests(PageTestCase):
     """Reasons read as plain sentences in both languages, once, with the raw text behind "details"."""
