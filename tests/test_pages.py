@@ -252,6 +252,10 @@ class ChatPageTests(PageTestCase):
             expect(p.locator(".service-banner")).to_contain_text("Service down")
             expect(p.locator("input.content")).to_be_disabled()
             expect(p.locator("button.send")).to_be_disabled()
+            # The service list (re-read every 5 s) says it is down too; the panel says so once.
+            page.wait_for_timeout(6000)
+            expect(p.locator(".service-reason")).to_have_count(0)
+            shown_once(p, "Service down:")
 
         await self.step(down)
         self.system.agent.start()
@@ -523,7 +527,7 @@ class ReasonTests(PageTestCase):
         await self.step(shown_once, p, BOT_UNREACHABLE)
 
         def once() -> None:
-            expect(p.locator(".msg-error")).to_have_count(1)  # "Service down." once, no reason in the log
+            expect(p.locator(".msg-error")).to_have_count(1)  # "The service went down." once, no reason in the log
             expect(p.locator(".messages")).not_to_contain_text(BOT_UNREACHABLE)
 
         await self.step(once)

@@ -150,13 +150,15 @@ export class ChatPanel {
   paintServiceInfo() {
     const service = this.selectedService();
     const info = this.ui.serviceInfo;
+    const open = Boolean(info.querySelector("details")?.open); // the list refreshes every few seconds
     info.replaceChildren();
     if (service) {
       info.append(h("span", { className: "service-desc" }, service.description));
-      if (service.status !== 1) {
+      // A logged-in panel's banner says why it is down: not twice.
+      if (service.status !== 1 && !this.down) {
         info.append(h("span", { className: "service-reason" },
           t("chat.serviceDown", { reason: entryText(service) }),
-          service.code ? detailsNode(service.msg) : null));
+          service.code ? detailsNode(service.msg, open) : null));
       }
     }
     if (this.status !== IDLE) return;
@@ -186,17 +188,22 @@ export class ChatPanel {
   }
 
   sendLogin() {
-    this.socket.route(this.serviceId, this.handler);
-    const sent = this.socket.send({ method: "loginReq", serviceId: this.serviceId, appid: this.appid, uname: this.uname });
-    if (!sent) {
+    if (!this.socket.isOpen) {
       this.setLoginStatus(t("chat.notConnected"), true);
-      if (this.status === IDLE) this.socket.unroute(this.serviceId, this.handler);
       return;
     }
+    const serviceId = this.serviceId;
+    this.socket.route(serviceId, this.handler);
     this.status = LOGGING_IN;
     this.setLoginStatus(t("chat.loggingIn"), false);
     this.paint();
     this.onStatus(this);
+    // Logged out there a moment ago: the server is still ending that login.
+    this.socket.loggedOut(serviceId).then(() => {
+      if (this.status !== LOGGING_IN || this.serviceId !== serviceId) return;
+      // Not sent: the connection is gone, and reconnected() logs in again.
+      this.socket.send({ method: "loginReq", serviceId, appid: this.appid, uname: this.uname });
+    });
   }
 
   logout() {
@@ -310,6 +317,7 @@ export class ChatPanel {
       this.down = true;
       this.setReason("down", reason);
     }
+    this.paintServiceInfo();
     this.paint();
   }
 
