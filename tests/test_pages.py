@@ -13,6 +13,7 @@ Set C{WT_SCREENSHOTS} to a folder to keep the chat and admin screenshots
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Any
 
@@ -29,6 +30,23 @@ except ImportError:  # Browser() fails the test saying how to install it
     expect = None  # type: ignore[assignment]
 
 TESTER, ADMIN = "tess", "ada"
+# The reason codes of the wire contract (docs/protocol.md, "Reason codes").
+CODES = [
+    "ok", "waiting_for_agent", "agent_unreachable", "agent_unknown_host", "agent_address_invalid",
+    "agent_refused", "agent_not_responding", "settings_refused", "bot_unreachable", "bot_address_invalid",
+    "bot_not_responding", "redis_unreachable", "redis_partial", "mysql_unreachable", "registry_unavailable",
+    "appid_revoked", "service_deleted", "login_ended", "relogin_refused",
+    "bad_request", "unknown_method", "too_large", "not_logged_in", "forbidden", "unavailable", "timeout",
+    "internal", "bot_refused",
+]
+REVOKED = "This appid is no longer allowed on the service."
+DELETED = "The service was removed from the registry."
+BOT_UNREACHABLE = "The bot cannot be reached."
+AGENT_UNREACHABLE = "The agent on the bot's host cannot be reached."
+REDIS_PARTIAL = "Part of the bot's Redis Cluster is down."
+REDIS_PARTIAL_ZH = "机器人的 Redis Cluster 部分节点不可用。"
+MYSQL_UNREACHABLE = "The bot's MySQL cannot be reached."
+GENERIC = "The service is unavailable, or something went wrong."
 MARKUP_DESCRIPTION = "<img src=x onerror=\"window.__pwned='description'\"> bot"
 MARKUP_CHAT = "<script>window.__pwned='chat'</script><b>bold</b>"
 
@@ -70,6 +88,14 @@ def say(p: Any, text: str) -> None:
 
 def bot_says(p: Any, text: str) -> None:
     expect(p.locator(".msg-bot .msg-text").filter(has_text=text)).to_have_count(1)
+
+
+def shown_once(p: Any, text: str) -> None:
+    """C{text} is on the panel exactly once, and stays so for a moment (no late repeat)."""
+    expect(p).to_contain_text(text)
+    p.page.wait_for_timeout(800)
+    count = p.inner_text().count(text)
+    assert count == 1, f"{text!r} shown {count} times"
 
 
 def screenshot(page: Any, testcase: Any, name: str) -> None:
@@ -185,7 +211,8 @@ class ChatPageTests(PageTestCase):
             # A service that is down cannot be picked, and says why.
             option = panel(page, 1).locator(f'select.service option[value="{broken}"]')
             expect(option).to_be_disabled()
-            expect(option).to_contain_text("unavailable: bot MySQL unreachable")
+            expect(option).to_contain_text("unavailable: ")
+            expect(option).to_have_attribute("title", re.compile("MySQL"))
             one = log_in_panel(page, 1, first, "1.00002", "alice")
             page.click("#add-panel")
             two = panel(page, 2)
@@ -225,6 +252,10 @@ class ChatPageTests(PageTestCase):
             expect(p.locator(".service-banner")).to_contain_text("Service down")
             expect(p.locator("input.content")).to_be_disabled()
             expect(p.locator("button.send")).to_be_disabled()
+            # The service list (re-read every 5 s) says it is down too; the panel says so once.
+            page.wait_for_timeout(6000)
+            expect(p.locator(".service-reason")).to_have_count(0)
+            shown_once(p, "Service down:")
 
         await self.step(down)
         self.system.agent.start()
@@ -300,6 +331,262 @@ class ChatPageTests(PageTestCase):
         await self.step(listed)
         await self.assert_no_page_errors(page)
         await self.assert_no_page_errors(admin)
+
+
+class LoginEndsTests(PageTestCase):
+    """The panel follows the truth: a login the servers ended is shown as ended, with the reason once."""
+
+    async def test_appid_revoked(self) -> None:
+        """When an admin revokes the panel's appid, the panel is back to not logged in, says why once with the raw text behind "details", and can log in with another appid."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, sid, "1.00002", "erin")
+        await self.system.update_service(sid, allowedAppids=["1.00003"])
+
+        def ended() -> None:
+            # The web server re-reads the registry every 5 s, then tells the agent.
+            expect(p).to_have_attribute("data-status", "idle", timeout=20_000)
+            expect(p.locator("select.service")).to_be_enabled()
+            expect(p.locator(".session")).to_be_hidden()
+            expect(p.locator("input.content")).to_be_disabled()
+            banner = p.locator(".service-banner")
+            expect(banner).to_contain_text(f"Not logged in: {REVOKED}")
+            shown_once(p, REVOKED)
+            # The raw text is there, but only behind the toggle.
+            expect(banner.locator(".reason-msg")).to_be_hidden()
+            banner.locator(".reason-details summary").click()
+            expect(banner.locator(".reason-msg")).to_be_visible()
+            expect(banner.locator(".reason-msg")).to_contain_text("1.00002")
+            screenshot(page, self, "chat-login-ended.png")
+
+            log_in_panel(page, 1, sid, "1.00003", "erin")
+            expect(banner).to_be_hidden()
+            say(p, "my name is Erin")
+            bot_says(p, "Nice to meet you, Erin!")
+
+        await self.step(ended)
+        await self.assert_no_page_errors(page)
+
+    async def test_service_deleted(self) -> None:
+        """When the service is deleted while a panel is logged in there, the panel is back to not logged in and says why once."""
+        sid = await self.system.add_service(description="doomed bot")
+        await self.system.add_service(description="other bot")
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, sid, "1.00002", "frank")
+        answer = await self.system.api("DELETE", "Service/delServices", {"serviceIds": [sid]})
+        self.assertEqual(answer["result"], 1, answer)
+
+        def ended() -> None:
+            expect(p).to_have_attribute("data-status", "idle", timeout=20_000)
+            expect(p.locator(".session")).to_be_hidden()
+            expect(p.locator("input.content")).to_be_disabled()
+            expect(p.locator(".service-banner")).to_contain_text(f"Not logged in: {DELETED}", timeout=10_000)
+            shown_once(p, DELETED)
+            expect(p.locator(f'select.service option[value="{sid}"]')).to_have_count(0)
+
+        await self.step(ended)
+        await self.assert_no_page_errors(page)
+
+    async def test_unprompted_logout_with_code(self) -> None:
+        """An unprompted logoutResp with a code ends the login with that code's sentence; the answer to the panel's own logout never ends a new login."""
+        first = await self.system.add_service(description="first bot")
+        second = await self.system.add_service(description="second bot")
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, first, "1.00002", "ivan")
+        self.system.push({"method": "logoutResp", "serviceId": first, "appid": "1.00002", "result": 410,
+                          "code": "service_deleted", "msg": "service 1 was deleted"})
+
+        def ended() -> None:
+            expect(p).to_have_attribute("data-status", "idle")
+            expect(p.locator(".service-banner")).to_contain_text(f"Not logged in: {DELETED}")
+            shown_once(p, DELETED)
+
+        await self.step(ended)
+
+        def logout_and_back() -> None:
+            log_in_panel(page, 1, second, "1.00002", "ivan")
+            expect(p.locator(".service-banner")).to_be_hidden()
+            # Log out and in again in one go: the logoutResp comes after the
+            # new loginReq went out. It answers the page, and ends nothing.
+            p.evaluate("""(el) => {
+                el.querySelector("button.logout").click();
+                el.querySelector("form.panel-login button.login").click();
+            }""")
+            expect(p).to_have_attribute("data-status", "active")
+            page.wait_for_timeout(1000)
+            expect(p).to_have_attribute("data-status", "active")
+            expect(p.locator(".service-banner")).to_be_hidden()
+            say(p, "my name is Ivan")
+            bot_says(p, "Nice to meet you, Ivan!")
+
+        await self.step(logout_and_back)
+        await self.assert_no_page_errors(page)
+
+
+class ReasonTests(PageTestCase):
+    """Reasons read as plain sentences in both languages, once, with the raw text behind "details"."""
+
+    async def test_codes_read_as_sentences(self) -> None:
+        """Every reason code has its own sentence in English and in Chinese; an unknown or missing code reads as a generic sentence."""
+        page = await self.page_as(TESTER, "chat.html")
+
+        def sentences() -> Any:
+            expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+            # The modules the page loaded (same URLs: the same instances).
+            return page.evaluate("""async (codes) => {
+                const i18n = await import(new URL("js/i18n.js", location.href).href);
+                const reasons = await import(new URL("js/reasons.js", location.href).href);
+                const out = {};
+                for (const lang of ["en", "zh"]) {
+                    i18n.setLang(lang);
+                    out[lang] = Object.fromEntries(
+                        [...codes, "no_such_code", ""].map((code) => [code, reasons.sentence(code)]));
+                    out[lang]["(missing)"] = reasons.sentence(reasons.reasonOf({result: 0, msg: "x"}).code);
+                }
+                i18n.setLang("en");
+                return out;
+            }""", CODES)
+
+        said = await self.step(sentences)
+        en, zh = said["en"], said["zh"]
+        for code in CODES:
+            self.assertNotIn("reason.", en[code], code)
+            self.assertNotEqual(en[code], GENERIC, code)
+            self.assertNotEqual(zh[code], en[code], f"{code} has no Chinese sentence")
+            self.assertRegex(zh[code], "[\u4e00-\u9fff]", code)
+        self.assertEqual(len({en[c] for c in CODES}), len(CODES), "two codes read the same in English")
+        self.assertEqual(len({zh[c] for c in CODES}), len(CODES), "two codes read the same in Chinese")
+        self.assertEqual((en["redis_partial"], zh["redis_partial"]), (REDIS_PARTIAL, REDIS_PARTIAL_ZH))
+        self.assertEqual(en["appid_revoked"], REVOKED)
+        for generic in ("no_such_code", "", "(missing)"):
+            self.assertEqual(en[generic], GENERIC)
+            self.assertEqual(zh[generic], zh["no_such_code"])
+        await self.assert_no_page_errors(page)
+
+    async def test_pushed_reason_and_details(self) -> None:
+        """A pushed servStatus reads as its code's sentence, in the chosen language; its raw msg shows only when "details" is opened."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, sid, "1.00002", "gina")
+        raw = "Redis Cluster partly down: 127.0.0.1:7001 unreachable (slots 5461-10922)"
+        self.system.push({"method": "servStatus", "serviceId": sid, "appid": "1.00002", "status": 0,
+                          "code": "redis_partial", "msg": raw})
+        banner = p.locator(".service-banner")
+
+        def down() -> None:
+            expect(banner).to_contain_text(f"Service down: {REDIS_PARTIAL}")
+            expect(p.locator("input.content")).to_be_disabled()
+            expect(banner.locator(".reason-msg")).to_have_text(raw)
+            expect(banner.locator(".reason-msg")).to_be_hidden()
+            assert raw not in p.inner_text()
+            banner.locator(".reason-details summary").click()
+            expect(banner.locator(".reason-msg")).to_be_visible()
+            page.select_option("#lang", "zh")
+            expect(banner).to_contain_text(f"服务不可用：{REDIS_PARTIAL_ZH}")
+            expect(banner.locator(".reason-details summary")).to_have_text("详情")
+            expect(banner.locator(".reason-msg")).to_be_visible()  # still open
+            page.select_option("#lang", "en")
+            expect(banner).to_contain_text(REDIS_PARTIAL)
+
+        await self.step(down)
+        self.system.push({"method": "servStatus", "serviceId": sid, "appid": "1.00002", "status": 0,
+                          "code": "martian_weather", "msg": "it rains frogs"})
+
+        def unknown() -> None:
+            expect(banner).to_contain_text(f"Service down: {GENERIC}")
+            expect(banner.locator(".reason-msg")).to_have_text("it rains frogs")
+
+        await self.step(unknown)
+        self.system.push({"method": "servStatus", "serviceId": sid, "appid": "1.00002", "status": 1,
+                          "code": "ok", "msg": "ok"})
+
+        def up() -> None:
+            expect(banner).to_be_hidden()
+            expect(p.locator(".msg-system").filter(has_text="Service back up.")).to_have_count(1)
+            expect(p.locator("input.content")).to_be_enabled()
+
+        await self.step(up)
+        await self.assert_no_page_errors(page)
+
+    async def test_same_reason_once(self) -> None:
+        """The same servStatus twice, and errors with the same code, show the reason once; a changed reason replaces it."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+        p = panel(page, 1)
+        await self.step(log_in_panel, page, 1, sid, "1.00002", "hank")
+        down = {"method": "servStatus", "serviceId": sid, "appid": "1.00002", "status": 0,
+                "code": "bot_unreachable", "msg": "the bot is unreachable (connection refused); reconnecting"}
+        self.system.push(down)
+        self.system.push(down)
+        self.system.push({"method": "aichatResp", "serviceId": sid, "appid": "1.00002", "content": "",
+                          "action": "", "result": 503, "code": "bot_unreachable", "msg": "the bot is unreachable"})
+        await self.step(shown_once, p, BOT_UNREACHABLE)
+
+        def once() -> None:
+            expect(p.locator(".msg-error")).to_have_count(1)  # "The service went down." once, no reason in the log
+            expect(p.locator(".messages")).not_to_contain_text(BOT_UNREACHABLE)
+
+        await self.step(once)
+        self.system.push({**down, "code": "agent_unreachable", "msg": "agent link lost"})
+
+        def replaced() -> None:
+            shown_once(p, AGENT_UNREACHABLE)
+            expect(p).not_to_contain_text(BOT_UNREACHABLE)
+
+        await self.step(replaced)
+        # Up, then an error of its own: that reason shows once too.
+        self.system.push({**down, "status": 1, "code": "ok", "msg": "ok"})
+        error = {"method": "aichatResp", "serviceId": sid, "appid": "1.00002", "content": "", "action": "",
+                 "result": 413, "code": "too_large", "msg": "message larger than 65536 bytes; dropped"}
+        self.system.push(error)
+        self.system.push(error)
+
+        def error_once() -> None:
+            shown_once(p, "Error: The message is too large.")
+            expect(p).not_to_contain_text(AGENT_UNREACHABLE)
+            expect(p.locator("input.content")).to_be_enabled()
+
+        await self.step(error_once)
+        await self.assert_no_page_errors(page)
+
+    async def test_service_list_entries_say_their_code(self) -> None:
+        """A service that is down reads as its code's sentence in the list (its msg when it has no code), with the raw msg as the option's title."""
+        sid = await self.system.add_service()
+        page = await self.page_as(TESTER, "chat.html")
+
+        def listed() -> None:
+            # Fake enough of getServiceList to hold entries the servers make
+            # only when a part is down: the real answer plus two down services.
+            def with_down_entries(route: Any) -> None:
+                answer = route.fetch().json()
+                real = answer["serviceLists"][0]
+                answer["serviceLists"] += [
+                    {**real, "serviceId": 901, "description": "coded", "status": 0,
+                     "code": "mysql_unreachable", "msg": "bot MySQL unreachable: (2003, refused)"},
+                    {**real, "serviceId": 902, "description": "uncoded", "status": 0, "msg": "an old server's reason"},
+                ]
+                route.fulfill(json=answer)
+
+            page.route("**/Service/getServiceList", with_down_entries)
+            page.reload()
+            select = panel(page, 1).locator("select.service")
+            coded = select.locator('option[value="901"]')
+            expect(coded).to_contain_text(f"unavailable: {MYSQL_UNREACHABLE}")
+            expect(coded).not_to_contain_text("2003")
+            expect(coded).to_have_attribute("title", "bot MySQL unreachable: (2003, refused)")
+            expect(coded).to_be_disabled()
+            expect(select.locator('option[value="902"]')).to_contain_text("unavailable: an old server's reason")
+            expect(select.locator(f'option[value="{sid}"]')).to_be_enabled()
+            page.select_option("#lang", "zh")
+            expect(coded).to_contain_text("不可用：无法连接到机器人的 MySQL。")
+            page.select_option("#lang", "en")
+
+        await self.step(listed)
+        await self.assert_no_page_errors(page)
 
 
 class AdminPageTests(PageTestCase):
@@ -381,6 +668,36 @@ class AdminPageTests(PageTestCase):
 
         await self.step(delete)
         self.assertEqual([x["description"] for x in await self.system.services()], ["reference bot"])
+        await self.assert_no_page_errors(page)
+
+    async def test_admin_sees_sentence_and_raw_reason(self) -> None:
+        """A service that is down reads on the admin page as its code's sentence with the raw msg visible beside it, as text."""
+        await self.system.add_service(description="healthy bot")
+        page = await self.page_as(ADMIN, "admin.html")
+        raw = "agent unreachable: <b>connection refused</b>"
+
+        def listed() -> None:
+            # Fake enough of getServices to hold a down service with a code.
+            def with_down_entry(route: Any) -> None:
+                answer = route.fetch().json()
+                answer["servicdLists"].append({**answer["servicdLists"][0], "serviceId": 901,
+                                               "description": "coded", "status": 0,
+                                               "code": "agent_unreachable", "msg": raw})
+                route.fulfill(json=answer)
+
+            page.route("**/Service/getServices", with_down_entry)
+            page.reload()
+            row = page.locator('#services tr[data-service-id="901"]')
+            expect(row.locator(".badge")).to_have_text("down")
+            expect(row.locator(".reason-text")).to_have_text(AGENT_UNREACHABLE)
+            expect(row.locator(".reason-msg")).to_have_text(raw)
+            expect(row.locator(".reason-msg")).to_be_visible()
+            assert row.locator("b").count() == 0
+            page.select_option("#lang", "zh")
+            expect(row.locator(".reason-text")).to_have_text("无法连接到机器人主机上的代理（agent）。")
+            page.select_option("#lang", "en")
+
+        await self.step(listed)
         await self.assert_no_page_errors(page)
 
     async def test_tester_is_refused_admin(self) -> None:

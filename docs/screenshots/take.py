@@ -2,7 +2,8 @@
 Take the README's screenshots again: ``.venv/bin/python docs/screenshots/take.py``.
 
 They are taken by the browser tests that show the pages best (the chat with a
-live state panel, the admin list with a healthy and a failing service), run
+live state panel, the admin list with a healthy and a failing service, a
+panel whose appid was revoked while logged in), run
 against the real system with ``WT_SCREENSHOTS`` pointing here. The tests need
 what ``./wt test`` installs (Chromium, Redis, MariaDB).
 """
@@ -20,6 +21,7 @@ TESTS = [
     "tests.test_pages.ChatPageTests.test_two_bots_side_by_side",
     "tests.test_pages.ChatPageTests.test_chat_with_live_state",
     "tests.test_pages.AdminPageTests.test_admin_adds_edits_deletes",
+    "tests.test_pages.LoginEndsTests.test_appid_revoked",
 ]
 
 

@@ -198,6 +198,17 @@ class PagesSystem(BotBackends):
         port: Any = cast(Any, reactor).listenTCP(self.ws_port, factory, interface="127.0.0.1")
         self.testcase.addCleanup(port.stopListening)
 
+    def push(self, message: dict[str, Any]) -> None:
+        """
+        Send one frame to every open browser session through the real
+        WebSocket, exactly as the web server delivers a push: for the codes and
+        repeats the servers do not produce on demand.
+        """
+        relay = self.web.getServiceNamed("websocket").factory.relay
+        data = json.dumps(message).encode()
+        for session in list(relay.sessions.values()):
+            session.deliver(data)
+
     def add_user(self, username: str, role: str, password: str = PASSWORD) -> None:
         connection, dialect = connect_sync(self.options.config.registry)
         try:
@@ -237,6 +248,11 @@ class PagesSystem(BotBackends):
         sid = max(s["serviceId"] for s in await self.services())
         await self.wait_status(sid, 1)
         return sid
+
+    async def update_service(self, sid: int, **changes: Any) -> None:
+        """Change a registered service through the HTTP API, as an admin does."""
+        answer = await self.api("POST", "Service/updateServices", [{"serviceId": sid, **self.service(**changes)}])
+        assert answer["result"] == 1, answer
 
     async def wait_status(self, sid: int, status: int, timeout: float = 15.0) -> None:
         async def check() -> bool:

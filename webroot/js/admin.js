@@ -4,6 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { byId, h } from "./dom.js";
 import { t } from "./i18n.js";
+import { sentence } from "./reasons.js";
 import { startPage } from "./shell.js";
 import { fill, read, clearErrors, showError, FieldError } from "./admin/form.js";
 
@@ -25,6 +26,13 @@ function main() {
     notice.classList.toggle("error", isError);
   };
 
+  // Why a service is down: the plain sentence testers see, and the raw msg
+  // (admins fix things, so they see it whole). No code (an older server): msg.
+  function reason(s) {
+    const said = s.code ? h("span", { className: "reason-text", dataset: { code: s.code } }, sentence(s.code)) : null;
+    return h("span", { className: "reason" }, said, s.msg ? h("span", { className: "reason-msg" }, s.msg) : null);
+  }
+
   function row(s) {
     const up = s.status === 1;
     return h("tr", { dataset: { serviceId: s.serviceId, status: s.status } },
@@ -32,7 +40,7 @@ function main() {
       h("td", { className: "status-cell" },
         h("span", { className: up ? "badge up" : "badge down", dataset: { i18n: up ? "admin.status.up" : "admin.status.down" } },
           t(up ? "admin.status.up" : "admin.status.down")),
-        h("span", { className: "reason" }, up ? "" : s.msg)),
+        up ? null : reason(s)),
       h("td", { className: "description" }, s.description),
       h("td", {}, (s.allowedAppids || []).join(", ")),
       h("td", { className: "addr" }, s.wxServiceAddr),

@@ -3,6 +3,7 @@
 import { api, ApiError, redirectToLogin } from "./api.js";
 import { byId } from "./dom.js";
 import { t } from "./i18n.js";
+import { reasonNode, reasonOf } from "./reasons.js";
 import { startPage } from "./shell.js";
 import { ChatSocket } from "./chat/socket.js";
 import { ChatPanel } from "./chat/panel.js";
@@ -18,7 +19,8 @@ async function main() {
   try {
     list = await api.serviceList();
   } catch (e) {
-    notice.textContent = e.message;
+    const reason = reasonOf(e instanceof ApiError ? e.body : {}, "unavailable");
+    notice.replaceChildren(reasonNode(reason));
     return;
   }
   let services = list.serviceLists || list.serviceList || [];
@@ -54,17 +56,22 @@ async function main() {
     }
   });
   socket.addEventListener("close", () => panels.forEach((panel) => panel.disconnected()));
+  // An error about no service (a frame the server could not read): the page's.
+  let pageError = null;
   socket.addEventListener("unrouted", (e) => {
     const message = e.detail || {};
     if (message.result !== undefined && message.result !== 1 && message.serviceId === undefined) {
-      notice.textContent = t("chat.error", { result: message.result, msg: message.msg });
+      pageError = reasonOf(message);
+      paintNotice();
     }
   });
 
   const isTaken = (serviceId, asking) =>
     panels.some((panel) => panel !== asking && panel.status !== "idle" && panel.serviceId === serviceId);
-  const paintNoServices = () => {
-    notice.textContent = services.length ? "" : t("chat.noServices");
+  const paintNotice = () => {
+    if (!services.length) notice.replaceChildren(t("chat.noServices"));
+    else if (pageError) notice.replaceChildren(reasonNode(pageError, "chat.error"));
+    else notice.replaceChildren();
   };
 
   const template = byId("panel-template");
@@ -90,11 +97,11 @@ async function main() {
   byId("add-panel").addEventListener("click", addPanel);
   document.addEventListener("langchange", () => {
     paintConnection();
-    paintNoServices();
+    paintNotice();
     panels.forEach((panel) => panel.relabel());
   });
 
-  paintNoServices();
+  paintNotice();
   addPanel();
   socket.connect();
 
@@ -104,7 +111,7 @@ async function main() {
     } catch {
       return; // keep the last list; the next round tries again
     }
-    paintNoServices();
+    paintNotice();
     panels.forEach((panel) => panel.setServices(services));
   }, SERVICE_REFRESH_MS);
 }

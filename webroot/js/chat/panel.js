@@ -1,15 +1,30 @@
 // One chat panel: its own login on one service, its messages and the user's
 // live state. Several panels share the page's one WebSocket; the socket hands
 // each panel the messages carrying its serviceId.
+//
+// A panel shows one reason at a time (the banner): why its service is down,
+// why its login ended or failed, or why a request was refused. The same
+// reason again changes nothing; a different one replaces it. Reasons come as a
+// code, said in plain words, with the raw msg behind a "details" toggle
+// (../reasons.js).
 
 import { h, uid } from "../dom.js";
-import { applyI18n, t } from "../i18n.js";
+import { applyI18n, getLang, t } from "../i18n.js";
+import { detailsNode, entryText, reasonNode, reasonOf } from "../reasons.js";
 import { StateView } from "./state.js";
 
 // idle: choosing a service; loggingIn: waiting for loginResp; active: logged in
 const IDLE = "idle";
 const LOGGING_IN = "loggingIn";
 const ACTIVE = "active";
+
+// What the banner says about a reason of each kind.
+const REASON_TEMPLATES = {
+  down: "chat.down", // servStatus 0: the service is down, sending waits
+  ended: "chat.ended", // the servers ended the login: not logged in any more
+  loginFailed: "chat.loginFailed",
+  error: "chat.error", // a request was refused
+};
 
 export class ChatPanel {
   constructor({ socket, number, template, services, isTaken, onClose, onStatus = () => {} }) {
@@ -23,7 +38,9 @@ export class ChatPanel {
     this.serviceId = null;
     this.appid = null;
     this.uname = null;
-    this.down = null; // the reason while the service is down
+    this.down = false; // servStatus said the service is down
+    this.reason = null; // {kind, code, msg}: what the banner says, or null
+    this.bannerShown = null; // what the banner was last built from
     this.pushes = true;
     this.handler = (message) => this.receive(message);
 
@@ -91,6 +108,10 @@ export class ChatPanel {
 
   setServices(services) {
     this.services = services;
+    // A service that left the list was deleted: whatever the server said.
+    if (this.status !== IDLE && !services.some((s) => s.serviceId === this.serviceId)) {
+      this.ended({ code: "service_deleted", msg: "" });
+    }
     if (this.status === IDLE) this.paintServices();
     this.paintServiceInfo();
   }
@@ -103,7 +124,7 @@ export class ChatPanel {
       let label = `#${s.serviceId} ${s.description}`;
       let disabled = false;
       if (s.status !== 1) {
-        label += ` — ${t("chat.serviceDown", { msg: s.msg })}`;
+        label += ` — ${t("chat.serviceDown", { reason: entryText(s) })}`;
         disabled = true;
       } else if (this.isTaken(s.serviceId, this)) {
         label += ` — ${t("chat.inOtherPanel")}`;
@@ -111,6 +132,8 @@ export class ChatPanel {
       }
       const option = new Option(label, String(s.serviceId));
       option.disabled = disabled;
+      // An option holds text only: its raw reason is the hover title.
+      if (s.status !== 1 && s.msg) option.title = s.msg;
       options.push(option);
     }
     select.replaceChildren(...options);
@@ -127,11 +150,15 @@ export class ChatPanel {
   paintServiceInfo() {
     const service = this.selectedService();
     const info = this.ui.serviceInfo;
+    const open = Boolean(info.querySelector("details")?.open); // the list refreshes every few seconds
     info.replaceChildren();
     if (service) {
       info.append(h("span", { className: "service-desc" }, service.description));
-      if (service.status !== 1) {
-        info.append(h("span", { className: "service-reason" }, t("chat.serviceDown", { msg: service.msg })));
+      // A logged-in panel's banner says why it is down: not twice.
+      if (service.status !== 1 && !this.down) {
+        info.append(h("span", { className: "service-reason" },
+          t("chat.serviceDown", { reason: entryText(service) }),
+          service.code ? detailsNode(service.msg, open) : null));
       }
     }
     if (this.status !== IDLE) return;
@@ -153,6 +180,7 @@ export class ChatPanel {
       return this.setLoginStatus(t("chat.unameRequired"), true);
     }
     if (this.isTaken(service.serviceId, this)) return this.setLoginStatus(t("chat.inOtherPanel"), true);
+    this.reason = null; // a new attempt: the old reason is history
     this.serviceId = service.serviceId;
     this.appid = appid;
     this.uname = uname;
@@ -160,17 +188,22 @@ export class ChatPanel {
   }
 
   sendLogin() {
-    this.socket.route(this.serviceId, this.handler);
-    const sent = this.socket.send({ method: "loginReq", serviceId: this.serviceId, appid: this.appid, uname: this.uname });
-    if (!sent) {
+    if (!this.socket.isOpen) {
       this.setLoginStatus(t("chat.notConnected"), true);
-      if (this.status === IDLE) this.socket.unroute(this.serviceId, this.handler);
       return;
     }
+    const serviceId = this.serviceId;
+    this.socket.route(serviceId, this.handler);
     this.status = LOGGING_IN;
     this.setLoginStatus(t("chat.loggingIn"), false);
     this.paint();
     this.onStatus(this);
+    // Logged out there a moment ago: the server is still ending that login.
+    this.socket.loggedOut(serviceId).then(() => {
+      if (this.status !== LOGGING_IN || this.serviceId !== serviceId) return;
+      // Not sent: the connection is gone, and reconnected() logs in again.
+      this.socket.send({ method: "loginReq", serviceId, appid: this.appid, uname: this.uname });
+    });
   }
 
   logout() {
@@ -178,13 +211,24 @@ export class ChatPanel {
       this.socket.send({ method: "logoutReq", serviceId: this.serviceId, appid: this.appid });
       this.system(t("chat.loggedOut"));
     }
+    this.reason = null;
+    this.toIdle();
+  }
+
+  // The servers ended the login (appid revoked, service deleted, ended
+  // elsewhere, re-login refused): back to "not logged in", saying why. The
+  // servers have forgotten the login already, so nothing is sent.
+  ended(reason) {
+    if (this.status === IDLE) return;
+    this.system(t("chat.loginEnded"));
+    this.setReason("ended", reason);
     this.toIdle();
   }
 
   toIdle() {
     if (this.serviceId !== null) this.socket.unroute(this.serviceId, this.handler);
     this.status = IDLE;
-    this.down = null;
+    this.down = false;
     this.paintServices();
     this.paint();
     this.onStatus(this);
@@ -219,14 +263,17 @@ export class ChatPanel {
         return this.error(message);
       case "getUserStatusResp":
         if (message.result === 1) return this.stateView.update(message);
-        return this.stateView.showError(t("chat.error", message));
+        return this.stateError(message);
       case "setStatusPushResp":
         if (message.result === 1) this.ui.auto.checked = this.pushes = Boolean(message.enabled);
+        else this.error(message);
         return undefined;
       case "servStatus":
         return this.onServStatus(message);
       case "logoutResp":
-        return undefined;
+        // Never one this panel asked for (the socket keeps those): the
+        // servers ended the login. An older server says 403 for a revoked appid.
+        return this.ended(reasonOf(message, message.result === 403 ? "appid_revoked" : "login_ended"));
       default:
         if (message.result !== 1) this.error(message);
         return undefined;
@@ -236,14 +283,17 @@ export class ChatPanel {
   onLogin(message) {
     if (this.status === IDLE) return;
     if (message.result !== 1) {
-      this.setLoginStatus(t("chat.loginFailed", { msg: message.msg }), true);
-      this.error(message);
+      // While logged in, a failed login is a re-login the bot refused.
+      if (this.status === ACTIVE) return this.ended(reasonOf(message, "relogin_refused"));
+      this.setLoginStatus("", false);
+      this.setReason("loginFailed", reasonOf(message));
       this.toIdle();
       return;
     }
     const first = this.status === LOGGING_IN;
     this.status = ACTIVE;
-    this.down = null;
+    this.down = false;
+    this.reason = null;
     this.strUid = message.strUid;
     this.setLoginStatus("", false);
     if (first) this.stateView.clear();
@@ -256,13 +306,40 @@ export class ChatPanel {
   onServStatus(message) {
     if (this.status === IDLE) return;
     if (message.status === 1) {
-      this.down = null;
-      this.system(t("chat.up"));
+      if (this.down) this.system(t("chat.up"));
+      this.down = false;
+      if (this.reason?.kind === "down") this.reason = null;
     } else {
-      this.down = message.msg || "";
-      this.system(t("chat.down", { msg: this.down }), true);
+      const reason = reasonOf(message);
+      // Today's web server says a deletion this way, and forgets the login.
+      if (reason.code === "service_deleted") return this.ended(reason);
+      if (!this.down) this.system(t("chat.wentDown"), true);
+      this.down = true;
+      this.setReason("down", reason);
     }
+    this.paintServiceInfo();
     this.paint();
+  }
+
+  // Show `reason` as the panel's one reason; the same again changes nothing.
+  setReason(kind, reason) {
+    const r = this.reason;
+    if (r && r.kind === kind && r.code === reason.code && r.msg === reason.msg) return;
+    this.reason = { kind, code: reason.code, msg: reason.msg };
+    this.paint();
+  }
+
+  // A request was refused. While the service is down its reason stands: the
+  // errors then are its echoes.
+  error(message) {
+    if (this.down) return;
+    this.setReason("error", reasonOf(message));
+  }
+
+  stateError(message) {
+    const reason = reasonOf(message);
+    if (this.reason && this.reason.code === reason.code) return; // said in the banner already
+    this.stateView.showError(reasonNode(reason, "chat.error"));
   }
 
   // -- chatting -----------------------------------------------------------------
@@ -274,7 +351,7 @@ export class ChatPanel {
       this.ui.content.focus();
       return;
     }
-    if (this.down !== null) {
+    if (this.down) {
       this.ui.hint.textContent = t("chat.cannotSend");
       return;
     }
@@ -282,6 +359,10 @@ export class ChatPanel {
     this.say("me", content, "");
     this.ui.content.value = "";
     this.ui.hint.textContent = "";
+    if (this.reason?.kind === "error") {
+      this.reason = null; // a new request: the last refusal is history
+      this.paint();
+    }
   }
 
   request(method, fields = {}) {
@@ -301,10 +382,6 @@ export class ChatPanel {
 
   system(text, isError = false) {
     this.append(h("li", { className: isError ? "msg msg-error" : "msg msg-system" }, text));
-  }
-
-  error(message) {
-    this.system(t("chat.error", { result: message.result, msg: message.msg }), true);
   }
 
   append(item) {
@@ -334,18 +411,32 @@ export class ChatPanel {
     ui.session.hidden = !active;
     if (active) ui.sessionText.textContent = t("chat.loggedIn", { uname: this.uname, uid: this.strUid });
     const connected = this.socket.isOpen;
-    const canSend = active && connected && this.down === null;
+    const canSend = active && connected && !this.down;
     ui.content.disabled = !canSend;
     ui.send.disabled = !canSend;
     ui.refresh.disabled = !(active && connected);
     ui.auto.disabled = !(active && connected);
-    let banner = "";
-    if (active && !connected) banner = t("chat.notConnected");
-    else if (active && this.down !== null) banner = t("chat.down", { msg: this.down });
-    ui.banner.textContent = banner;
-    ui.banner.hidden = !banner;
-    this.el.classList.toggle("is-down", Boolean(banner));
-    this.el.dataset.status = this.down !== null ? "down" : this.status;
+    this.paintBanner(active && !connected);
+    this.el.classList.toggle("is-down", active && (!connected || this.down));
+    this.el.dataset.status = this.down ? "down" : this.status;
+  }
+
+  // Built again only when what it says changed, so an open "details" stays open.
+  paintBanner(notConnected) {
+    const banner = this.ui.banner;
+    const shown = JSON.stringify([getLang(), notConnected, notConnected ? null : this.reason]);
+    if (shown === this.bannerShown) return;
+    const before = this.bannerShown && JSON.parse(this.bannerShown)[2];
+    this.bannerShown = shown;
+    const r = this.reason;
+    if (notConnected) banner.replaceChildren(t("chat.notConnected"));
+    else if (r) {
+      // Still the same code (a new language, a new msg): keep the toggle as it was.
+      const open = Boolean(before && before.code === r.code && banner.querySelector("details")?.open);
+      banner.replaceChildren(reasonNode(r, REASON_TEMPLATES[r.kind], { open }));
+    } else banner.replaceChildren();
+    banner.hidden = !notConnected && !r;
+    banner.dataset.kind = notConnected ? "notConnected" : r ? r.kind : "";
   }
 
   relabel() {

@@ -5,6 +5,13 @@
 // listeners. If the connection drops it is opened again after a growing
 // delay (1 s, 2 s, 4 s … 30 s); "open" tells listeners whether it was a
 // reconnection, so the panels can log in again on the new session.
+//
+// The answer to a logoutReq this page sent is taken here and goes nowhere:
+// the panel went back to "not logged in" when it asked, and may already be
+// logging in there again (or another panel may). Every logoutResp a panel
+// receives is therefore one it did not ask for: the servers ended the login.
+// A new loginReq on a service waits for those answers (loggedOut): the web
+// server holds a login until the agent has confirmed its end.
 
 const INITIAL_DELAY = 1000;
 const MAX_DELAY = 30000;
@@ -20,6 +27,8 @@ export class ChatSocket extends EventTarget {
     this.opened = false; // whether any connection has opened yet
     this.closing = false;
     this.routes = new Map(); // serviceId -> handler(message)
+    this.logoutsAsked = new Map(); // serviceId -> logoutReq sent and not answered yet
+    this.logoutWaiters = new Map(); // serviceId -> [resolve] waiting for those answers
   }
 
   get isOpen() {
@@ -42,6 +51,9 @@ export class ChatSocket extends EventTarget {
     ws.addEventListener("close", () => {
       if (this.ws !== ws) return;
       this.ws = null;
+      // That session's answers will never come (and its logins are gone).
+      this.logoutsAsked.clear();
+      for (const serviceId of [...this.logoutWaiters.keys()]) this.answered(serviceId);
       this.emit("close", {});
       if (!this.closing) this.scheduleReconnect();
     });
@@ -72,9 +84,34 @@ export class ChatSocket extends EventTarget {
     } catch {
       return; // the server only sends JSON; ignore anything else
     }
+    if (message && message.method === "logoutResp" && this.logoutsAsked.get(message.serviceId) > 0) {
+      const left = this.logoutsAsked.get(message.serviceId) - 1;
+      if (left > 0) this.logoutsAsked.set(message.serviceId, left);
+      else {
+        this.logoutsAsked.delete(message.serviceId);
+        this.answered(message.serviceId);
+      }
+      return;
+    }
     const handler = message && this.routes.get(message.serviceId);
     if (handler) handler(message);
     else this.emit("unrouted", message);
+  }
+
+  // Resolves when every logoutReq sent for serviceId has its answer, or the
+  // connection is gone.
+  loggedOut(serviceId) {
+    if (!(this.logoutsAsked.get(serviceId) > 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      if (!this.logoutWaiters.has(serviceId)) this.logoutWaiters.set(serviceId, []);
+      this.logoutWaiters.get(serviceId).push(resolve);
+    });
+  }
+
+  answered(serviceId) {
+    const waiters = this.logoutWaiters.get(serviceId) || [];
+    this.logoutWaiters.delete(serviceId);
+    waiters.forEach((resolve) => resolve());
   }
 
   route(serviceId, handler) {
@@ -89,6 +126,9 @@ export class ChatSocket extends EventTarget {
   send(message) {
     if (!this.isOpen) return false;
     this.ws.send(JSON.stringify(message));
+    if (message.method === "logoutReq") {
+      this.logoutsAsked.set(message.serviceId, (this.logoutsAsked.get(message.serviceId) || 0) + 1);
+    }
     return true;
   }
 

@@ -54,8 +54,9 @@ export class StateView {
     this.render();
   }
 
-  showError(text) {
-    this.error.textContent = text;
+  // text or a node (a reason with its details toggle)
+  showError(what) {
+    this.error.replaceChildren(what);
   }
 
   update(message, now = Date.now()) {
