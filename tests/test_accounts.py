@@ -118,7 +118,8 @@ class AccountAPITests(unittest.TestCase):
         """A wrong password or unknown user is answered 401 with the same words, and no cookie."""
         for username, password in (("ann", "wrong-password"), ("nobody", "whatever-pw")):
             status, answer = await self.client.login(username, password)
-            self.assertEqual((status, answer), (401, {"result": 401, "msg": "wrong username or password"}))
+            self.assertEqual((status, answer),
+                             (401, {"result": 401, "msg": "wrong username or password", "code": "not_logged_in"}))
         self.assertEqual(self.client.cookie, "")
         status, _ = await self.client.call("GET", "/WebTesting/Account/me")
         self.assertEqual(status, 401)

@@ -128,7 +128,7 @@ class RegistryAPITestsMixin:
         status, answer = await self.call(
             "PUT", "addServices", [seed_service(description="fine"), seed_service(description="boom")]
         )
-        self.assertEqual((status, answer), (500, {"result": 500, "msg": "internal error"}))
+        self.assertEqual((status, answer), (500, {"result": 500, "msg": "internal error", "code": "internal"}))
         self.assertEqual(len(self.flushLoggedErrors(self.refused_error)), 1)
         self.assertEqual(await self.list_all(), [])
 
@@ -206,7 +206,7 @@ class RegistryAPITestsMixin:
         [listed] = await self.list_all()
         self.assertEqual(listed["mysqlPwd"], PASSWORD_MASK)
         listed["description"] = "edited"
-        status, _ = await self.call("POST", "updateServices", [listed])  # status/msg ride along
+        status, _ = await self.call("POST", "updateServices", [listed])  # status/msg/code ride along
         self.assertEqual(status, 200)
         [stored] = await self.running.registry.list_services()
         self.assertEqual((stored["mysqlPwd"], stored["description"]), ("s3cret", "edited"))
@@ -278,8 +278,9 @@ class RegistryAPITestsMixin:
         self.assertEqual(answer["wsAddr"], "ws://example.test:2020/WebTesting")
         [service] = answer["serviceLists"]
         self.assertEqual(
-            sorted(service), ["allowedAppids", "description", "msg", "serviceId", "status"]
+            sorted(service), ["allowedAppids", "code", "description", "msg", "serviceId", "status"]
         )
+        self.assertEqual((service["status"], service["code"]), (0, "unavailable"))  # no agent link here
         text = json.dumps(answer)
         for secret in ("s3cret-pw", "127.0.0.2", "1443", "2021", "tesdb001"):
             self.assertNotIn(secret, text)

@@ -72,7 +72,7 @@ SERVICE_FIELDS = (
     "description",
 )
 # Written by the web server, shown by getServices; ignored when sent back.
-READ_ONLY_FIELDS = ("status", "msg")
+READ_ONLY_FIELDS = ("status", "msg", "code")
 
 # What getServices shows instead of a stored password; sent back unchanged in
 # an update, it keeps the stored password.

@@ -104,7 +104,24 @@ PAGE_HEADERS = (
 )
 
 
+# The reason code of each error result (docs/protocol.md §4), for pages.
+_CODES = {
+    Result.BAD_REQUEST: "bad_request",
+    Result.UNAUTHORIZED: "not_logged_in",
+    Result.FORBIDDEN: "forbidden",
+    Result.NOT_FOUND: "bad_request",
+    Result.METHOD_NOT_ALLOWED: "bad_request",
+    Result.TOO_LARGE: "too_large",
+    Result.UNSUPPORTED_MEDIA_TYPE: "bad_request",
+    Result.INTERNAL: "internal",
+    Result.UNAVAILABLE: "unavailable",
+    Result.TIMEOUT: "timeout",
+}
+
+
 def _answer(request: Any, status: int, body: dict[str, Any]) -> bytes:
+    if body.get("result", 1) != 1 and "code" not in body:
+        body["code"] = _CODES.get(body["result"], "internal")
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
@@ -162,6 +179,7 @@ class RegistryAPI:
         signer: SessionSigner,
         on_change: Callable[[], object] = lambda: None,
         *,
+        codes: Callable[[dict[str, Any]], str] = lambda service: "ok" if service["status"] == 1 else "unavailable",
         reactor: Any = None,
         throttle: LoginThrottle | None = None,
     ) -> None:
@@ -180,6 +198,8 @@ class RegistryAPI:
         # Called after every successful change, so that this process's agent
         # links follow at once rather than at the next registry sync.
         self.on_change = on_change
+        # The stable reason code of a service's status (its live link's).
+        self.codes = codes
 
     # -- who is asking ----------------------------------------------------------
 
@@ -261,13 +281,13 @@ class RegistryAPI:
     @app.route(f"{SERVICE}/getServices", methods=["GET"])
     async def get_services(self, request: Any) -> bytes:
         self._session(request, "admin")
-        services = [public_service(s) for s in await self.registry.list_services()]
+        services = [{**public_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
         return ok(request, servicdLists=services)
 
     @app.route(f"{SERVICE}/getServiceList", methods=["GET"])
     async def get_service_list(self, request: Any) -> bytes:
         self._session(request)
-        services = [tester_service(s) for s in await self.registry.list_services()]
+        services = [{**tester_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
 
     # -- accounts -------------------------------------------------------------
@@ -355,7 +375,8 @@ class RegistryAPI:
         # the client.
         return _answer(
             request, 503,
-            {"result": int(Result.UNAVAILABLE), "msg": "the registry database is unavailable; try again shortly"},
+            {"result": int(Result.UNAVAILABLE), "msg": "the registry database is unavailable; try again shortly",
+             "code": "registry_unavailable"},
         )
 
     @app.handle_errors(NotFound)

@@ -367,3 +367,14 @@ class AgentLinks(service.Service):
 
     def get(self, service_id: int) -> AgentLink | None:
         return self.links.get(service_id)
+
+    def code(self, service: dict[str, Any]) -> str:
+        """
+        The reason code for a registry record's status: its link's, when this
+        process's link says the same as the record (another web node may
+        have written it), else what the status alone tells.
+        """
+        link = self.links.get(service["serviceId"])
+        if link is not None and link.health == (service["status"], service["msg"]):
+            return link.code
+        return "ok" if service["status"] == 1 else "unavailable"

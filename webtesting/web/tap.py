@@ -92,7 +92,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     signer = SessionSigner(options.session_secret, config.http.sessions.lifetime)
     api = RegistryAPI(
         registry, config.http.webroot or default_webroot(), ws_addr_for(config), signer, links.sync,
-        reactor=reactor,
+        codes=links.code, reactor=reactor,
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
