@@ -64,6 +64,22 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.assertEqual(self.link.sent, [])
         await self.still_works(self.client)
 
+    async def test_lone_surrogates(self) -> None:
+        """A string with a lone surrogate escape is answered 400 naming the field, as the request's own answer."""
+        self.client.send(rb'{"method":"loginReq","serviceId":1,"appid":"1.00002","uname":"\ud800"}')
+        answer = await self.client.expect("loginResp")
+        self.assertEqual((answer["result"], answer["serviceId"], answer["appid"]), (400, 1, "1.00002"))
+        self.assertTrue(answer["msg"].startswith("uname: "), answer["msg"])
+        self.assertEqual(self.link.sent, [])
+        await self.still_works(self.client)
+        self.client.send(rb'{"method":"aichatReq","serviceId":1,"appid":"1.00002","content":"hi \udc00"}')
+        answer = await self.client.expect("aichatResp")
+        self.assertEqual(answer["result"], 400)
+        self.assertTrue(answer["msg"].startswith("content: "), answer["msg"])
+        self.client.send(rb'{"method":"\ud800"}')
+        self.assertEqual((await self.client.expect("error"))["result"], 400)
+        self.assertEqual([m["method"] for m in self.link.sent], ["loginReq"])
+
     async def test_binary_message(self) -> None:
         """A binary message is refused with a reason."""
         self.client.sendMessage(b"\x00\x01", isBinary=True)

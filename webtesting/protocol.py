@@ -36,11 +36,18 @@ class Result(IntEnum):
 
 
 class InvalidInput(Exception):
-    """Input that breaks the contract; C{str()} names the field and the problem."""
+    """
+    Input that breaks the contract; C{str()} names the field and the problem.
 
-    def __init__(self, where: str, problem: str) -> None:
+    @ivar request: the message as far as it was read, when it was a JSON
+        object with a readable C{method} (so that the answer can be the
+        request's own, e.g. C{loginResp} 400 rather than C{error} 400).
+    """
+
+    def __init__(self, where: str, problem: str, request: dict[str, Any] | None = None) -> None:
         self.where = where
         self.problem = problem
+        self.request = request
         super().__init__(f"{where}: {problem}" if where else problem)
 
 
@@ -356,18 +363,135 @@ def error_answer(method: str, result: Result, msg: str, **fields: Any) -> dict[s
     return {"method": method, **fields, "result": int(result), "msg": msg}
 
 
-def parse_json_object(payload: bytes | str) -> dict[str, Any]:
-    """Decode one JSON text frame that must hold an object with a string C{method}."""
+class NotJSON(InvalidInput):
+    """A payload that is not one UTF-8 JSON text at all (no field to name)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("", problem)
+
+
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF). json.loads turns a
+# lone one into a str that has no UTF-8 form; left in, it fails far from the
+# input (sending it on, writing it to a database) as a 500 with a traceback.
+# Only a payload holding such an escape needs the walk (valid pairs match
+# too, and pass it); UTF-8 input cannot hold a surrogate any other way.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAME_SHOWN = 64
+
+
+def _loads(payload: bytes | str) -> tuple[Any, bool]:
+    """The decoded JSON value, and whether it may hold a string with no UTF-8 form."""
+    if isinstance(payload, bytes):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotJSON("not UTF-8") from None
+        suspicious = _SURROGATE_ESCAPE.search(text) is not None
+    else:
+        text = payload
+        suspicious = _SURROGATE_ESCAPE.search(text) is not None or _SURROGATE.search(text) is not None
     try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError) as e:
-        raise InvalidInput("", f"not valid JSON ({e})") from None
+        value = json.loads(text)
+    except RecursionError:
+        raise NotJSON("not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # includes integers of more digits than Python converts
+        raise NotJSON(f"not valid JSON ({e})") from None
+    return value, suspicious
+
+
+def _escaped(text: str) -> str:
+    """The first surrogate in C{text}, written as its JSON escape."""
+    found = _SURROGATE.search(text)
+    return f"\\u{ord(found.group()):04x}" if found else "?"
+
+
+def _shown_name(key: str) -> str:
+    return key if len(key) <= _NAME_SHOWN else key[:_NAME_SHOWN] + "…"
+
+
+def untext(value: Any) -> InvalidInput | None:
+    """
+    The first string (value or field name) in a decoded JSON value that is
+    not Unicode text, i.e. has no UTF-8 form (a lone surrogate), as the
+    L{InvalidInput} naming where it is; C{None} when every string is text.
+
+    Iterative, so that the deepest value C{json.loads} accepts is walked
+    without recursion.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return InvalidInput(
+                    where, f"must be Unicode text: {_escaped(item)} is half a surrogate pair and has no UTF-8 form"
+                )
+        elif isinstance(item, dict):
+            children: list[tuple[str, Any]] = []
+            for key, sub in item.items():
+                if _SURROGATE.search(key):
+                    return InvalidInput(
+                        where, f"has a field name that is not Unicode text ({_escaped(key)}: half a surrogate pair)"
+                    )
+                children.append((_join(where, _shown_name(key)), sub))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", item[i]) for i in range(len(item) - 1, -1, -1))
+    return None
+
+
+def is_text(value: str) -> bool:
+    """Whether C{value} has a UTF-8 form (holds no lone surrogate)."""
+    return _SURROGATE.search(value) is None
+
+
+def parse_json(payload: bytes | str) -> Any:
+    """
+    Decode one UTF-8 JSON text whose every string is Unicode text.
+
+    This is the one parse step of every leg (browser, agent, WxService, the
+    HTTP API), so that a string which cannot be sent on or stored is refused
+    here, naming its field, rather than failing later.
+
+    @raise NotJSON: not UTF-8, not JSON, or nested too deeply.
+    @raise InvalidInput: a string holds a lone surrogate; names the field.
+        When the value is an object with a readable C{method} and the field
+        is another one, L{InvalidInput.request} holds the object, so that
+        the answer can be the request's own.
+    """
+    value, suspicious = _loads(payload)
+    if suspicious:
+        bad = untext(value)
+        if bad is not None:
+            method = value.get("method") if isinstance(value, dict) else None
+            if isinstance(method, str) and is_text(method):
+                bad.request = value
+            raise bad
+    return value
+
+
+def parse_json_object(payload: bytes | str) -> dict[str, Any]:
+    """Decode one JSON text frame (L{parse_json}) that must hold an object with a string C{method}."""
+    message = parse_json(payload)
     if not isinstance(message, dict):
         raise InvalidInput("", f"a message must be a JSON object, got {_kind(message)}")
     method = message.get("method")
     if not isinstance(method, str):
         raise InvalidInput("method", "is required (a string)")
     return message
+
+
+def request_echo(message: dict[str, Any]) -> dict[str, Any]:
+    """serviceId and appid of a request, for its answer, when they are well-formed enough to send back."""
+    echo: dict[str, Any] = {}
+    sid = message.get("serviceId")
+    if isinstance(sid, int) and not isinstance(sid, bool):
+        echo["serviceId"] = sid
+    appid = message.get("appid")
+    if isinstance(appid, str) and len(appid) <= 64 and is_text(appid):
+        echo["appid"] = appid
+    return echo
 
 
 def check_browser_request(message: dict[str, Any]) -> None:
