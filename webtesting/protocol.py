@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import unicodedata
 from urllib.parse import urlsplit
 from enum import IntEnum
 from typing import Any
@@ -84,11 +85,12 @@ READ_ONLY_FIELDS = ("status", "msg")
 # an update, it keeps the stored password.
 PASSWORD_MASK = "********"
 
+# Used with fullmatch: "$" alone would also match before a final newline.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
 )
-_APPID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
-_DBNAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+_APPID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_DBNAME = re.compile(r"[A-Za-z0-9_$-]{1,64}")
 MAX_REDIS_NODES = 64
 MAX_APPIDS = 64
 
@@ -143,20 +145,34 @@ def require_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def require_printable(value: str, where: str) -> str:
+    """
+    Refuse whitespace and control characters (format, private-use and
+    unassigned ones too) in an address: invisible in a form or a log, they
+    make an address that looks right and never connects.
+    """
+    for i, c in enumerate(value):
+        if c.isspace() or unicodedata.category(c)[0] == "C":
+            raise InvalidInput(
+                where, f"must not contain whitespace or control characters, found {c!r} at position {i}"
+            )
+    return value
+
+
 def require_host(value: Any, where: str, max_len: int = 253) -> str:
-    host = require_str(value, where, max_len)
+    host = require_printable(require_str(value, where, max_len), where)
     try:
         ipaddress.ip_address(host)
         return host
     except ValueError:
         pass
-    if not _HOSTNAME.match(host):
+    if not _HOSTNAME.fullmatch(host):
         raise InvalidInput(where, f"must be a host name or IP address, got {host!r}")
     return host
 
 
 def require_ws_url(value: Any, where: str, max_len: int) -> str:
-    url = require_str(value, where, max_len)
+    url = require_printable(require_str(value, where, max_len), where)
     if not url.startswith(("ws://", "wss://")):
         raise InvalidInput(where, f"must be a ws:// or wss:// address, got {url!r}")
     try:
@@ -171,7 +187,7 @@ def require_ws_url(value: Any, where: str, max_len: int) -> str:
 def require_appid(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(where, f"must be a string, got {_kind(value)}")
-    if not _APPID.match(value):
+    if not _APPID.fullmatch(value):
         raise InvalidInput(
             where, f"must be 1-32 letters, digits, '.', '_' or '-', got {value!r}"
         )
@@ -226,7 +242,7 @@ def _check_field(name: str, value: Any, where: str) -> Any:
         return require_str(value, where, limit, min_len=0)
     elif name == "mysqlDbname":
         name_ = require_str(value, where, limit)
-        if not _DBNAME.match(name_):
+        if not _DBNAME.fullmatch(name_):
             raise InvalidInput(where, f"must be letters, digits, '_', '$' or '-', got {name_!r}")
         return name_
     elif name in ("wxServiceAddr", "agentAddr"):
