@@ -178,6 +178,11 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(relay.sessions, {})
         with self.assertRaises(ConnectionRefusedError):
             await wsclient.connect(url, headers=cookie)
+        # Listening again with the same factory serves browsers again.
+        again = reactor.listenTCP(port, listener.factory, interface="127.0.0.1")
+        self.addCleanup(again.stopListening)
+        client = await wsclient.connect(url, headers=cookie)
+        await client.close()
         await autobahn_timers_settled()
 
     async def test_stopping_with_nobody_connected(self) -> None:

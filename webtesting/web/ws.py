@@ -183,6 +183,11 @@ class BrowserFactory(WebSocketServerFactory):
 
     # -- shutdown: every open browser is told 1001 -----------------------------
 
+    def startFactory(self) -> None:
+        # Listening (again) with this factory: new browsers are welcome.
+        self.going_away = False
+        super().startFactory()
+
     def opened(self, protocol: BrowserProtocol) -> None:
         self.open_protocols.add(protocol)
         if self.going_away:  # opened while the goodbyes were under way
