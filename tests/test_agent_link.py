@@ -58,3 +58,16 @@ class WebLinkTests(unittest.TestCase):
         self.link.handle(json.dumps({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u",
                                      "uuid": "b" * 32}).encode())
         self.assertEqual(json.loads(self.sent[-1][33:])["result"], 503)
+
+    def test_lone_surrogate_answered(self) -> None:
+        """A request with a lone surrogate is answered 400 for its session, naming the field; no user starts."""
+        self.link.handle(json.dumps(self.info()).encode())
+        self.link.handle(b'{"method":"loginReq","serviceId":1,"appid":"1.00002","uname":"\\ud800","uuid":"'
+                         + b"c" * 32 + b'"}')
+        frame = self.sent[-1]
+        self.assertEqual(frame[:33], b"c" * 32 + b"=")
+        answer = json.loads(frame[33:])
+        self.assertEqual((answer["method"], answer["serviceId"], answer["appid"], answer["result"]),
+                         ("loginResp", 1, "1.00002", 400))
+        self.assertTrue(answer["msg"].startswith("uname: "))
+        self.assertEqual(self.link.users, {})

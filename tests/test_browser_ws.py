@@ -8,18 +8,22 @@ from __future__ import annotations
 import json
 
 from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
 from webtesting.web.accounts import SessionSigner
 from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory
+from webtesting.web.ws import BrowserFactory, BrowserListener
 from tests.support import wsclient
 from tests.support.wsclient import JSONClientProtocol
 from tests.support.sessions_fakes import StaticLink
+from tests.support.wait import autobahn_timers_settled, free_port
 
 
 class BrowserWebSocketTests(unittest.TestCase):
     async def setUp(self) -> None:
+        self.addCleanup(autobahn_timers_settled)
         self.link = StaticLink(1)
         self.relay = Relay({1: self.link})
         self.addCleanup(self.relay.stop)  # requests the fake agent never answers
@@ -63,7 +67,25 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.assertEqual(answer["result"], 413)
         self.assertIn("1024 bytes", answer["msg"])
         self.assertEqual(self.link.sent, [])
+        self.client.sendMessage(b"\x00" * 5000, isBinary=True)
+        self.assertEqual((await self.client.expect("error"))["result"], 413)
         await self.still_works(self.client)
+
+    async def test_lone_surrogates(self) -> None:
+        """A string with a lone surrogate escape is answered 400 naming the field, as the request's own answer."""
+        self.client.send(rb'{"method":"loginReq","serviceId":1,"appid":"1.00002","uname":"\ud800"}')
+        answer = await self.client.expect("loginResp")
+        self.assertEqual((answer["result"], answer["serviceId"], answer["appid"]), (400, 1, "1.00002"))
+        self.assertTrue(answer["msg"].startswith("uname: "), answer["msg"])
+        self.assertEqual(self.link.sent, [])
+        await self.still_works(self.client)
+        self.client.send(rb'{"method":"aichatReq","serviceId":1,"appid":"1.00002","content":"hi \udc00"}')
+        answer = await self.client.expect("aichatResp")
+        self.assertEqual(answer["result"], 400)
+        self.assertTrue(answer["msg"].startswith("content: "), answer["msg"])
+        self.client.send(rb'{"method":"\ud800"}')
+        self.assertEqual((await self.client.expect("error"))["result"], 400)
+        self.assertEqual([m["method"] for m in self.link.sent], ["loginReq"])
 
     async def test_binary_message(self) -> None:
         """A binary message is refused with a reason."""
@@ -86,12 +108,20 @@ class BrowserWebSocketTests(unittest.TestCase):
             await wsclient.connect(self.url.replace("/WebTesting", "/Elsewhere"),
                                    headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
 
-    async def test_others_keep_being_served(self) -> None:
-        """One client's bad input does not disturb another client."""
+    async def test_invalid_utf8_closes_with_1007(self) -> None:
+        """A text frame that is not UTF-8 closes that connection with 1007 and a reason; others are served on."""
         other = await self.connect()
-        self.client.send(b"\xff\xfe garbage")  # invalid UTF-8 in a text frame: Autobahn closes that one
-        await self.client.closed
+        self.client.send(b"\xff\xfe garbage")  # RFC 6455 says fail the connection: no answer can be sent
+        _clean, code, reason = await self.client.closed
+        self.assertEqual(code, 1007)
+        self.assertIn("UTF-8", reason or "")
         await self.still_works(other)
+
+    async def test_beyond_the_backstop_closes_with_1009(self) -> None:
+        """A message beyond the backstop (16 x the limit, at least 1 MiB) closes the connection with 1009."""
+        self.client.sendMessage(b"x" * (1024 * 1024 + 1), isBinary=True)
+        _clean, code, _reason = await self.client.closed
+        self.assertEqual(code, 1009)
 
     async def test_browser_going_away_tells_the_agent(self) -> None:
         """When the browser goes away, the agent is told (sessionClosed) and the session is cleared."""
@@ -126,3 +156,41 @@ class BrowserWebSocketTests(unittest.TestCase):
             await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://evil.example"})
         client = await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://127.0.0.1:2019"})
         await client.close()
+
+
+class ShutdownTests(unittest.TestCase):
+    async def test_stopping_says_goodbye_with_1001(self) -> None:
+        """Stopping the listener closes every open browser with 1001 before it stops listening."""
+        relay = Relay({})
+        signer = SessionSigner("browser-ws-test-secret-0123", 3600)
+        port = free_port()
+        listener = BrowserListener(serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1"),
+                                   BrowserFactory(relay, signer, path="/WebTesting"))
+        listener.startService()
+        self.addCleanup(lambda: listener.stopService() if listener.running else None)
+        url = f"ws://127.0.0.1:{port}/WebTesting"
+        cookie = {"Cookie": f"wt_session={signer.make('t', 'tester')}"}
+        clients = [await wsclient.connect(url, headers=cookie) for _ in range(3)]
+        await listener.stopService()
+        for client in clients:
+            self.assertTrue(client.closed.called)
+            _clean, code, reason = await client.closed
+            self.assertEqual((code, reason), (1001, "the server is shutting down"))
+        self.assertEqual(relay.sessions, {})
+        with self.assertRaises(ConnectionRefusedError):
+            await wsclient.connect(url, headers=cookie)
+        # Listening again with the same factory serves browsers again.
+        again = reactor.listenTCP(port, listener.factory, interface="127.0.0.1")
+        self.addCleanup(again.stopListening)
+        client = await wsclient.connect(url, headers=cookie)
+        await client.close()
+        await autobahn_timers_settled()
+
+    async def test_stopping_with_nobody_connected(self) -> None:
+        """With no browser open, stopping is immediate."""
+        listener = BrowserListener(serverFromString(reactor, f"tcp:{free_port()}:interface=127.0.0.1"),
+                                   BrowserFactory(Relay({}), SessionSigner("browser-ws-test-secret-0123", 3600)))
+        listener.startService()
+        d = listener.stopService()
+        self.assertTrue(d.called)
+        await d

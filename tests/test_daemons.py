@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactor
@@ -93,13 +95,12 @@ def free_port() -> int:
 
 
 class TwistdWebTests(unittest.TestCase):
-    async def test_twistd_answers_the_seed_examples(self) -> None:
-        """`twistd -n webtesting-web --config …` serves the five endpoints with the seed's payloads."""
+    async def start_web(self) -> tuple[Any, Any, int, str]:
+        """Start `twistd -n webtesting-web` on free ports with one admin, logged in; (process, client, ws port, folder)."""
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
         from tests.support.http import JSONClient
-        from tests.support.registry import SERVICE, seed_service
 
         port, ws_port = free_port(), free_port()
         folder = os.path.abspath(self.mktemp())
@@ -127,7 +128,7 @@ class TwistdWebTests(unittest.TestCase):
             cwd=folder,
         )
         self.addCleanup(proc.wait, 10)
-        self.addCleanup(proc.terminate)
+        self.addCleanup(lambda: proc.terminate() if proc.poll() is None else None)
         client = JSONClient(f"http://127.0.0.1:{port}")
         self.addCleanup(client.close)
         for _ in range(100):
@@ -140,6 +141,40 @@ class TwistdWebTests(unittest.TestCase):
         else:
             self.fail("twistd webtesting-web did not answer within 10 s")
         self.assertEqual((status, answer["role"]), (200, "admin"))
+        return proc, client, ws_port, folder
+
+    async def test_sigterm_says_goodbye_to_browsers(self) -> None:
+        """On SIGTERM the web server closes every open browser WebSocket with 1001, then exits cleanly."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        from tests.support import wsclient
+
+        proc, client, ws_port, folder = await self.start_web()
+        url = f"ws://127.0.0.1:{ws_port}/WebTesting"
+        browsers = [await wsclient.connect(url, headers={"Cookie": client.cookie}) for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        for browser in browsers:
+            browser.closed.addTimeout(10, reactor)
+            _clean, code, reason = await browser.closed
+            self.assertEqual((code, reason), (1001, "the server is shutting down"))
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        # twistd ends itself with the signal that stopped it, once stopped.
+        self.assertEqual(proc.returncode, -signal.SIGTERM)
+        with open(os.path.join(folder, "web.log"), encoding="utf-8") as f:
+            log = f.read()
+        self.assertIn("saying goodbye (1001) to 2 browsers", log)
+        self.assertIn("Main loop terminated", log)
+        self.assertNotIn("Traceback", log)
+
+    async def test_twistd_answers_the_seed_examples(self) -> None:
+        """`twistd -n webtesting-web --config …` serves the five endpoints with the seed's payloads."""
+        from tests.support.registry import SERVICE, seed_service
+
+        proc, client, ws_port, folder = await self.start_web()
         status, answer = await client.call("GET", f"{SERVICE}/getServiceList")
         self.assertEqual((status, answer["serviceLists"]), (200, []))
         self.assertEqual(answer["wsAddr"], f"ws://127.0.0.1:{ws_port}/WebTesting")

@@ -38,6 +38,19 @@ BAD_SERVICES: list[tuple[str, dict[str, Any], str]] = [
     ("appid characters", {"allowedAppids": ["1.00002", "x y"]}, "[0].allowedAppids[1]"),
     ("appids empty", {"allowedAppids": []}, "[0].allowedAppids: must not be empty"),
     ("host with spaces", {"mysqlAddr": "my host"}, "[0].mysqlAddr"),
+    ("host ending in a newline", {"mysqlAddr": "localhost\n"}, "[0].mysqlAddr: must not contain whitespace"),
+    ("IPv6 scope with a space", {"mysqlAddr": "fe80::1%a b"}, "[0].mysqlAddr: must not contain whitespace"),
+    ("redis host with a tab", {"redisCluster": [{"host": "127.0.0.1\t", "port": 7000}]},
+     "[0].redisCluster[0].host: must not contain whitespace"),
+    ("ws address with a space", {"wxServiceAddr": "ws://127.0.0.1 :1443/x"},
+     "[0].wxServiceAddr: must not contain whitespace"),
+    ("ws address with a newline", {"agentAddr": "ws://127.0.0.2:2021/WebTesting/Agent\n"},
+     "[0].agentAddr: must not contain whitespace or control characters, found '\\n'"),
+    ("ws address with DEL", {"agentAddr": "ws://127.0.0.2:2021/x?\x7f"}, "[0].agentAddr: must not contain"),
+    ("ws address with a zero-width space", {"wxServiceAddr": "ws://127.0.0.1:1443/\u200b"},
+     "[0].wxServiceAddr: must not contain"),
+    ("appid ending in a newline", {"allowedAppids": ["1.00002\n"]}, "[0].allowedAppids[0]"),
+    ("dbname ending in a newline", {"mysqlDbname": "tesdb001\n"}, "[0].mysqlDbname"),
     ("description too long", {"description": "x" * 1025}, "[0].description: must be at most 1024"),
     ("description type", {"description": None}, "[0].description: must be a string, got null"),
     ("unknown field", {"colour": "red"}, "[0].colour: unknown field"),
@@ -325,11 +338,42 @@ class RegistryAPITestsMixin:
         self.assertIn("not UTF-8", answer["msg"])
 
     async def test_wrong_content_type(self) -> None:
-        """A body sent as anything but application/json is refused with 415."""
-        status, answer = await self.call("PUT", "addServices", raw=b"[]", content_type="text/plain")
+        """A body sent as anything but UTF-8 application/json, multipart and forms included, gets the JSON 415."""
+        multipart = (b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n[]\r\n--XyZ--\r\n")
+        for method, endpoint, raw, content_type in [
+            ("PUT", "addServices", b"[]", "text/plain"),
+            ("PUT", "addServices", b"[]", None),
+            ("PUT", "addServices", b"[]", "application/json; charset=latin-1"),
+            ("POST", "updateServices", multipart, "multipart/form-data; boundary=XyZ"),
+            ("POST", "updateServices", b"--nothing like multipart", "multipart/form-data; boundary=XyZ"),
+            ("POST", "updateServices", b"--XyZ\r\n\xff\xfe\r\n--XyZ--", "multipart/form-data; boundary=\"XyZ\""),
+            ("POST", "updateServices", b"a=1&b=%ff", "application/x-www-form-urlencoded"),
+            ("DELETE", "delServices", multipart, "multipart/form-data"),
+        ]:
+            status, answer = await self.call(method, endpoint, raw=raw, content_type=content_type)
+            self.assertEqual((status, answer["result"]), (415, 415), (endpoint, content_type))
+        login = "/WebTesting/Account/login"
+        status, answer = await self.client.call("POST", login, raw=multipart, content_type="multipart/form-data")
         self.assertEqual((status, answer["result"]), (415, 415))
-        status, answer = await self.call("PUT", "addServices", raw=b"[]", content_type=None)
-        self.assertEqual(status, 415)
+        for content_type in ("application/json; charset=UTF-8", 'application/json; charset="utf-8"',
+                             "Application/JSON; foo=bar"):
+            status, answer = await self.call("PUT", "addServices", raw=b"[]", content_type=content_type)
+            self.assertEqual((status, answer["msg"]), (400, "the body must list at least one service"))
+
+    async def test_lone_surrogates(self) -> None:
+        """A string with a lone surrogate escape is refused with 400 naming the field; nothing is written."""
+        for body, where in [
+            ([seed_service(description="bot \ud800")], "[0].description: "),
+            ([seed_service(), seed_service(mysqlUser="\udfff")], "[1].mysqlUser: "),
+            ([seed_service(redisCluster=[{"host": "127.0.0.1", "port": 7000, "\ud800": 1}])], "[0].redisCluster[0]: "),
+        ]:
+            status, answer = await self.call("PUT", "addServices", body)  # json.dumps writes "\ud800"
+            self.assertEqual((status, answer["result"]), (400, 400), body)
+            self.assertTrue(answer["msg"].startswith(where), answer["msg"])
+        status, answer = await self.client.call("POST", "/WebTesting/Account/login",
+                                                {"username": "ann", "password": "pass \udc00 word"})
+        self.assertEqual((status, answer["msg"][:10]), (400, "password: "))
+        self.assertEqual(await self.list_all(), [])
 
     async def test_body_too_large(self) -> None:
         """A body over the configured size is refused with 413 and nothing is written."""

@@ -212,18 +212,22 @@ class WxServiceTests(TestCase):
             "login no uname": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002"}'),
             "login bad type": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":5}'),
             "login extra": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":"u","x":1}'),
+            "login surrogate": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":"\\ud800"}'),
+            "method surrogate": await self.send_raw(client, b'{"method":"\\udc00"}'),
         }
         expected = {
             "bad json": ("error", 400), "not an object": ("error", 400), "no method": ("error", 400),
             "unknown": ("error", 404), "binary": ("error", 400), "too large": ("error", 413),
             "chat first": ("chatResp", 401), "logout first": ("logoutResp", 401),
             "login no uname": ("loginResp", 400), "login bad type": ("loginResp", 400),
-            "login extra": ("loginResp", 400),
+            "login extra": ("loginResp", 400), "login surrogate": ("loginResp", 400),
+            "method surrogate": ("error", 400),
         }
         for name, (method, result) in expected.items():
             self.assertEqual((answers[name]["method"], answers[name]["result"]), (method, result), name)
             self.assertTrue(answers[name]["msg"], name)
         self.assertIn("uname", answers["login no uname"]["msg"])
+        self.assertTrue(answers["login surrogate"]["msg"].startswith("uname: "))
         # The misbehaving connection still works ...
         login = await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":"raw"}')
         self.assertEqual(login["result"], 1)
@@ -535,3 +539,32 @@ class AdapterTests(TestCase):
             await conn.login("1.00002", "hank", timeout=0.2)
         conn._protocol.dropConnection(abort=True)
         await conn._when_closed()
+
+    async def test_bot_text_without_utf8_form(self) -> None:
+        """A bot answer holding a lone surrogate fails its login at once, and such a chat answer becomes an error."""
+        from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+        class Garbler(WebSocketServerProtocol):
+            """Fake enough of a WxService to send text with no UTF-8 form."""
+
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                method = json.loads(payload)["method"]
+                answer = {"loginReq": rb'{"method":"loginResp","uid":"\ud800","result":1,"msg":"ok"}',
+                          "chatReq": rb'{"method":"chatResp","content":"hi \udc00","action":"","result":1,"msg":"ok"}'}
+                self.sendMessage(answer[method])
+
+        factory = WebSocketServerFactory()
+        factory.protocol = Garbler
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        recorder = Recorder()
+        conn = await wxservice.connect(reactor, f"ws://127.0.0.1:{port.getHost().port}/x", recorder)
+        self.addCleanup(conn.close)
+        with self.assertRaises(WxServiceError) as caught:
+            await conn.login("1.00002", "ivy", timeout=5)
+        self.assertEqual((caught.exception.method, caught.exception.result), ("loginResp", 500))
+        self.assertIn("uid", caught.exception.msg)
+        conn.chat("hello")
+        await wait_until(lambda: recorder.errors != [], "the chat error")
+        self.assertEqual((recorder.errors[0].method, recorder.errors[0].result), ("chatResp", 500))
+        self.assertEqual(recorder.messages, [])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import unicodedata
 from urllib.parse import urlsplit
 from enum import IntEnum
 from typing import Any
@@ -37,11 +38,18 @@ class Result(IntEnum):
 
 
 class InvalidInput(Exception):
-    """Input that breaks the contract; C{str()} names the field and the problem."""
+    """
+    Input that breaks the contract; C{str()} names the field and the problem.
 
-    def __init__(self, where: str, problem: str) -> None:
+    @ivar request: the message as far as it was read, when it was a JSON
+        object with a readable C{method} (so that the answer can be the
+        request's own, e.g. C{loginResp} 400 rather than C{error} 400).
+    """
+
+    def __init__(self, where: str, problem: str, request: dict[str, Any] | None = None) -> None:
         self.where = where
         self.problem = problem
+        self.request = request
         super().__init__(f"{where}: {problem}" if where else problem)
 
 
@@ -78,11 +86,12 @@ READ_ONLY_FIELDS = ("status", "msg", "code")
 # an update, it keeps the stored password.
 PASSWORD_MASK = "********"
 
+# Used with fullmatch: "$" alone would also match before a final newline.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
 )
-_APPID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
-_DBNAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+_APPID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_DBNAME = re.compile(r"[A-Za-z0-9_$-]{1,64}")
 MAX_REDIS_NODES = 64
 MAX_APPIDS = 64
 
@@ -137,20 +146,34 @@ def require_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def require_printable(value: str, where: str) -> str:
+    """
+    Refuse whitespace and control characters (format, private-use and
+    unassigned ones too) in an address: invisible in a form or a log, they
+    make an address that looks right and never connects.
+    """
+    for i, c in enumerate(value):
+        if c.isspace() or unicodedata.category(c)[0] == "C":
+            raise InvalidInput(
+                where, f"must not contain whitespace or control characters, found {c!r} at position {i}"
+            )
+    return value
+
+
 def require_host(value: Any, where: str, max_len: int = 253) -> str:
-    host = require_str(value, where, max_len)
+    host = require_printable(require_str(value, where, max_len), where)
     try:
         ipaddress.ip_address(host)
         return host
     except ValueError:
         pass
-    if not _HOSTNAME.match(host):
+    if not _HOSTNAME.fullmatch(host):
         raise InvalidInput(where, f"must be a host name or IP address, got {host!r}")
     return host
 
 
 def require_ws_url(value: Any, where: str, max_len: int) -> str:
-    url = require_str(value, where, max_len)
+    url = require_printable(require_str(value, where, max_len), where)
     if not url.startswith(("ws://", "wss://")):
         raise InvalidInput(where, f"must be a ws:// or wss:// address, got {url!r}")
     try:
@@ -165,7 +188,7 @@ def require_ws_url(value: Any, where: str, max_len: int) -> str:
 def require_appid(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(where, f"must be a string, got {_kind(value)}")
-    if not _APPID.match(value):
+    if not _APPID.fullmatch(value):
         raise InvalidInput(
             where, f"must be 1-32 letters, digits, '.', '_' or '-', got {value!r}"
         )
@@ -220,7 +243,7 @@ def _check_field(name: str, value: Any, where: str) -> Any:
         return require_str(value, where, limit, min_len=0)
     elif name == "mysqlDbname":
         name_ = require_str(value, where, limit)
-        if not _DBNAME.match(name_):
+        if not _DBNAME.fullmatch(name_):
             raise InvalidInput(where, f"must be letters, digits, '_', '$' or '-', got {name_!r}")
         return name_
     elif name in ("wxServiceAddr", "agentAddr"):
@@ -374,18 +397,135 @@ def error_answer(method: str, result: Result, msg: str, **fields: Any) -> dict[s
     return {"method": method, **fields, "result": int(result), "msg": msg}
 
 
-def parse_json_object(payload: bytes | str) -> dict[str, Any]:
-    """Decode one JSON text frame that must hold an object with a string C{method}."""
+class NotJSON(InvalidInput):
+    """A payload that is not one UTF-8 JSON text at all (no field to name)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("", problem)
+
+
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF). json.loads turns a
+# lone one into a str that has no UTF-8 form; left in, it fails far from the
+# input (sending it on, writing it to a database) as a 500 with a traceback.
+# Only a payload holding such an escape needs the walk (valid pairs match
+# too, and pass it); UTF-8 input cannot hold a surrogate any other way.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAME_SHOWN = 64
+
+
+def _loads(payload: bytes | str) -> tuple[Any, bool]:
+    """The decoded JSON value, and whether it may hold a string with no UTF-8 form."""
+    if isinstance(payload, bytes):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotJSON("not UTF-8") from None
+        suspicious = _SURROGATE_ESCAPE.search(text) is not None
+    else:
+        text = payload
+        suspicious = _SURROGATE_ESCAPE.search(text) is not None or _SURROGATE.search(text) is not None
     try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError) as e:
-        raise InvalidInput("", f"not valid JSON ({e})") from None
+        value = json.loads(text)
+    except RecursionError:
+        raise NotJSON("not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # includes integers of more digits than Python converts
+        raise NotJSON(f"not valid JSON ({e})") from None
+    return value, suspicious
+
+
+def _escaped(text: str) -> str:
+    """The first surrogate in C{text}, written as its JSON escape."""
+    found = _SURROGATE.search(text)
+    return f"\\u{ord(found.group()):04x}" if found else "?"
+
+
+def _shown_name(key: str) -> str:
+    return key if len(key) <= _NAME_SHOWN else key[:_NAME_SHOWN] + "…"
+
+
+def untext(value: Any) -> InvalidInput | None:
+    """
+    The first string (value or field name) in a decoded JSON value that is
+    not Unicode text, i.e. has no UTF-8 form (a lone surrogate), as the
+    L{InvalidInput} naming where it is; C{None} when every string is text.
+
+    Iterative, so that the deepest value C{json.loads} accepts is walked
+    without recursion.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return InvalidInput(
+                    where, f"must be Unicode text: {_escaped(item)} is half a surrogate pair and has no UTF-8 form"
+                )
+        elif isinstance(item, dict):
+            children: list[tuple[str, Any]] = []
+            for key, sub in item.items():
+                if _SURROGATE.search(key):
+                    return InvalidInput(
+                        where, f"has a field name that is not Unicode text ({_escaped(key)}: half a surrogate pair)"
+                    )
+                children.append((_join(where, _shown_name(key)), sub))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", item[i]) for i in range(len(item) - 1, -1, -1))
+    return None
+
+
+def is_text(value: str) -> bool:
+    """Whether C{value} has a UTF-8 form (holds no lone surrogate)."""
+    return _SURROGATE.search(value) is None
+
+
+def parse_json(payload: bytes | str) -> Any:
+    """
+    Decode one UTF-8 JSON text whose every string is Unicode text.
+
+    This is the one parse step of every leg (browser, agent, WxService, the
+    HTTP API), so that a string which cannot be sent on or stored is refused
+    here, naming its field, rather than failing later.
+
+    @raise NotJSON: not UTF-8, not JSON, or nested too deeply.
+    @raise InvalidInput: a string holds a lone surrogate; names the field.
+        When the value is an object with a readable C{method} and the field
+        is another one, L{InvalidInput.request} holds the object, so that
+        the answer can be the request's own.
+    """
+    value, suspicious = _loads(payload)
+    if suspicious:
+        bad = untext(value)
+        if bad is not None:
+            method = value.get("method") if isinstance(value, dict) else None
+            if isinstance(method, str) and is_text(method):
+                bad.request = value
+            raise bad
+    return value
+
+
+def parse_json_object(payload: bytes | str) -> dict[str, Any]:
+    """Decode one JSON text frame (L{parse_json}) that must hold an object with a string C{method}."""
+    message = parse_json(payload)
     if not isinstance(message, dict):
         raise InvalidInput("", f"a message must be a JSON object, got {_kind(message)}")
     method = message.get("method")
     if not isinstance(method, str):
         raise InvalidInput("method", "is required (a string)")
     return message
+
+
+def request_echo(message: dict[str, Any]) -> dict[str, Any]:
+    """serviceId and appid of a request, for its answer, when they are well-formed enough to send back."""
+    echo: dict[str, Any] = {}
+    sid = message.get("serviceId")
+    if isinstance(sid, int) and not isinstance(sid, bool):
+        echo["serviceId"] = sid
+    appid = message.get("appid")
+    if isinstance(appid, str) and len(appid) <= 64 and is_text(appid):
+        echo["appid"] = appid
+    return echo
 
 
 def check_browser_request(message: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ def _check_template(value: str) -> str | None:
 
 
 def _check_identifier(value: str) -> str | None:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         return f"must be a plain SQL table name, got {value!r}"
     return None
 

@@ -187,10 +187,11 @@ class PagesSystem(BotBackends):
     async def drop_browser_websocket(self) -> None:
         """Stop the browsers' WebSocket listener and drop every open connection, as when it dies."""
         ws = self.web.getServiceNamed("websocket")
-        await ws.stopService()
+        # Dropped before the stop: stopping would say goodbye (1001) first.
         for session in list(ws.factory.relay.sessions.values()):
             # A session delivers through its protocol's bound method.
             session.deliver.__self__.dropConnection(abort=True)
+        await ws.stopService()
 
     def restore_browser_websocket(self) -> None:
         """Listen again with the same factory (a stopped endpoint service does not start again)."""

@@ -11,9 +11,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 
 class JSONClient:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, persistent: bool = False) -> None:
         self.base = base
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self.pool.maxPersistentPerHost = 8
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         self.cookie = ""  # "wt_session=…" once logged in
 

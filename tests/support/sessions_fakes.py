@@ -5,6 +5,7 @@ loginReq with a successful loginResp through the relay, as an agent would.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from webtesting.protocol import LOGGED_IN, ROUTE, routed_frame
@@ -21,6 +22,8 @@ class StaticLink:
         self.relay: Any = None
 
     def send(self, message: dict[str, Any]) -> None:
+        # Encoded as the real link does, so that what it cannot send fails here too.
+        json.dumps(message, ensure_ascii=False).encode()
         self.sent.append(dict(message))
         if message["method"] == "loginReq" and self.relay is not None:
             answer = {"method": "loginResp", "serviceId": self.service_id, "appid": message["appid"],

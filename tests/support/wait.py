@@ -29,3 +29,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _autobahn_bucket_pending() -> bool:
+    return any(getattr(call.func, "__name__", "") == "_notify_bucket" for call in reactor.getDelayedCalls())
+
+
+async def autobahn_timers_settled(timeout: float = 3.0) -> None:
+    """
+    Wait for Autobahn's batched timers (txaio) to fire. A close handshake
+    that the server starts arms a timeout in a one-second bucket; cancelling
+    that timeout leaves the bucket's delayed call behind until it fires, and
+    trial counts it as a dirty reactor.
+    """
+    await eventually(lambda: not _autobahn_bucket_pending(), timeout, "Autobahn's batched timers to fire")

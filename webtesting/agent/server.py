@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeGuard
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -31,6 +31,7 @@ from webtesting.protocol import (
     Result,
     check_browser_request,
     parse_json_object,
+    request_echo,
     require_int,
     routed_frame,
     scrub_reason,
@@ -142,13 +143,19 @@ class WebLink:
             message = parse_json_object(payload)
         except InvalidInput as e:
             self._log.warn("unreadable frame from the web server: {why}", why=str(e))
+            # A browser request that names its session still gets its answer.
+            request = e.request or {}
+            answer, uuid = BROWSER_REQUESTS.get(request.get("method")), request.get("uuid")  # type: ignore[arg-type]
+            if answer is not None and _is_uuid(uuid):
+                self.frame(uuid, ROUTE, {"method": answer, **request_echo(request),
+                                         "result": int(Result.BAD_REQUEST), "msg": str(e)})
             return
         method = message["method"]
         if method == "agentInfoReq":
             self.configure(message)
             return
         uuid = message.get("uuid")
-        if not isinstance(uuid, str) or len(uuid) != 32 or not uuid.isalnum():
+        if not _is_uuid(uuid):
             self._log.warn("{method} without a valid uuid; dropped", method=method)
             return
         if method == SESSION_CLOSED:
@@ -335,6 +342,10 @@ class WebLink:
         if self.source is not None:
             source, self.source = self.source, None
             source.close()
+
+
+def _is_uuid(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 32 and value.isascii() and value.isalnum()
 
 
 class AgentProtocol(WebSocketServerProtocol):

@@ -33,7 +33,10 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.protocol import InvalidInput, parse_json_object
+
 OK = 1
+INTERNAL = 500
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
@@ -299,12 +302,14 @@ class WxServiceConnection:
     def _received(self, payload: bytes, is_binary: bool) -> None:
         try:
             if is_binary:
-                raise ValueError("a binary frame")
-            message = json.loads(payload.decode("utf-8"))
-            if not isinstance(message, dict) or not isinstance(message.get("method"), str):
-                raise ValueError("not an object with a method")
-        except (ValueError, UnicodeDecodeError) as e:
+                raise InvalidInput("", "a binary frame")
+            message = parse_json_object(payload)
+        except InvalidInput as e:
             self._log.warn("wxservice sent something unreadable ({why}); ignored", why=str(e))
+            if e.request is not None:
+                # Text we could not pass on (a lone surrogate): the request
+                # it answers fails now rather than at its timeout.
+                self._unreadable(e.request["method"], str(e))
             return
         method: str = message["method"]
         result = message.get("result", OK)
@@ -340,6 +345,14 @@ class WxServiceConnection:
             self._listener.bot_error(error)
             return
         self._log.info("wxservice sent an unknown message {method}; ignored", method=method)
+
+    def _unreadable(self, method: str, why: str) -> None:
+        error = WxServiceError(method, INTERNAL, f"the bot sent a {method} that is not Unicode text ({why})")
+        d = self._settle(method)
+        if d is not None:
+            d.errback(error)
+        elif method == "chatResp":
+            self._listener.bot_error(error)
 
     def _lost(self, why: str) -> None:
         self.open = False

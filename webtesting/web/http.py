@@ -28,7 +28,9 @@ from webtesting.dbpool import DatabaseUnavailable
 from webtesting.protocol import (
     PASSWORD_MASK,
     InvalidInput,
+    NotJSON,
     Result,
+    parse_json,
     require_object,
     require_str,
     scrub_reason,
@@ -61,6 +63,11 @@ class LimitedRequest(Request):
 
     def __init__(self, *args: Any, max_body: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Twisted would parse a POSTed form (multipart or urlencoded) into
+        # request.args before any route runs, and answer a malformed one
+        # with a bare text 400 and a dropped connection. The API reads JSON
+        # only, and answers every other body with its own JSON 415.
+        self._parsePOSTFormSubmission = False
         self.max_body = max_body
         self.body_too_large = False
         self._body_seen = 0
@@ -151,6 +158,23 @@ def tester_service(service: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def _check_json_media_type(header: bytes | None) -> None:
+    """
+    Refuse (415) a body not sent as C{application/json} in UTF-8: forms,
+    multipart uploads, text, no type at all, or another charset.
+    """
+    media, *params = (header or b"").decode("latin-1").split(";")
+    media = media.strip().lower()
+    if media != "application/json":
+        shown = media[:60] or "nothing"
+        raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE,
+                        f"the body must be sent as application/json, not {shown}")
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8")
+
+
 _API_METHODS = {
     "addServices": "PUT",
     "delServices": "DELETE",
@@ -229,25 +253,12 @@ class RegistryAPI:
         if getattr(request, "body_too_large", False):
             limit = getattr(request, "max_body", 0)
             raise HTTPError(Result.TOO_LARGE, f"the body is larger than {limit} bytes")
-        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-        media, _, params = content_type.partition(";")
-        if media.strip().lower() != "application/json":
-            raise HTTPError(
-                Result.UNSUPPORTED_MEDIA_TYPE,
-                f"the body must be sent as application/json, not {media.strip() or 'nothing'}",
-            )
-        charset = params.strip().lower()
-        if charset and charset.replace(" ", "") not in ("charset=utf-8", "charset=utf8"):
-            raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8")
+        _check_json_media_type(request.getHeader(b"content-type"))
         raw = request.content.read() if request.content is not None else b""
         try:
-            return json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise HTTPError(Result.BAD_REQUEST, "the body is not UTF-8") from None
-        except RecursionError:
-            raise HTTPError(Result.BAD_REQUEST, "the body is nested too deeply") from None
-        except ValueError as e:
-            raise HTTPError(Result.BAD_REQUEST, f"the body is not valid JSON ({e})") from None
+            return parse_json(raw)
+        except NotJSON as e:
+            raise HTTPError(Result.BAD_REQUEST, f"the body is {e.problem}") from None
 
     # -- the registry API ---------------------------------------------------
 

@@ -40,6 +40,7 @@ from webtesting.protocol import (
     check_browser_request,
     frame_method,
     parse_json_object,
+    request_echo,
 )
 
 Deliver = Callable[[bytes], None]
@@ -184,14 +185,21 @@ class Relay:
         try:
             message = parse_json_object(payload)
         except InvalidInput as e:
-            _answer(session.deliver, "error", Result.BAD_REQUEST, str(e))
+            # A known request is answered as itself, so that the page ties
+            # the error to the request it sent.
+            request = e.request or {}
+            known = BROWSER_REQUESTS.get(request.get("method"))  # type: ignore[arg-type]
+            if known is None:
+                _answer(session.deliver, "error", Result.BAD_REQUEST, str(e))
+            else:
+                _answer(session.deliver, known, Result.BAD_REQUEST, str(e), **request_echo(request))
             return
         method = message["method"]
         answer = BROWSER_REQUESTS.get(method)
         if answer is None:
             _answer(session.deliver, "error", Result.NOT_FOUND, f"unknown method {method!r}", "unknown_method")
             return
-        echo = _echo(message)
+        echo = request_echo(message)
         try:
             check_browser_request(message)
         except InvalidInput as e:
@@ -444,15 +452,3 @@ class Relay:
             uuids.discard(session.uuid)
             if not uuids:
                 del self._on_service[service_id]
-
-
-def _echo(message: dict[str, Any]) -> dict[str, Any]:
-    """serviceId and appid of a request, for its answer, when they are well-formed."""
-    echo: dict[str, Any] = {}
-    sid = message.get("serviceId")
-    if isinstance(sid, int) and not isinstance(sid, bool):
-        echo["serviceId"] = sid
-    appid = message.get("appid")
-    if isinstance(appid, str) and len(appid) <= 64:
-        echo["appid"] = appid
-    return echo

@@ -5,7 +5,8 @@
     ├── Database          the registry's connection pool and reconnect timer
     ├── AgentLinks        one WebSocket link per service; registry sync timer
     ├── HTTP listener     Klein: registry API (SPEC §2) and pages
-    └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay
+    └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay;
+                          stopped first, it closes every browser with 1001
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory
+from webtesting.web.ws import BrowserFactory, BrowserListener
 
 
 class Options(usage.Options):
@@ -103,7 +104,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         relay, signer, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
         allowed_origins=config.websocket.allowed_origins,
     )
-    ws = StreamServerEndpointService(serverFromString(reactor, config.websocket.listen), browsers)
+    ws = BrowserListener(serverFromString(reactor, config.websocket.listen), browsers)
     ws.setName("websocket")
     ws.setServiceParent(top)
     return top

@@ -2,10 +2,26 @@
 The browsers' WebSocket (SPEC §3): one L{BrowserProtocol} per browser tab,
 each with a session in the L{Relay}.
 
-Messages over C{max_message} bytes are answered with an error and dropped as
-they arrive (never held in memory); the connection stays up. Autobahn's own
-limit is set well above ours, as the backstop that fails a connection which
-streams without end.
+What a browser frame that is not a request gets (docs/protocol.md §1):
+
+- a message over C{max_message} bytes: a 413 C{error} answer at its end; its
+  data is dropped as it arrives (never held in memory) and the connection
+  stays up;
+- beyond Autobahn's own limit, set well above ours (16 x C{max_message},
+  at least 1 MiB) as the backstop that fails a connection which streams
+  without end: close code 1009;
+- a text frame that is not valid UTF-8: close code 1007, as RFC 6455 requires
+  (a WebSocket endpoint must fail such a connection, so no answer can be
+  sent on it);
+- a binary message: a 400 C{error} answer; the connection stays up.
+
+The closes are real close frames with a reason (C{failByDrop} off), so a
+client learns why rather than seeing the TCP connection vanish (1006).
+
+On shutdown (SIGTERM, C{stopService}) L{BrowserListener} sends every open
+browser a close frame with code 1001 (going away) and waits for the closing
+handshakes, bounded, before it stops listening; the page reconnects to the
+next server rather than guessing what happened.
 """
 
 from __future__ import annotations
@@ -16,6 +32,9 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
 from webtesting.protocol import Result
@@ -23,6 +42,8 @@ from webtesting.web.accounts import Session, SessionSigner, cookie_value
 from webtesting.web.sessions import BrowserSession, Relay
 
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
+GOING_AWAY = 1001
+GOING_AWAY_REASON = "the server is shutting down"
 
 
 class BrowserProtocol(WebSocketServerProtocol):
@@ -34,6 +55,8 @@ class BrowserProtocol(WebSocketServerProtocol):
     _too_large = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        if self.factory.going_away:
+            raise ConnectionDeny(503, "the server is shutting down")
         if request.path != self.factory.path:
             raise ConnectionDeny(404, f"no WebSocket at {request.path}")
         if not self.factory.origin_allowed(request.headers.get("origin"), request.headers.get("host", "")):
@@ -50,9 +73,18 @@ class BrowserProtocol(WebSocketServerProtocol):
                 self._expiry = self.factory.reactor.callLater(
                     max(0.0, self.user.expires - time.time()), self._login_expired)
             self.session = self.factory.relay.open_session(self._deliver)
+            self.factory.opened(self)
         except Exception:
             self._log.failure("opening a browser session")
             self.dropConnection(abort=True)
+
+    def going_away(self) -> None:
+        """
+        Close with 1001 (going away). Autobahn's C{sendClose} takes only 1000
+        and application codes, so the close frame is sent one level down.
+        """
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode(), isReply=False)
 
     def _login_expired(self) -> None:
         self._expiry = None
@@ -100,6 +132,10 @@ class BrowserProtocol(WebSocketServerProtocol):
             self._deliver(_INTERNAL)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            self.factory.closed(self)
+        except Exception:
+            self._log.failure("forgetting a closed browser WebSocket")
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
@@ -114,6 +150,7 @@ class BrowserProtocol(WebSocketServerProtocol):
 
 class BrowserFactory(WebSocketServerFactory):
     protocol = BrowserProtocol  # type: ignore[assignment]
+    _log = Logger()
 
     def __init__(
         self,
@@ -131,6 +168,9 @@ class BrowserFactory(WebSocketServerFactory):
         self.path = path
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self.max_message = max_message
+        self.open_protocols: set[BrowserProtocol] = set()
+        self.going_away = False
+        self._drained: list[Deferred[None]] = []
         backstop = max(16 * max_message, 1024 * 1024)
         self.setProtocolOptions(
             maxMessagePayloadSize=backstop,
@@ -138,7 +178,59 @@ class BrowserFactory(WebSocketServerFactory):
             autoPingInterval=20,
             autoPingTimeout=10,
             openHandshakeTimeout=10,
+            failByDrop=False,
         )
+
+    # -- shutdown: every open browser is told 1001 -----------------------------
+
+    def startFactory(self) -> None:
+        # Listening (again) with this factory: new browsers are welcome.
+        self.going_away = False
+        super().startFactory()
+
+    def opened(self, protocol: BrowserProtocol) -> None:
+        self.open_protocols.add(protocol)
+        if self.going_away:  # opened while the goodbyes were under way
+            protocol.going_away()
+
+    def closed(self, protocol: BrowserProtocol) -> None:
+        self.open_protocols.discard(protocol)
+        if not self.open_protocols:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def say_goodbye(self, timeout: float = 3.0) -> Deferred[None]:
+        """
+        Close every open browser WebSocket with 1001 and refuse new ones;
+        fire once all have closed, or after C{timeout} seconds (then the
+        ones left are dropped).
+        """
+        self.going_away = True
+        if not self.open_protocols:
+            return succeed(None)
+        self._log.info("saying goodbye (1001) to {count} browsers", count=len(self.open_protocols))
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for protocol in list(self.open_protocols):
+            protocol.going_away()
+
+        def too_slow() -> None:
+            if not d.called:
+                for protocol in list(self.open_protocols):
+                    protocol.dropConnection(abort=True)
+                self._drained.remove(d)
+                d.callback(None)
+
+        timer = self.reactor.callLater(timeout, too_slow)
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addCallback(done)
+        return d
 
     def origin_allowed(self, origin: str | None, host: str) -> bool:
         """
@@ -156,3 +248,21 @@ class BrowserFactory(WebSocketServerFactory):
         except ValueError:
             return False
         return origin_host is not None and origin_host == urlsplit("//" + host).hostname
+
+
+class BrowserListener(StreamServerEndpointService):
+    """
+    The browsers' WebSocket listener. Stopping it first closes every open
+    browser with 1001 (L{BrowserFactory.say_goodbye}), then stops listening.
+    """
+
+    factory: BrowserFactory
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: BrowserFactory, goodbye_timeout: float = 3.0) -> None:
+        super().__init__(endpoint, factory)
+        self.goodbye_timeout = goodbye_timeout
+
+    def stopService(self) -> Deferred[None]:
+        d = self.factory.say_goodbye(self.goodbye_timeout)
+        d.addCallback(lambda _: StreamServerEndpointService.stopService(self))
+        return d

@@ -25,7 +25,7 @@ def _check_key_template(value: str) -> str | None:
 def _check_database(value: str) -> str | None:
     import re
 
-    if not re.match(r"^[A-Za-z0-9_]{1,64}$", value):
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", value):
         return f"must be 1-64 letters, digits or '_', got {value!r}"
     return None
 

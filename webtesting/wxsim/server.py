@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.dbpool import Database, mysql_connector, mysql_is_fault
-from webtesting.protocol import InvalidInput, Result, require_appid, require_str
+from webtesting.protocol import InvalidInput, NotJSON, Result, parse_json, require_appid, require_str
 from webtesting.statelayout import StateLayout
 from webtesting.wxsim.bot import (
     TAG_DICT,
@@ -403,9 +403,14 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
         if len(payload) > limit:
             return _Refused("error", Result.TOO_LARGE, f"message of {len(payload)} bytes; at most {limit} accepted")
         try:
-            message = json.loads(payload.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            return _Refused("error", Result.BAD_REQUEST, f"not valid JSON: {e}")
+            message = parse_json(payload)
+        except NotJSON as e:
+            return _Refused("error", Result.BAD_REQUEST, e.problem)
+        except InvalidInput as e:
+            # A string with no UTF-8 form (a lone surrogate): refused here,
+            # naming the field, as the request's own answer when it has one.
+            method = e.request.get("method") if e.request else None
+            return _Refused(_REQUESTS.get(method, "error"), Result.BAD_REQUEST, str(e))  # type: ignore[arg-type]
         if not isinstance(message, dict):
             return _Refused("error", Result.BAD_REQUEST, "a message must be a JSON object with a method")
         method = message.get("method")
