@@ -46,7 +46,7 @@ from tests.support.wait import autobahn_timers_settled, eventually
 T = TypeVar("T")
 
 MAX_MESSAGE = 256 * 1024
-WS_EXAMPLES = 520  # 1-3 requests x 7, and 0-3 other frames: about 7,500 frames
+WS_EXAMPLES = 600  # 1-3 requests x 7, and 0-3 other frames: about 8,000 frames
 HTTP_EXAMPLES = 130  # 21 add/update requests, 0-3 others and a login: about 3,000 requests
 INVALID_UTF8_EXAMPLES = 40  # each closes its connection (1007), so each gets one
 
@@ -242,6 +242,7 @@ class EchoLink:
         self.up = up
         self.connected = up
         self.reason = "agent unreachable"
+        self.code = "ok" if up else "agent_unreachable"
 
     def send(self, message: dict[str, Any]) -> None:
         json.dumps(message, ensure_ascii=False).encode()
@@ -277,6 +278,7 @@ class BrowserWebSocketFuzz(unittest.TestCase):
         self.addCleanup(autobahn_timers_settled)
         self.watch = LogWatch(self)
         self.relay = Relay({})
+        self.addCleanup(self.relay.stop)
         self.relay.links.update({1: EchoLink(1, self.relay), 2: EchoLink(2, self.relay, up=False)})
         self.signer = SessionSigner("fuzz-test-secret-0123456789", 3600)
         factory = BrowserFactory(self.relay, self.signer, path="/WebTesting", max_message=MAX_MESSAGE)

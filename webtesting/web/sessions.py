@@ -260,8 +260,9 @@ class Relay:
             self._on_service.setdefault(service_id, set()).add(session.uuid)
         assert login is not None
         message["uuid"] = session.uuid
-        link.send(message)
+        # Waiting before sending: an answer may come back within send().
         self._expect(session, login, service_id, answer)
+        link.send(message)
 
     # -- deadlines ------------------------------------------------------------
 
