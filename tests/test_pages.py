@@ -567,7 +567,8 @@ class ReasonTests(PageTestCase):
                 answer["serviceLists"] += [
                     {**real, "serviceId": 901, "description": "coded", "status": 0,
                      "code": "mysql_unreachable", "msg": "bot MySQL unreachable: (2003, refused)"},
-                    {**real, "serviceId": 902, "description": "uncoded", "status": 0, "msg": "an old server's reason"},
+                    {**{k: v for k, v in real.items() if k != "code"},
+                     "serviceId": 902, "description": "uncoded", "status": 0, "msg": "an old server's reason"},
                 ]
                 route.fulfill(json=answer)
 
