@@ -67,6 +67,7 @@ class ServiceState:
         self._nodes = [(n["host"], int(n["port"])) for n in service["redisCluster"]]
         self._service_id = service["serviceId"]
         self._closed = False
+        self._redis_tried: Deferred[None] = Deferred()  # fires when the first attempt ended
         self.db = dbpool.Database(
             f"bot MySQL of service {self._service_id}",
             dbpool.mysql_connector(
@@ -112,6 +113,8 @@ class ServiceState:
         self._signs("mysql", available, "ok" if available else f"bot MySQL unreachable: {reason}")
 
     def _redis_health(self, health: Health) -> None:
+        if not self._redis_tried.called:
+            self._redis_tried.callback(None)
         if not self._closed:
             self._signs("redis", health.up, health.msg)
 
@@ -136,9 +139,24 @@ class ServiceState:
     # -- health checks ------------------------------------------------------------
 
     def check(self, wx_url: str) -> Deferred[Sequence[Finding]]:
-        """Ask the WxService, every Redis master and MySQL at once; one L{Finding} each."""
+        """
+        Ask the WxService, every Redis master and MySQL at once; one
+        L{Finding} each. The first round waits (for at most the timeout) for
+        the first connection attempts to end, so that "still connecting" is
+        never reported as down.
+        """
+        return defer.ensureDeferred(self._check(wx_url))
+
+    async def _check(self, wx_url: str) -> Sequence[Finding]:
+        first: Deferred[Any] = defer.DeferredList([_waiter(self._redis_tried), self.db.ready()],
+                                                  consumeErrors=True)
+        first.addTimeout(self._timeout, self._reactor)
+        try:
+            await first
+        except defer.TimeoutError:
+            pass
         parts = [self._check_wxservice(wx_url), self._check_redis(), self._check_mysql()]
-        return defer.gatherResults(parts, consumeErrors=True)  # type: ignore[return-value]
+        return await defer.gatherResults(parts, consumeErrors=True)
 
     def _check_wxservice(self, url: str) -> Deferred[Finding]:
         d = wxservice.probe(self._reactor, url, self._timeout)
@@ -211,6 +229,20 @@ class ServiceState:
         d.addErrback(lambda f: self._log.failure("closing service {service_id}'s state source", f,
                                                  service_id=self._service_id))
         return d.addCallback(lambda _: None)
+
+
+def _waiter(d: Deferred[None]) -> Deferred[None]:
+    """A Deferred that fires when C{d} has (C{d} itself is left alone)."""
+    if d.called:
+        return defer.succeed(None)
+    w: Deferred[None] = Deferred()
+
+    def fire(result: Any) -> Any:
+        w.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return w
 
 
 def _select_one(cursor: Any) -> None:

@@ -110,8 +110,11 @@ class HealthMonitor:
         self._schedule(0)
 
     def stop(self) -> None:
+        """Stop checking; a check under way is cancelled (its connections dropped)."""
         self._stopped = True
         self._cancel()
+        if self._running is not None:
+            self._running.cancel()
 
     def suspect(self) -> None:
         """A passive sign of trouble: check now (or right after the check under way)."""
@@ -162,6 +165,8 @@ class HealthMonitor:
         d.addBoth(lambda _: self._ended())
 
     def _check_failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return  # cancelled by stop()
         self._log.failure("{name}: a health check", failure, name=self.name)
 
     def _ended(self) -> None:

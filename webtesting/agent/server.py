@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from webtesting.agent.health import Finding, HealthMonitor
@@ -371,8 +371,8 @@ class WebLink:
 
     # -- end -----------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """The web link is gone: back to the state right after start."""
+    def shutdown(self) -> Deferred[None]:
+        """The web link is gone: back to the state right after start; fires once the backends are closed."""
         if self.monitor is not None:
             self.monitor.stop()
         for user in list(self.users.values()):
@@ -380,7 +380,8 @@ class WebLink:
         self.users.clear()
         if self.source is not None:
             source, self.source = self.source, None
-            source.close()
+            return source.close()
+        return succeed(None)
 
 
 class AgentProtocol(WebSocketServerProtocol):

@@ -37,7 +37,8 @@ from autobahn.websocket.types import ConnectionResponse
 from autobahn.websocket.util import parse_url
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -209,7 +210,13 @@ def connect(
         closeHandshakeTimeout=1.0,
         autoPingInterval=None,
     )
-    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+    endpoint: Any
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if secure:
         endpoint = wrapClientTLS(tls, endpoint)
 
