@@ -34,7 +34,7 @@ class WebLinkTests(unittest.TestCase):
         self.assertEqual(json.loads(self.sent[-1])["result"], 1)
         self.link.handle(json.dumps(self.info(mysqlPort="x")).encode())
         answer = json.loads(self.sent[-1])
-        self.assertEqual((answer["method"], answer["result"]), ("agentInfoResp", 400))
+        self.assertEqual((answer["method"], answer["result"], answer["code"]), ("agentInfoResp", 400, "bad_request"))
         self.assertIn("mysqlPort", answer["msg"])
 
     def test_oversized_frame_becomes_an_error(self) -> None:
@@ -44,7 +44,7 @@ class WebLinkTests(unittest.TestCase):
                                          "content": "x" * (MAX_FRAME + 10)})
         frame = self.sent[-1]
         self.assertLess(len(frame), 1000)
-        self.assertEqual(json.loads(frame[33:])["result"], 413)
+        self.assertEqual((json.loads(frame[33:])["result"], json.loads(frame[33:])["code"]), (413, "too_large"))
 
     def test_reasons_for_browsers_are_scrubbed(self) -> None:
         """Reasons sent to browsers lose the service's hosts and user names."""
@@ -57,7 +57,8 @@ class WebLinkTests(unittest.TestCase):
         """A browser request before any agentInfoReq is answered 503, not dropped."""
         self.link.handle(json.dumps({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u",
                                      "uuid": "b" * 32}).encode())
-        self.assertEqual(json.loads(self.sent[-1][33:])["result"], 503)
+        answer = json.loads(self.sent[-1][33:])
+        self.assertEqual((answer["result"], answer["code"]), (503, "unavailable"))
 
     def test_lone_surrogate_answered(self) -> None:
         """A request with a lone surrogate is answered 400 for its session, naming the field; no user starts."""
@@ -71,3 +72,29 @@ class WebLinkTests(unittest.TestCase):
                          ("loginResp", 1, "1.00002", 400))
         self.assertTrue(answer["msg"].startswith("uname: "))
         self.assertEqual(self.link.users, {})
+
+    def test_status_reports_carry_codes(self) -> None:
+        """The service's health goes to the web server as agentStatusReq with a code: once per change, after two agreeing checks."""
+        clock: Any = self.link.reactor
+        self.link.handle(json.dumps(self.info()).encode())
+        clock.advance(0)
+        statuses = [json.loads(f) for f in self.sent if b"agentStatusReq" in f]
+        self.assertEqual([(s["status"], s["code"]) for s in statuses], [(1, "ok")])
+        self.sources[-1].on_health("redis", False, "Redis Cluster nodes unavailable: 127.0.0.1:7001", "redis_partial")
+        clock.advance(0.2)  # the sign's check (0.2 s after the last one at most)
+        clock.advance(1.0)  # its confirmation
+        statuses = [json.loads(f) for f in self.sent if b"agentStatusReq" in f]
+        self.assertEqual([(s["status"], s["code"]) for s in statuses], [(1, "ok"), (0, "redis_partial")])
+        self.link.shutdown()
+
+    def test_not_logged_in_and_unknown_method_codes(self) -> None:
+        """Requests without a login and unknown methods are answered with their codes."""
+        self.link.handle(json.dumps(self.info()).encode())
+        self.link.handle(json.dumps({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "hi",
+                                     "uuid": "b" * 32}).encode())
+        answer = json.loads(self.sent[-1][33:])
+        self.assertEqual((answer["result"], answer["code"]), (401, "not_logged_in"))
+        self.link.handle(json.dumps({"method": "danceReq", "uuid": "b" * 32}).encode())
+        answer = json.loads(self.sent[-1][33:])
+        self.assertEqual((answer["result"], answer["code"]), (404, "unknown_method"))
+        self.link.shutdown()

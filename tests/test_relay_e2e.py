@@ -99,7 +99,7 @@ class EndToEndTests(unittest.TestCase):
         """A login with an appid the service does not allow is refused, and can be retried."""
         self.browser.send({"method": "loginReq", "serviceId": self.sid, "appid": "9.99999", "uname": "x"})
         answer = await self.browser.expect("loginResp")
-        self.assertEqual(answer["result"], 403)
+        self.assertEqual((answer["result"], answer["code"]), (403, "forbidden"))
         await self.login()
 
     async def test_two_services_at_once(self) -> None:
@@ -154,7 +154,7 @@ class EndToEndTests(unittest.TestCase):
         await self.browser.expect(push)
         await self.system.bot.stop()
         down = await self.browser.expect("servStatus")
-        self.assertEqual(down["status"], 0)
+        self.assertEqual((down["status"], down["code"]), (0, "bot_unreachable"))
         await eventually(lambda: self._status_is(0), what="registry says WxService is down")
         await self.system.bot.start()
         up = await self.browser.expect(lambda m: m.get("method") == "servStatus" and m["status"] == 1)

@@ -568,3 +568,107 @@ class AdapterTests(TestCase):
         await wait_until(lambda: recorder.errors != [], "the chat error")
         self.assertEqual((recorder.errors[0].method, recorder.errors[0].result), ("chatResp", 500))
         self.assertEqual(recorder.messages, [])
+
+class LinkRecorder(Recorder):
+    """A wxservice.LinkListener that keeps everything it is told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logins: list[str] = []
+        self.downs: list[Any] = []
+        self.refused: list[WxServiceError] = []
+
+    def logged_in(self, uid: str) -> None:
+        self.logins.append(uid)
+
+    def link_down(self, health: Any) -> None:
+        self.downs.append(health)
+
+    def login_refused(self, error: WxServiceError) -> None:
+        self.refused.append(error)
+
+
+class LinkTests(TestCase):
+    """One user's WxServiceLink against the reference bot: logged in, kept logged in, told why not."""
+
+    timeout = 60
+    start_bot = WxServiceTests.start_bot
+    redis_nodes = WxServiceTests.redis_nodes
+
+    def link(self, url: str | None = None, **settings: Any) -> tuple[wxservice.WxServiceLink, LinkRecorder]:
+        from webtesting.lifecycle import Backoff
+
+        recorder = LinkRecorder()
+        settings.setdefault("backoff", Backoff(initial=0.2, maximum=1.0))
+        link = wxservice.WxServiceLink(reactor, lambda: url or f"ws://127.0.0.1:{self.port}/5.00034", recorder,
+                                       "1.00002", "lena", wxservice.LinkSettings(**settings))
+        self.addCleanup(link.stop)
+        link.start()
+        return link, recorder
+
+    async def test_link_logs_in_again_after_bot_restart(self) -> None:
+        """The bot stopping makes the link down once (bot_unreachable); back, the user is logged in again with the same uid."""
+        from tests.support.system import Bot
+
+        bot = Bot(self, self.redis_nodes(), mariadb.temporary_database(self, "wt_wxsim"))
+        await bot.start()
+        link, recorder = self.link(bot.url)
+        await wait_until(lambda: recorder.logins, "the first login")
+        self.assertTrue(link.up)
+        link.chat("hello, my name is Lena")
+        await wait_until(lambda: recorder.messages, "an answer")
+        await bot.stop()
+        await wait_until(lambda: recorder.downs, "the link down")
+        self.assertEqual(recorder.downs[0].code, "bot_unreachable")
+        with self.assertRaises(wxservice.NotOpen):
+            link.chat("anyone?")
+        await bot.start()
+        await wait_until(lambda: len(recorder.logins) == 2, "logged in again", timeout=5)
+        self.assertEqual(recorder.logins[0], recorder.logins[1])
+        self.assertEqual(recorder.refused, [])
+
+    async def test_frozen_bot_found_by_ping(self) -> None:
+        """A bot that stops answering (no pongs) makes the link down as bot_not_responding within ping interval + timeout."""
+        from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+        frozen: list[Any] = []
+
+        class Freezing(WebSocketServerProtocol):
+            """Fake enough of a WxService for a frozen bot: accepts the login, then reads nothing (no pongs)."""
+
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                self.sendMessage(b'{"method":"loginResp","uid":"7","result":1,"msg":"ok"}')
+                frozen.append(self)
+                reactor.callLater(0, self.transport.pauseProducing)  # type: ignore[attr-defined,union-attr]
+
+        factory = WebSocketServerFactory()
+        factory.protocol = Freezing
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.dropConnection(abort=True) for p in frozen])
+        link, recorder = self.link(f"ws://127.0.0.1:{port.getHost().port}/x", ping_interval=0.5, ping_timeout=0.5)
+        await wait_until(lambda: recorder.logins, "the login")
+        started = reactor.seconds()
+        await wait_until(lambda: recorder.downs, "the frozen bot noticed", timeout=5)
+        self.assertLess(reactor.seconds() - started, 2.5)
+        self.assertEqual(recorder.downs[0].code, "bot_not_responding")
+
+    async def test_refused_login_stops_the_link(self) -> None:
+        """A login the bot refuses is told once, and the link stops trying."""
+        await self.start_bot()
+        recorder = LinkRecorder()
+        link = wxservice.WxServiceLink(reactor, lambda: f"ws://127.0.0.1:{self.port}/5.00034", recorder,
+                                       "not a valid appid!", "lena")
+        self.addCleanup(link.stop)
+        link.start()
+        await wait_until(lambda: recorder.refused, "the refusal")
+        self.assertEqual(recorder.refused[0].result, 400)
+        self.assertEqual(link.lifecycle.state, "stopped")
+        self.assertEqual(recorder.downs, [])
+
+    async def test_unusable_address(self) -> None:
+        """An address that cannot parse is down as bot_address_invalid and not dialled again."""
+        link, recorder = self.link("http://127.0.0.1:1/x")
+        await wait_until(lambda: recorder.downs, "the address refused")
+        self.assertEqual(recorder.downs[0].code, "bot_address_invalid")
+        self.assertEqual(link.lifecycle.state, "unusable")

@@ -340,14 +340,30 @@ class AgentListenConfig:
 class AgentUsersConfig:
     poll_interval: float = number_field(1.0, 0.05, 60)
     login_timeout: float = number_field(5.0, 0.1, 120)
-    retry_initial: float = number_field(1.0, 0.01, 600)
-    retry_max: float = number_field(30.0, 0.01, 3600)
+    # A lost WxService link is retried after retry_initial s, doubling up to retry_max.
+    retry_initial: float = number_field(0.5, 0.01, 600)
+    retry_max: float = number_field(4.0, 0.01, 3600)
+    # WebSocket ping/pong on each user's WxService link: a frozen bot is
+    # found within ping_interval + ping_timeout seconds.
+    ping_interval: float = number_field(2.0, 0.1, 600)
+    ping_timeout: float = number_field(2.0, 0.1, 600)
 
 
 @dataclass(frozen=True)
 class AgentBackendConfig:
     timeout: float = number_field(2.0, 0.05, 60)
-    retry_interval: float = number_field(2.0, 0.05, 3600)
+    # Redis Cluster (and MySQL) retried after retry_initial s, doubling up to retry_max.
+    retry_initial: float = number_field(0.5, 0.01, 600)
+    retry_max: float = number_field(4.0, 0.01, 3600)
+
+
+@dataclass(frozen=True)
+class AgentHealthConfig:
+    """How the agent checks each service (WxService, every Redis master, MySQL) on its own."""
+
+    interval: float = number_field(5.0, 0.05, 3600)  # seconds between checks while up
+    interval_down: float = number_field(1.0, 0.05, 3600)  # ... while down or a change is unconfirmed
+    confirm: int = number_field(2, 1, 100)  # agreeing checks in a row before a change is reported
 
 
 @dataclass(frozen=True)
@@ -358,6 +374,7 @@ class AgentConfig:
     auth: SecretConfig = SecretConfig()
     users: AgentUsersConfig = AgentUsersConfig()
     backends: AgentBackendConfig = AgentBackendConfig()
+    health: AgentHealthConfig = AgentHealthConfig()
     state: StateLayout = StateLayout()
 
 

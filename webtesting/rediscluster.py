@@ -500,6 +500,28 @@ class RedisCluster:
         """The master that serves C{key} according to the current map."""
         return self._slots[key_slot(key)]
 
+    def slot_ranges(self) -> dict[Address, list[tuple[int, int]]]:
+        """Each master's slots in the current map, as inclusive (first, last) ranges."""
+        ranges: dict[Address, list[tuple[int, int]]] = {}
+        start = 0
+        for slot in range(1, SLOTS + 1):
+            if slot < SLOTS and self._slots[slot] == self._slots[start]:
+                continue
+            owner = self._slots[start]
+            if owner is not None:
+                ranges.setdefault(owner, []).append((start, slot - 1))
+            start = slot
+        return ranges
+
+    def ping(self, address: Address) -> Deferred[Any]:
+        """
+        PING one node (health checks ask every master, not a key's owner).
+        Fires with its reply, or with the L{ClusterError} that stopped it; does not fail.
+        """
+        if self._closed:
+            return defer.succeed(ClusterError("client disconnected"))
+        return self._node(address).send([("PING",)]).addCallback(lambda replies: replies[0])
+
     def _node(self, address: Address) -> _Node:
         node = self._nodes.get(address)
         if node is None:

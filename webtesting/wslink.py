@@ -188,15 +188,16 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self.connector = connector
         proto, self.proto = self.proto, None
-        if self.dialer is None:
+        dialer = self.dialer  # the owner may stop the link (detaching us) while it hears of the close
+        if dialer is None:
             return
         n = self.names
         why = self._close_reason or Reason(n.unreachable, f"{n.what} link lost: {reason.getErrorMessage()}")
         if proto is not None and proto.opened:
-            self.dialer.owner.link_closed(proto, why)
-            self.dialer.lifecycle.lost(why)
+            dialer.owner.link_closed(proto, why)
+            dialer.lifecycle.lost(why)
         else:
-            self.dialer.lifecycle.fail(why)
+            dialer.lifecycle.fail(why)
 
 
 def classify_connect_failure(failure: Failure, names: Names, host: str) -> Reason:

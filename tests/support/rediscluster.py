@@ -6,6 +6,7 @@ A real 3-master Redis Cluster for one test (or one benchmark run).
     cluster.command(node, "SET", "k", "v") # one command straight to one node
     cluster.owner(key_slot("k"))           # which master serves a slot
     cluster.kill(node)                     # SIGKILL a master
+    cluster.restart(node)                  # start a killed master again (same port, same slots)
     cluster.freeze(node)                   # SIGSTOP it (SIGCONT in cleanup or thaw())
     cluster.move_slot(slot, to)            # a whole migration: MOVED from then on
     cluster.begin_migration(slot, to)      # IMPORTING/MIGRATING: ASK for moved keys
@@ -116,6 +117,7 @@ class RedisCluster:
         self.nodes = nodes
         self.processes = processes
         self.directory = directory
+        self.argv: dict[Address, list[str]] = {}
         self._frozen: set[Address] = set()
 
     # -- talking to nodes --
@@ -149,20 +151,15 @@ class RedisCluster:
         process.kill()
         process.wait(10)
 
-    def restart(self, node: Address) -> None:
-        """
-        Start a killed master again on its port with its own nodes file, as
-        when its host comes back: it rejoins with the slots it had (empty,
-        since the nodes keep nothing on disk). Wait until it answers PING.
-        """
-        old = self.processes[node]
-        if old.poll() is None:
+    def restart(self, node: Address, timeout: float = 15.0) -> None:
+        """Start a killed master again on its port: it keeps its id and slots (its nodes.conf)."""
+        if self.processes[node].poll() is None:
             raise RedisClusterError(f"node {node[1]} is still running")
-        with open(os.path.join(self.directory, f"redis-{node[1]}.log"), "ab") as log:
-            self.processes[node] = subprocess.Popen(
-                old.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        _wait(lambda: _answers(node), time.monotonic() + 10, f"redis-server on port {node[1]} to restart",
+        log = open(os.path.join(self.directory, f"redis-{node[1]}.log"), "ab")
+        self.processes[node] = subprocess.Popen(self.argv[node], stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL)
+        log.close()
+        _wait(lambda: _answers(node), time.monotonic() + timeout, f"node {node[1]} to start again",
               self.directory)
 
     def freeze(self, node: Address) -> None:
@@ -278,15 +275,16 @@ def start_cluster(testcase: Any | None = None, masters: int = 3, *,
         for port in free_ports(masters):
             node = (HOST, port)
             log = open(os.path.join(directory, f"redis-{port}.log"), "wb")
+            argv = [server, "--port", str(port), "--bind", HOST,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", os.path.join(directory, f"nodes-{port}.conf"),
+                    "--cluster-node-timeout", "5000",
+                    "--cluster-require-full-coverage", "yes" if full_coverage else "no",
+                    "--save", "", "--appendonly", "no", "--daemonize", "no",
+                    "--dir", directory]
+            cluster.argv[node] = argv
             processes[node] = subprocess.Popen(
-                [server, "--port", str(port), "--bind", HOST,
-                 "--cluster-enabled", "yes",
-                 "--cluster-config-file", os.path.join(directory, f"nodes-{port}.conf"),
-                 "--cluster-node-timeout", "5000",
-                 "--cluster-require-full-coverage", "yes" if full_coverage else "no",
-                 "--save", "", "--appendonly", "no", "--daemonize", "no",
-                 "--dir", directory],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
             log.close()
             cluster.nodes.append(node)

@@ -6,7 +6,9 @@ A link is authenticated in C{onConnect}, before a single message is read: the
 web server shows the shared secret as ``Authorization: Bearer <secret>``,
 compared in constant time. Each open link gets a L{WebLink}: the service's
 settings (from ``agentInfoReq``), its user-state source (Redis Cluster +
-MySQL), its users, and one state poll for all of them.
+MySQL), its users, one state poll for all of them, and the service's health:
+checked on the agent's own timer (L{webtesting.agent.health.HealthMonitor})
+and reported with ``agentStatusReq`` once per change.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeGuard
+from typing import Any, Callable, Protocol, Sequence, TypeGuard
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from webtesting.agent.health import Finding, HealthMonitor
 from webtesting.agent.users import UserSession, UserState
+from webtesting.agent.wxservice import LinkSettings
+from webtesting.lifecycle import Health
 from webtesting.protocol import (
     BROWSER_REQUESTS,
     ROUTE,
@@ -59,11 +63,16 @@ class StateSource(Protocol):
 
     def current(self, key: str) -> Deferred[Any]: ...
 
+    def check(self, wx_url: str) -> Deferred[Sequence[Finding]]:
+        """One round of health checks: the WxService at C{wx_url}, every Redis master, MySQL."""
+
     def close(self) -> Deferred[None]: ...
 
 
-# Makes the state source for a service's settings; it reports its health with
-# on_health(component, ok, why) and polls every poll_interval seconds.
+# Makes the state source for a service's settings; it polls every
+# poll_interval seconds and tells on_health(component, ok, why) of what it
+# notices on its own (a read error, MySQL going or coming back): a sign to
+# check the service now, not a verdict.
 StateSourceFactory = Callable[
     [dict[str, Any], Any, StateLayout, Callable[[str, bool, str], None], float], StateSource
 ]
@@ -79,9 +88,26 @@ class AgentSettings:
 
     layout: StateLayout = field(default_factory=StateLayout)
     poll_interval: float = 1.0
-    retry_initial: float = 1.0
-    retry_max: float = 30.0
+    # users' WxService links: backoff between attempts, login deadline, ping/pong
+    retry_initial: float = 0.5
+    retry_max: float = 4.0
     login_timeout: float = 5.0
+    ping_interval: float = 2.0
+    ping_timeout: float = 2.0
+    # the service's health checks (HealthMonitor)
+    health_interval: float = 5.0
+    health_interval_down: float = 1.0
+    health_confirm: int = 2
+
+    def link_settings(self) -> LinkSettings:
+        from webtesting.lifecycle import Backoff
+
+        return LinkSettings(
+            backoff=Backoff(initial=self.retry_initial, maximum=self.retry_max),
+            login_timeout=self.login_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        )
 
 
 class WebLink:
@@ -103,11 +129,8 @@ class WebLink:
         self.service: dict[str, Any] | None = None
         self.source: StateSource | None = None
         self.users: dict[str, UserSession] = {}
-        self._health: dict[str, tuple[bool, str]] = {}
-        self._reported: tuple[int, str] | None = None
-        self._policy = backoffPolicy(
-            initialDelay=settings.retry_initial, maxDelay=settings.retry_max, factor=2.0
-        )
+        self._link_settings = settings.link_settings()
+        self.monitor: HealthMonitor | None = None
 
     @property
     def wx_url(self) -> str:
@@ -127,7 +150,7 @@ class WebLink:
                            method=message.get("method"), uuid=uuid, size=len(data))
             data = routed_frame(uuid, mark, {
                 "method": message.get("method"), "serviceId": message.get("serviceId"),
-                "appid": message.get("appid"), "result": int(Result.TOO_LARGE),
+                "appid": message.get("appid"), "result": int(Result.TOO_LARGE), "code": "too_large",
                 "msg": f"the answer was larger than {MAX_FRAME} bytes and was dropped",
             })
         self._send(data)
@@ -166,18 +189,20 @@ class WebLink:
         answer = BROWSER_REQUESTS.get(method)
         if answer is None:
             self.frame(uuid, ROUTE, {"method": "error", "result": int(Result.NOT_FOUND),
-                                     "msg": f"unknown method {method!r}"})
+                                     "code": "unknown_method", "msg": f"unknown method {method!r}"})
             return
         # The web server checked these already; an agent trusts no one.
         try:
             check_browser_request(message)
             require_int(message.get("serviceId"), "serviceId", 1, 2**31 - 1)
         except InvalidInput as e:
-            self.frame(uuid, ROUTE, {"method": answer, "result": int(Result.BAD_REQUEST), "msg": str(e)})
+            self.frame(uuid, ROUTE, {"method": answer, "result": int(Result.BAD_REQUEST), "code": "bad_request",
+                                     "msg": str(e)})
             return
         if self.service is None or message["serviceId"] != self.service["serviceId"]:
             self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
                                      "appid": message["appid"], "result": int(Result.UNAVAILABLE),
+                                     "code": "unavailable",
                                      "msg": "this agent has not been given that service's settings"})
             return
         getattr(self, "_" + method)(uuid, message)
@@ -189,18 +214,17 @@ class WebLink:
             service = validate_agent_info(message)
         except InvalidInput as e:
             self._json({"method": "agentInfoResp", "serviceId": message.get("serviceId"),
-                        "result": int(Result.BAD_REQUEST), "msg": str(e)})
+                        "result": int(Result.BAD_REQUEST), "code": "bad_request", "msg": str(e)})
             return
         old, self.service = self.service, service
         self._log.info("service {service_id}: settings received", service_id=service["serviceId"])
         state_keys = ("redisCluster", "mysqlAddr", "mysqlPort", "mysqlUser", "mysqlPwd", "mysqlDbname")
-        if old is None or any(old[k] != service[k] for k in state_keys):
+        backends_changed = old is None or any(old[k] != service[k] for k in state_keys)
+        if backends_changed:
             if self.source is not None:
                 self.source.close()
-            self._health.pop("redis", None)
-            self._health.pop("mysql", None)
             self.source = self._state_factory(
-                service, self.reactor, self._settings.layout, self._component, self._settings.poll_interval
+                service, self.reactor, self._settings.layout, self._sign, self._settings.poll_interval
             )
             for user in self.users.values():
                 if user.state is UserState.ONLINE:
@@ -213,11 +237,11 @@ class WebLink:
                 if user.appid not in allowed:
                     user.close()
                     user.answer("logoutResp", Result.FORBIDDEN,
-                                f"appid {user.appid} is no longer allowed on this service", b"-")
+                                f"appid {user.appid} is no longer allowed on this service", b"-",
+                                code="appid_revoked")
                 elif old["wxServiceAddr"] != service["wxServiceAddr"]:
                     user.reconnect_now()
-        if self._reported is not None:
-            self._report(force=True)
+        self._watch_health(old is None or backends_changed or old["wxServiceAddr"] != service["wxServiceAddr"])
 
     # -- user requests ----------------------------------------------------------
 
@@ -226,15 +250,16 @@ class WebLink:
         fields = {"serviceId": message["serviceId"], "appid": message["appid"]}
         if message["appid"] not in self.service["allowedAppids"]:
             self.frame(uuid, b"-", {"method": "loginResp", **fields, "result": int(Result.FORBIDDEN),
+                                    "code": "forbidden",
                                     "msg": f"appid {message['appid']} is not allowed on this service"})
             return
         if uuid in self.users:
             self.frame(uuid, ROUTE, {"method": "loginResp", **fields, "result": int(Result.BAD_REQUEST),
-                                     "msg": "already logged in; log out first"})
+                                     "code": "bad_request", "msg": "already logged in; log out first"})
             return
         user = UserSession(
             self, uuid, message["serviceId"], message["appid"], message["uname"],
-            policy=self._policy, login_timeout=self._settings.login_timeout,
+            link_settings=self._link_settings,
         )
         self.users[uuid] = user
         user.start()
@@ -244,11 +269,12 @@ class WebLink:
         if user is None or user.appid != message["appid"]:
             self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
                                      "appid": message["appid"], "result": int(Result.UNAUTHORIZED),
-                                     "msg": "not logged in"})
+                                     "code": "not_logged_in", "msg": "not logged in"})
             return None
         assert self.service is not None
         if user.appid not in self.service["allowedAppids"]:
-            user.answer(answer, Result.FORBIDDEN, f"appid {user.appid} is not allowed on this service")
+            user.answer(answer, Result.FORBIDDEN, f"appid {user.appid} is not allowed on this service",
+                        code="forbidden")
             return None
         return user
 
@@ -275,7 +301,8 @@ class WebLink:
         if user is None:
             return
         if user.state is not UserState.ONLINE or self.source is None:
-            user.answer("getUserStatusResp", Result.UNAVAILABLE, "not logged in to the bot right now", uuid=uuid)
+            user.answer("getUserStatusResp", Result.UNAVAILABLE, "not logged in to the bot right now", uuid=uuid,
+                        code="bot_unreachable")
             return
         self._send_current(user)
 
@@ -295,8 +322,9 @@ class WebLink:
             if self.source is not None:
                 self.source.unwatch(user.uuid)
 
-    def wxservice_health(self, ok: bool, why: str) -> None:
-        self._component("wxservice", ok, why)
+    def wxservice_trouble(self) -> None:
+        if self.monitor is not None:
+            self.monitor.suspect()
 
     # -- state ---------------------------------------------------------------------
 
@@ -311,37 +339,56 @@ class WebLink:
             return
         if update.fields is None:
             user.answer("getUserStatusResp", Result.UNAVAILABLE, f"cannot read the user's state: {update.error}",
-                        uuid=user.uuid)
+                        uuid=user.uuid, code="unavailable")
         else:
             user.answer("getUserStatusResp", Result.OK, "ok", uuid=user.uuid, **update.fields)
 
     # -- health ----------------------------------------------------------------------
 
-    def _component(self, name: str, ok: bool, why: str) -> None:
-        self._health[name] = (ok, why)
-        self._report()
+    def _watch_health(self, changed: bool) -> None:
+        """Start checking the service; after a change of what is checked, judge afresh."""
+        if self.monitor is None:
+            s = self._settings
+            self.monitor = HealthMonitor(
+                f"service {self.service['serviceId'] if self.service else '?'}", self._check, self._report,
+                self.reactor, interval=s.health_interval, interval_down=s.health_interval_down,
+                confirm=s.health_confirm,
+            )
+            self.monitor.start()
+        elif changed:
+            self.monitor.reset()
+        elif self.monitor.reported is not None:
+            # The same settings again: the web server may have lost our word.
+            self._report(self.monitor.reported)
 
-    def _report(self, force: bool = False) -> None:
+    def _check(self) -> Deferred[Sequence[Finding]]:
+        assert self.source is not None
+        return self.source.check(self.wx_url)
+
+    def _sign(self, name: str, ok: bool, why: str) -> None:
+        """The state source noticed something on its own: check now."""
+        if self.monitor is not None:
+            self.monitor.suspect()
+
+    def _report(self, health: Health) -> None:
         if self.service is None:
             return
-        problems = [why for ok, why in self._health.values() if not ok]
-        status = (0, "; ".join(problems)) if problems else (1, "ok")
-        if status == self._reported and not force:
-            return
-        self._reported = status
         self._json({"method": "agentStatusReq", "serviceId": self.service["serviceId"],
-                    "status": status[0], "msg": status[1]})
+                    "status": 1 if health.up else 0, "code": health.code, "msg": health.msg})
 
     # -- end -----------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """The web link is gone: back to the state right after start."""
+    def shutdown(self) -> Deferred[None]:
+        """The web link is gone: back to the state right after start; fires once the backends are closed."""
+        if self.monitor is not None:
+            self.monitor.stop()
         for user in list(self.users.values()):
             user.close()
         self.users.clear()
         if self.source is not None:
             source, self.source = self.source, None
-            source.close()
+            return source.close()
+        return succeed(None)
 
 
 def _is_uuid(value: Any) -> TypeGuard[str]:
@@ -418,8 +465,9 @@ class AgentFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,
             maxFramePayloadSize=max_message,
-            autoPingInterval=10,
-            autoPingTimeout=5,
+            # A frozen web server is found within 4 s.
+            autoPingInterval=2,
+            autoPingTimeout=2,
             openHandshakeTimeout=10,
         )
 

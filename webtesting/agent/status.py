@@ -363,6 +363,15 @@ class Dictionary:
         self._topics.clear()
         self._absent.clear()
 
+    def refresh(self) -> None:
+        """
+        MySQL is back: ask again at once for every id that has no text, those
+        found missing while it was away or restarting included (the texts
+        already known are kept).
+        """
+        self._absent.clear()
+        self._blocked_until = float("-inf")
+
     def lookup(self, tag_ids: Iterable[int], topic_ids: Iterable[int]) -> Deferred[Texts]:
         """The texts of these ids: from the cache, or with one query for the unknown ones."""
         tag_ids, topic_ids = set(tag_ids), set(topic_ids)

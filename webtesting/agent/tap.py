@@ -40,17 +40,22 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         reactor = default_reactor
     config = options.config
     top = MultiService()
-    users = config.users
+    users, backends, health = config.users, config.backends, config.health
     factory = AgentFactory(
         secret=options.secret,
         reactor=reactor,
-        state_factory=state_source_factory(config.backends.timeout, config.backends.retry_interval),
+        state_factory=state_source_factory(backends.timeout, backends.retry_initial, backends.retry_max),
         settings=AgentSettings(
             layout=config.state,
             poll_interval=users.poll_interval,
             retry_initial=users.retry_initial,
             retry_max=users.retry_max,
             login_timeout=users.login_timeout,
+            ping_interval=users.ping_interval,
+            ping_timeout=users.ping_timeout,
+            health_interval=health.interval,
+            health_interval_down=health.interval_down,
+            health_confirm=health.confirm,
         ),
         path=config.websocket.path,
     )

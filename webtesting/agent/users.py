@@ -1,10 +1,13 @@
 """
-One browser user's session at the agent: its WxService connection, its
-login, and what the browser was last sent of its state.
+One browser user's session at the agent: its login at the bot, and what the
+browser is told about it.
 
-A L{UserSession} moves through L{UserState} in one place (L{UserSession._set})
-and never talks to the web link directly: it calls its L{UserHost} (the
-agent's link object), which frames and sends.
+The WebSocket to WxService, its retries and its frames are the
+L{webtesting.agent.wxservice.WxServiceLink}'s (a reconnecting link kept up by
+the shared L{webtesting.lifecycle.Lifecycle}); this session only turns what
+the link reports into answers for the browser. It moves through L{UserState}
+in one place (L{UserSession._set}) and never talks to the web link directly:
+it calls its L{UserHost} (the agent's link object), which frames and sends.
 """
 
 from __future__ import annotations
@@ -12,19 +15,17 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable, Protocol
 
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from webtesting.agent import wxservice
+from webtesting.lifecycle import Health
 from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, Result
 
 
 class UserState(enum.Enum):
     LOGGING_IN = "logging in"  # first connect + login under way
     ONLINE = "online"  # logged in; chat flows; state is polled
-    RECONNECTING = "reconnecting"  # WxService lost; a timer logs in again
+    RECONNECTING = "reconnecting"  # WxService lost; the link logs in again
     CLOSED = "closed"
 
 
@@ -46,16 +47,20 @@ class UserHost(Protocol):
     def user_ended(self, user: "UserSession") -> None:
         """The user session is over; forget it."""
 
-    def wxservice_health(self, ok: bool, why: str) -> None:
-        """What the last attempt to reach WxService showed."""
+    def wxservice_trouble(self) -> None:
+        """A user's WxService link went down: a sign to check the service now."""
 
     def scrub(self, text: str) -> str:
         """C{text} without the service's addresses and credentials."""
 
 
+LinkFactory = Callable[["UserSession"], wxservice.WxServiceLink]
+
+
 class UserSession:
     """
-    @param policy: seconds to wait before reconnect attempt N (0-based).
+    @param link_settings: how the WxService link dials, pings and backs off.
+    @param make_link: makes the session's WxService link (tests give a fake).
     """
 
     _log = Logger()
@@ -68,9 +73,8 @@ class UserSession:
         appid: str,
         uname: str,
         *,
-        policy: Callable[[int], float],
-        login_timeout: float = 5.0,
-        connect: Callable[..., Deferred[Any]] = wxservice.connect,
+        link_settings: wxservice.LinkSettings = wxservice.LinkSettings(),
+        make_link: LinkFactory | None = None,
     ) -> None:
         self.host = host
         self.uuid = uuid
@@ -80,13 +84,12 @@ class UserSession:
         self.uid: str | None = None
         self.push = True  # automatic state pushes (setStatusPushReq)
         self.state = UserState.LOGGING_IN
-        self._policy = policy
-        self._login_timeout = login_timeout
-        self._connect = connect
-        self._conn: wxservice.WxServiceConnection | None = None
-        self._attempt: Deferred[Any] | None = None
-        self._retry: Any = None
-        self._failures = 0
+        if make_link is None:
+            self.link = wxservice.WxServiceLink(
+                host.reactor, lambda: host.wx_url, self, appid, uname, link_settings
+            )
+        else:
+            self.link = make_link(self)
 
     # -- helpers ------------------------------------------------------------
 
@@ -94,6 +97,9 @@ class UserSession:
         return {"serviceId": self.service_id, "appid": self.appid}
 
     def answer(self, method: str, result: int, msg: str, mark: bytes = ROUTE, **fields: Any) -> None:
+        """Send C{method} to the browser; an answer that is not a success carries C{code}."""
+        if int(result) != int(Result.OK) and "code" not in fields:
+            fields["code"] = "internal"
         self.host.frame(self.uuid, mark, {"method": method, **self._fields(), **fields,
                                           "result": int(result), "msg": msg})
 
@@ -105,177 +111,98 @@ class UserSession:
 
     def start(self) -> None:
         """Connect to WxService and log in; answers loginResp either way."""
-        self._attempt = self._open_and_login()
-        self._attempt.addCallbacks(self._logged_in, self._login_failed)
+        self.link.start()
 
-    def _open_and_login(self) -> Deferred[Any]:
-        d = self._connect(self.host.reactor, self.host.wx_url, self)
+    # wxservice.LinkListener: the link calls these.
 
-        def opened(conn: wxservice.WxServiceConnection) -> Deferred[str]:
-            self.host.wxservice_health(True, "ok")
-            if self.state is UserState.CLOSED:
-                conn.close()
-                raise defer.CancelledError()
-            self._conn = conn
-            return conn.login(self.appid, self.uname, timeout=self._login_timeout)
-
-        d.addCallback(opened)
-        return d
-
-    def _logged_in(self, uid: str) -> None:
-        self._attempt = None
+    def logged_in(self, uid: str) -> None:
+        if self.state is UserState.CLOSED:
+            return
         self.uid = str(uid)
         first = self.state is UserState.LOGGING_IN
         self._set(UserState.ONLINE)
-        self._failures = 0
         if first:
             self.answer("loginResp", Result.OK, "ok", LOGGED_IN, strUid=self.uid)
         else:
-            self.answer("servStatus", 1, "ok", status=1)
+            self.answer("servStatus", 1, "ok", status=1, code="ok")
         self.host.user_online(self)
 
-    def _login_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if failure.check(defer.CancelledError) or self.state is UserState.CLOSED:
+    def link_down(self, health: Health) -> None:
+        if self.state is UserState.CLOSED:
             return
-        result, msg = _why(failure)
-        if failure.check(wxservice.WxServiceUnavailable):
-            self.host.wxservice_health(False, msg)
-        self._log.info("user {uuid}: login failed: {msg}", uuid=self.uuid, msg=msg)
-        self._end(close=True)
-        self.answer("loginResp", result, self.host.scrub(msg), LOGGED_OUT)
+        self.host.wxservice_trouble()
+        if self.state is UserState.LOGGING_IN:
+            # The first attempt failed: the browser hears why, and may try again.
+            self._log.info("user {uuid}: login failed: {msg}", uuid=self.uuid, msg=health.msg)
+            self._end()
+            self.answer("loginResp", Result.UNAVAILABLE, self.host.scrub(health.msg), LOGGED_OUT,
+                        code=health.code)
+        elif self.state is UserState.ONLINE:
+            self._set(UserState.RECONNECTING)
+            self.answer("servStatus", 0, self.host.scrub(f"{health.msg}; reconnecting"), status=0,
+                        code=health.code)
+        # RECONNECTING: the browser was told once already.
+
+    def login_refused(self, error: wxservice.WxServiceError) -> None:
+        if self.state is UserState.CLOSED:
+            return
+        result = error.result if error.result != 1 else int(Result.INTERNAL)
+        first = self.state is UserState.LOGGING_IN
+        self._log.info("user {uuid}: the bot refused the login: {msg}", uuid=self.uuid, msg=error.msg)
+        self._end()
+        if first:
+            self.answer("loginResp", result, error.msg, LOGGED_OUT, code="bot_refused")
+        else:
+            # Waiting will not help: the login is over, unprompted.
+            self.answer("logoutResp", result, f"logging in again failed: {error.msg}", LOGGED_OUT,
+                        code="relogin_refused")
 
     # -- while online -----------------------------------------------------------
 
     def chat(self, content: str) -> None:
-        if self.state is not UserState.ONLINE or self._conn is None:
+        if self.state is not UserState.ONLINE:
             self.answer("aichatResp", Result.UNAVAILABLE, "the bot is unreachable; reconnecting",
-                        content="", action="")
+                        content="", action="", code="bot_unreachable")
             return
         try:
-            self._conn.chat(content)
+            self.link.chat(content)
         except wxservice.NotOpen:
             self.answer("aichatResp", Result.UNAVAILABLE, "the bot is unreachable; reconnecting",
-                        content="", action="")
-
-    # WxServiceListener: the adapter calls these.
+                        content="", action="", code="bot_unreachable")
 
     def bot_message(self, content: str, action: str) -> None:
         self.answer("aichatResp", Result.OK, "ok", content=content, action=action)
 
     def bot_error(self, error: wxservice.WxServiceError) -> None:
         self.answer("aichatResp", error.result if error.result != 1 else Result.INTERNAL, error.msg,
-                    content="", action="")
-
-    def connection_lost(self, reason: str) -> None:
-        self._conn = None
-        if self.state is UserState.CLOSED:
-            return
-        self.host.wxservice_health(False, f"WxService connection lost: {reason}")
-        if self.state is UserState.ONLINE:
-            self.answer("servStatus", 0, self.host.scrub(f"the bot is unreachable ({reason}); reconnecting"),
-                        status=0)
-            self._set(UserState.RECONNECTING)
-            self._schedule_reconnect()
-        # While LOGGING_IN the pending login fails by itself and answers.
-
-    # -- reconnecting -----------------------------------------------------------
-
-    def _schedule_reconnect(self) -> None:
-        delay = self._policy(self._failures)
-        self._failures += 1
-        self._retry = self.host.reactor.callLater(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._retry = None
-        if self.state is not UserState.RECONNECTING:
-            return
-        self._attempt = self._open_and_login()
-        self._attempt.addCallbacks(self._logged_in, self._relogin_failed)
-
-    def _relogin_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if failure.check(defer.CancelledError) or self.state is UserState.CLOSED:
-            return
-        result, msg = _why(failure)
-        if failure.check(wxservice.WxServiceError):
-            # The bot itself said no (the user or appid is refused now):
-            # waiting will not help. The login is over.
-            self._end(close=True)
-            self.answer("loginResp", result, f"logging in again failed: {msg}", LOGGED_OUT)
-            return
-        if failure.check(wxservice.WxServiceUnavailable):
-            self.host.wxservice_health(False, msg)
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
-        self._schedule_reconnect()
+                    content="", action="", code="bot_refused")
 
     def reconnect_now(self) -> None:
         """WxService moved (a new wxServiceAddr): log in again there at once."""
         if self.state is UserState.CLOSED:
             return
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        if self._attempt is not None:
-            attempt, self._attempt = self._attempt, None
-            attempt.cancel()
-        was_online = self.state is UserState.ONLINE
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
-        if self.state is UserState.LOGGING_IN:
-            self.start()
-            return
-        if was_online:
-            self.answer("servStatus", 0, "the bot moved; logging in again", status=0)
-        self._set(UserState.RECONNECTING)
-        self._failures = 0
-        self._reconnect()
+        if self.state is UserState.ONLINE:
+            self._set(UserState.RECONNECTING)
+            self.answer("servStatus", 0, "the bot moved; logging in again", status=0, code="bot_unreachable")
+        self.link.moved()
 
     # -- ending -----------------------------------------------------------------
 
     def logout(self) -> None:
-        """The browser logs out: answer, close WxService, forget the user."""
-        conn = self._conn
-        self._end(close=False)
+        """The browser logs out: answer, log out at the bot, close, forget the user."""
+        self._end(logout=True)
         self.answer("logoutResp", Result.OK, "ok", LOGGED_OUT)
-        if conn is not None:
-            d = conn.logout(timeout=2.0)
-            d.addErrback(lambda _: None)  # closing anyway
-            d.addBoth(lambda _: conn.close())
 
     def close(self) -> None:
         """The browser went away or the web link was lost: end without an answer."""
-        self._end(close=True)
+        self._end()
 
-    def _end(self, *, close: bool) -> None:
+    def _end(self, *, logout: bool = False) -> None:
         if self.state is UserState.CLOSED:
             return
         self._set(UserState.CLOSED)
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None:
-            attempt, self._attempt = self._attempt, None
-            attempt.cancel()
-        if close and self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
-        elif not close:
-            self._conn = None
+        if logout:
+            self.link.logout()
+        else:
+            self.link.stop()
         self.host.user_ended(self)
-
-
-def _why(failure: Failure) -> tuple[int, str]:
-    """The result code and message for a failed connect or login."""
-    e = failure.value
-    if isinstance(e, wxservice.WxServiceError):
-        return (e.result if e.result != 1 else int(Result.INTERNAL)), e.msg
-    if isinstance(e, wxservice.WxServiceTimeout):
-        return int(Result.UNAVAILABLE), "the bot did not answer the login in time"
-    if isinstance(e, wxservice.WxServiceUnavailable):
-        return int(Result.UNAVAILABLE), f"the bot is unreachable: {e}"
-    if isinstance(e, ValueError):
-        return int(Result.UNAVAILABLE), f"the WxService address is not usable: {e}"
-    return int(Result.INTERNAL), f"login failed: {failure.getErrorMessage()}"

@@ -5,35 +5,46 @@ The agent's only code that speaks the WxService protocol
 A deployment whose bot speaks something else replaces this module and keeps
 its interface:
 
-- L{connect}C{(reactor, url, listener)} fires with a L{WxServiceConnection}
-  once the WebSocket is open, or fails with L{WxServiceUnavailable}.
-- L{WxServiceConnection.login} fires with the bot's C{uid} or fails with
+- L{WxServiceLink}: one user's login, kept up. It is the owner
+  (L{webtesting.wslink.LinkOwner}) of a reconnecting WebSocket link whose
+  L{webtesting.lifecycle.Lifecycle} counts it as up once the bot accepted
+  the (re)login; ping/pong finds a frozen bot. Its L{LinkListener} hears of
+  each accepted login, each time the link goes down (with a reason code),
+  a login the bot refused, and every bot message. The user session never
+  sees a frame.
+- L{probe}C{(reactor, url, timeout)}: the health check, a WebSocket
+  handshake closed at once.
+- L{connect}C{(reactor, url, listener)}: one plain connection (no retries),
+  fires with a L{WxServiceConnection} once the WebSocket is open.
+- L{WxServiceConnection}: the frames on one open WebSocket.
+  L{WxServiceConnection.login} fires with the bot's C{uid} or fails with
   L{WxServiceError} (the bot's C{result} and C{msg}), L{WxServiceTimeout} or
   L{WxServiceUnavailable}; L{WxServiceConnection.chat} sends a message;
-  L{WxServiceConnection.logout}; L{WxServiceConnection.close}.
-- Every bot message goes to C{listener.bot_message(content, action)}, every
-  error answer not tied to a pending login/logout to C{listener.bot_error},
-  and a connection lost without C{close()} to C{listener.connection_lost}.
-
-There is no reconnect policy here: the user session that owns a connection
-decides when to open a new one.
+  L{WxServiceConnection.logout}; L{WxServiceConnection.close}. Every bot
+  message goes to C{listener.bot_message(content, action)}, every error
+  answer not tied to a pending login/logout to C{listener.bot_error}, and a
+  connection lost without C{close()} to C{listener.connection_lost}.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionResponse
 from autobahn.websocket.util import parse_url
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
 from webtesting.protocol import InvalidInput, parse_json_object
+from webtesting.wslink import BOT, LinkProtocol, WebSocketDialer
 
 OK = 1
 INTERNAL = 500
@@ -51,7 +62,15 @@ class WxServiceError(Exception):
 
 
 class WxServiceUnavailable(Exception):
-    """The bot cannot be reached, or the connection was lost."""
+    """
+    The bot cannot be reached, or the connection was lost.
+
+    @ivar code: the reason code (C{bot_unreachable}, C{bot_not_responding}).
+    """
+
+    def __init__(self, message: str, code: str = "bot_unreachable") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class WxServiceTimeout(Exception):
@@ -153,7 +172,8 @@ class _ClientFactory(WebSocketClientFactory):
 
     def failed(self, why: str) -> None:
         if not self.result.called:
-            self.result.errback(WxServiceUnavailable(f"WebSocket handshake failed: {why}"))
+            code = "bot_not_responding" if "timeout" in why else "bot_unreachable"
+            self.result.errback(WxServiceUnavailable(f"WebSocket handshake failed: {why}", code))
 
 
 def connect(
@@ -192,14 +212,23 @@ def connect(
         closeHandshakeTimeout=1.0,
         autoPingInterval=None,
     )
-    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+    endpoint: Any
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if secure:
         endpoint = wrapClientTLS(tls, endpoint)
 
     def not_connected(failure: Failure) -> Failure:
         if failure.check(WxServiceUnavailable, defer.CancelledError):
             return failure
-        return Failure(WxServiceUnavailable(f"cannot connect to {host}:{port}: {failure.getErrorMessage()}"))
+        from twisted.internet import error
+
+        code = "bot_not_responding" if failure.check(error.TimeoutError) else "bot_unreachable"
+        return Failure(WxServiceUnavailable(f"cannot connect to {host}:{port}: {failure.getErrorMessage()}", code))
 
     connecting = endpoint.connect(factory)
     connecting.addErrback(not_connected)
@@ -217,7 +246,7 @@ class WxServiceConnection:
 
     _log = Logger()
 
-    def __init__(self, protocol: _ClientProtocol, listener: WxServiceListener, reactor: Any) -> None:
+    def __init__(self, protocol: WebSocketClientProtocol, listener: WxServiceListener, reactor: Any) -> None:
         self._protocol = protocol
         self._listener = listener
         self._reactor = reactor
@@ -370,3 +399,232 @@ def _int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return 500
+
+
+# -- the health check ----------------------------------------------------------
+
+
+class _Ignore:
+    def bot_message(self, content: str, action: str) -> None:
+        pass
+
+    def bot_error(self, error: WxServiceError) -> None:
+        pass
+
+    def connection_lost(self, reason: str) -> None:
+        pass
+
+
+def probe(reactor: Any, url: str, timeout: float = 2.0) -> Deferred[None]:
+    """
+    Whether the WxService at C{url} answers: a WebSocket handshake, closed at
+    once (the protocol has no cheaper request that needs no login).
+
+    @return: fires with None, or fails with L{WxServiceUnavailable} (its
+        C{code} says why) or C{ValueError} (an address that cannot be used).
+    """
+    d = connect(reactor, url, _Ignore(), connect_timeout=timeout, open_handshake_timeout=timeout)
+
+    def opened(conn: WxServiceConnection) -> None:
+        conn.close()
+
+    return d.addCallback(opened)
+
+
+# -- one user's login, kept up ----------------------------------------------------
+
+
+class LinkListener(Protocol):
+    """What the owner of a L{WxServiceLink} (a user session) hears."""
+
+    def logged_in(self, uid: str) -> None:
+        """The bot accepted the login (the first one, or again after the link was down)."""
+
+    def link_down(self, health: Health) -> None:
+        """The link went down, or its reason changed; it is being retried (unless unusable)."""
+
+    def login_refused(self, error: WxServiceError) -> None:
+        """The bot refused the (re)login: the link has stopped."""
+
+    def bot_message(self, content: str, action: str) -> None:
+        """The bot said something."""
+
+    def bot_error(self, error: WxServiceError) -> None:
+        """The bot answered with an error not tied to the login."""
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How a user's WxService link behaves (the agent's configuration, C{users.*})."""
+
+    backoff: Backoff = Backoff(initial=0.5, maximum=4.0)
+    login_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    # A frozen bot is found within ping_interval + ping_timeout seconds.
+    ping_interval: float = 2.0
+    ping_timeout: float = 2.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class WxServiceLink:
+    """
+    One user's WebSocket to WxService, logged in and kept logged in.
+
+    The link is up (C{lifecycle.connected()}) once the bot accepted the
+    login on a new WebSocket; a lost or frozen WebSocket, or a login the bot
+    does not answer in time, is retried by the lifecycle's backoff and the
+    user logged in again with the same C{appid} and C{uname}. A login the bot
+    refuses stops the link: waiting will not change the bot's mind.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: Callable[[], str],
+        listener: LinkListener,
+        appid: str,
+        uname: str,
+        settings: LinkSettings = LinkSettings(),
+    ) -> None:
+        self._reactor = reactor
+        self._listener = listener
+        self.appid = appid
+        self.uname = uname
+        self._settings = settings
+        self.uid: str | None = None
+        self.conn: WxServiceConnection | None = None  # logged in on it
+        self._opening: WxServiceConnection | None = None  # logging in on it
+        self._ending = False
+        self.lifecycle = Lifecycle(f"WxService link of {appid}/{uname}", self._health)
+        self.dialer = WebSocketDialer(
+            self.lifecycle, self, BOT, reactor=reactor, backoff=settings.backoff, url=url,
+            connect_timeout=settings.connect_timeout,
+            options={
+                "maxMessagePayloadSize": settings.max_message_bytes,
+                "maxFramePayloadSize": settings.max_message_bytes,
+                "closeHandshakeTimeout": 1.0,
+                "autoPingInterval": settings.ping_interval,
+                "autoPingTimeout": settings.ping_timeout,
+            },
+        )
+
+    # -- what the user session does ---------------------------------------------
+
+    def start(self) -> None:
+        self.lifecycle.start()
+
+    def moved(self) -> None:
+        """The WxService address changed: drop the connection and log in at the new one now."""
+        self._forget()
+        self.lifecycle.changed()
+
+    def chat(self, content: str) -> None:
+        """Say C{content}; raises L{NotOpen} while not logged in."""
+        if self.conn is None:
+            raise NotOpen("not logged in to the bot right now")
+        self.conn.chat(content)
+
+    def logout(self, timeout: float = 2.0) -> None:
+        """Log out (if logged in), close the WebSocket, and stop."""
+        conn = self.conn
+        self._ending = True
+        if conn is None or not conn.open:
+            self.stop()
+            return
+        d = conn.logout(timeout=timeout)
+        d.addErrback(lambda _: None)  # closing anyway
+        d.addBoth(lambda _: conn.close())
+        # The close handshake ends within closeHandshakeTimeout; link_closed stops the lifecycle.
+
+    def stop(self) -> None:
+        """Stop for good, at once."""
+        self._ending = True
+        self._forget()
+        self.lifecycle.stop()
+
+    @property
+    def up(self) -> bool:
+        return self.lifecycle.is_up and self.conn is not None
+
+    def _forget(self) -> None:
+        self.conn = None
+        self._opening = None
+
+    # -- LinkOwner ----------------------------------------------------------------
+
+    def link_opened(self, proto: LinkProtocol) -> None:
+        if self._ending:
+            proto.dropConnection(abort=True)
+            return
+        conn = WxServiceConnection(proto, self, self._reactor)
+        self._opening = conn
+        d = conn.login(self.appid, self.uname, timeout=self._settings.login_timeout)
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(conn,), errbackArgs=(conn, proto))
+        d.addErrback(lambda f: self._log.failure("{name}: after a login", f, name=self.lifecycle.name))
+
+    def link_frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
+        conn = self._conn_of(proto)
+        if conn is not None:
+            conn._received(payload, is_binary)
+
+    def link_closed(self, proto: LinkProtocol, reason: Reason) -> None:
+        conn = self._conn_of(proto)
+        if conn is self.conn:
+            self.conn = None
+        if conn is self._opening:
+            self._opening = None
+        if conn is not None:
+            conn._lost(reason.detail)  # fails what waits for an answer
+        if self._ending:
+            self.lifecycle.stop()
+
+    def _conn_of(self, proto: LinkProtocol) -> WxServiceConnection | None:
+        for conn in (self.conn, self._opening):
+            if conn is not None and conn._protocol is proto:
+                return conn
+        return None
+
+    # -- the login on each new WebSocket ----------------------------------------------
+
+    def _logged_in(self, uid: str, conn: WxServiceConnection) -> None:
+        if conn is not self._opening:
+            return
+        self._opening = None
+        self.conn = conn
+        self.uid = uid
+        self.lifecycle.connected()
+        self._listener.logged_in(uid)
+
+    def _login_failed(self, failure: Failure, conn: WxServiceConnection, proto: LinkProtocol) -> None:
+        if conn is not self._opening:
+            return
+        self._opening = None
+        if failure.check(WxServiceError):
+            error: Any = failure.value
+            self._ending = True
+            self.lifecycle.stop()
+            self._listener.login_refused(error)
+        elif failure.check(WxServiceTimeout):
+            self.lifecycle.fail(Reason(
+                "bot_not_responding",
+                f"the bot did not answer the login within {self._settings.login_timeout:g} s",
+            ))
+            proto.dropConnection(abort=True)
+        # WxServiceUnavailable: the WebSocket closed first; the lifecycle heard.
+
+    def _health(self, health: Health) -> None:
+        if not health.up and not self._ending:
+            self._listener.link_down(health)
+
+    # -- WxServiceListener, for the connection ------------------------------------
+
+    def bot_message(self, content: str, action: str) -> None:
+        self._listener.bot_message(content, action)
+
+    def bot_error(self, error: WxServiceError) -> None:
+        self._listener.bot_error(error)
+
+    def connection_lost(self, reason: str) -> None:
+        pass  # the lifecycle has heard it from the link
