@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -178,6 +179,19 @@ class LifecycleTests(unittest.TestCase):
         life.start()
         self.assertEqual(life.state, "unusable")
         self.assertEqual(life.health, Health(False, "x_address_invalid", "cannot parse"))
+
+    def test_long_outage_logs_rarely(self) -> None:
+        """A link down for 25 attempts logs its first failure, each new reason and every tenth attempt."""
+        self.life.start()
+        with capturedLogs() as events:
+            for i in range(25):
+                self.attempts.fail("reset" if i == 4 else "refused")
+                self.clock.advance(8)
+        attempts = [e["attempt"] for e in events if e.get("log_format", "").startswith("{name} down")]
+        self.assertEqual(attempts, [1, 5, 6, 10, 20])
+        self.assertEqual(self.life.failures, 25)
+        self.attempts.succeed()
+        self.assertEqual(self.life.failures, 0)
 
     def test_lost_while_backing_off_is_ignored(self) -> None:
         """A late loss report while already backing off schedules no second retry."""

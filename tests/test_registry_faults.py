@@ -6,10 +6,12 @@ behind a TCP proxy that the tests cut, freeze and restore.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pymysql
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -27,6 +29,9 @@ class RegistryFaultTests(unittest.TestCase):
         self.database = mariadb.temporary_database(self)
         self.proxy = TCPProxy(reactor, mariadb.HOST, mariadb.PORT)
         self.proxy.start()
+        self.running = RunningRegistry(self.config())
+
+    def config(self, **changes: Any) -> RegistryConfig:
         config = RegistryConfig(
             mysql=MySQLConfig(
                 host="127.0.0.1", port=self.proxy.port, user=mariadb.USER, password=mariadb.PASSWORD,
@@ -35,7 +40,7 @@ class RegistryFaultTests(unittest.TestCase):
             request_timeout=0.5,
             retry_interval=RETRY,
         )
-        self.running = RunningRegistry(config)
+        return replace(config, **changes)
 
     async def tearDown(self) -> None:
         await self.proxy.stop()
@@ -113,6 +118,45 @@ class RegistryFaultTests(unittest.TestCase):
         self.assertUnavailable(*await self.timed("GET", "getServices"))
         self.proxy.restore()
         await self.until_available()
+
+
+    async def test_timed_out_add_is_not_duplicated(self) -> None:
+        """An add whose answer is a 503 after its deadline was rolled back: the admin's retry makes exactly one row."""
+        await self.running.start()
+        service = seed_service(description="once")
+        # Frozen while the INSERT is on its way: no answer within the deadline.
+        self.proxy.freeze()
+        status, answer, elapsed = await self.timed("PUT", "addServices", [service])
+        self.assertEqual((status, answer["result"]), (503, 503), answer)
+        self.assertGreaterEqual(elapsed, 0.5)
+        # Back before the driver's read timeout: the held INSERT reaches the
+        # server and is answered; the thread must roll it back, not commit.
+        self.proxy.restore()
+        await self.until_available()
+        status, answer, _ = await self.timed("PUT", "addServices", [service])
+        self.assertEqual((status, answer["affectedRows"]), (200, 1), answer)
+        # Past the read timeout (1.5 s) every thread has ended, so a late
+        # commit of the first add would show by now.
+        await deferLater(reactor, 1.6, lambda: None)
+        rows = mariadb.execute(self.database, "SELECT COUNT(*) FROM tb_service_info WHERE description = 'once'")
+        self.assertEqual(rows, [(1,)])
+
+    async def test_queued_burst_is_not_failed_for_waiting(self) -> None:
+        """Eight adds at once on two threads, each 0.3 s of work, all succeed though most wait longer than the deadline."""
+        self.running = RunningRegistry(self.config(threads=2, request_timeout=1.0))
+        await self.running.start()
+        # Each insert takes 0.3 s on the server.
+        mariadb.execute(self.database, "CREATE TRIGGER slow_insert BEFORE INSERT ON tb_service_info "
+                                       "FOR EACH ROW SET @slept = SLEEP(0.3)")
+        started = time.monotonic()
+        answers = await gatherResults([
+            Deferred.fromCoroutine(self.timed("PUT", "addServices", [seed_service(description=f"burst {i}")]))
+            for i in range(8)
+        ])
+        self.assertGreater(time.monotonic() - started, 1.1, "the adds must have queued for the two threads")
+        self.assertEqual([a[0] for a in answers], [200] * 8, [a[1] for a in answers])
+        self.assertEqual(mariadb.execute(self.database, "SELECT COUNT(*) FROM tb_service_info"), [(8,)])
+        self.assertTrue(self.running.registry.db.available)
 
 
 class FaultClassificationTests(unittest.TestCase):

@@ -333,7 +333,7 @@ class WxServiceTests(TestCase):
         self.assertIn("Redis", caught.exception.msg)
         # Still retrying: a later attempt is scheduled, and the bot still answers.
         redis = self.bot.getServiceNamed("redis")
-        await wait_until(lambda: redis._failures >= 2, "a second connection attempt")  # type: ignore[attr-defined]
+        await wait_until(lambda: redis.failures >= 2, "a second connection attempt")  # type: ignore[attr-defined]
         with self.assertRaises(WxServiceError):
             await conn.login("1.00002", "jay")
 

@@ -317,6 +317,7 @@ class RegistryConfig:
     mysql: MySQLConfig | None = None
     request_timeout: float = number_field(1.0, 0.05, 60)
     retry_interval: float = number_field(2.0, 0.05, 3600)
+    queue_timeout: float = number_field(10.0, 0.05, 600)
     threads: int = number_field(4, 1, 64)
 
 

@@ -142,6 +142,11 @@ class Lifecycle:
         self._reason = Reason(initial.code, initial.msg)
         self.health = initial
         self.state = "idle"  # mirrors the machine's state, for the log and for tests
+        # Failed attempts since last up, and the detail last logged: a link
+        # down for hours logs its first failure, each new reason and every
+        # tenth attempt, not every retry.
+        self.failures = 0
+        self._logged_detail: str | None = None
 
     # -- states --------------------------------------------------------------
 
@@ -208,6 +213,8 @@ class Lifecycle:
     @_machine.output()
     def _now_up(self) -> None:
         self.state = "up"
+        self.failures = 0
+        self._logged_detail = None
         self._log.info("{name} up", name=self.name)
 
     @_machine.output()
@@ -240,10 +247,14 @@ class Lifecycle:
         assert self.dialer is not None
         longest = self._reason.fault is Fault.UNKNOWN_HOST
         delay = self.dialer.redial(longest)
-        self._log.info(
-            "{name} down ({detail}); retrying in {delay:.1f} s",
-            name=self.name, detail=self._reason.detail, delay=delay,
-        )
+        self.failures += 1
+        detail = self._reason.detail
+        if self.failures == 1 or self.failures % 10 == 0 or detail != self._logged_detail:
+            self._logged_detail = detail
+            self._log.info(
+                "{name} down ({detail}); retrying in {delay:.1f} s (attempt {attempt})",
+                name=self.name, detail=detail, delay=delay, attempt=self.failures,
+            )
 
     @_machine.output()
     def _reset(self) -> None:

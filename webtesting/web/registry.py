@@ -294,7 +294,9 @@ def open_registry(config: RegistryConfig, reactor: Any) -> Registry:
         threads=config.threads if dialect is MYSQL else 1,
         request_timeout=config.request_timeout,
         retry_interval=config.retry_interval,
+        queue_timeout=config.queue_timeout,
         prepare=_prepare(dialect),
+        code="registry_unavailable",
     )
     return Registry(db, dialect)
 

@@ -5,7 +5,7 @@ The pieces:
 
 - L{StateStore}: the small interface the bot writes user state through (a
   Redis Cluster client: C{execute} and C{pipeline}); L{ClusterStore} is the
-  real one, kept connected to the configured cluster by a retry timer.
+  real one, kept connected to the configured cluster by a L{Lifecycle}.
 - L{UidAllocator}: one stable C{uid} per (appid, uname).
 - L{dictionary_database}: the bot's MySQL, where it creates the tag/topic
   dictionary tables and writes the ids its rules use.
@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.dbpool import Database, mysql_connector, mysql_is_fault
+from webtesting.lifecycle import Backoff, DeferredDialer, Health, Lifecycle, Reason
 from webtesting.protocol import InvalidInput, NotJSON, Result, parse_json, require_appid, require_str
 from webtesting.statelayout import StateLayout
 from webtesting.wxsim.bot import (
@@ -81,13 +82,15 @@ class StateStore(Protocol):
 
 class ClusterStore(service.Service):
     """
-    The bot's Redis Cluster, via L{webtesting.rediscluster}.
+    The bot's Redis Cluster, via L{webtesting.rediscluster}, kept connected
+    by a L{Lifecycle}: an attempt is one C{rediscluster.connect}, retried
+    every C{retry_interval} seconds (spread by 10%) until it works. Until
+    then every call fails at once with L{StoreUnavailable}. Once connected,
+    the cluster client itself reconnects single nodes and follows failovers.
 
-    Connecting is retried every C{retry_interval} seconds until it works;
-    until then every call fails at once with L{StoreUnavailable}. The client
-    gives every batch a deadline of C{timeout} seconds; a call that still has
-    no answer after twice that (a redirect, a retry after a failover) fails
-    here with a timeout, as a backstop.
+    The client gives every batch a deadline of C{timeout} seconds; a call
+    that still has no answer after twice that (a redirect, a retry after a
+    failover) fails here with a timeout, as a backstop.
     """
 
     _log = Logger()
@@ -100,83 +103,88 @@ class ClusterStore(service.Service):
     ) -> None:
         self._nodes = [(n.host, n.port) for n in config.nodes]
         self._timeout = config.timeout
-        self._retry_interval = config.retry_interval
         self._reactor = reactor
-        self._connect = connect
+        self._connect = connect or _cluster_connect
         self._client: Any = None
-        self._attempt: Deferred[Any] | None = None
-        self._retry: Any = None  # IDelayedCall (no zope plugin for mypy here)
-        self._failures = 0
-        self.reason = "not connected yet"
+        # Attempts and disconnects still under way: stopping waits for them,
+        # so that nothing is left open behind a stopped bot.
+        self._pending: set[Deferred[Any]] = set()
+        self.lifecycle = Lifecycle(
+            f"Redis Cluster {_nodes_text(self._nodes)}", self._health,
+            initial=Health(False, "redis_unreachable", "not connected yet"),
+        )
+        self._dialer: DeferredDialer[Any] = DeferredDialer(
+            self.lifecycle, self._attempt, self._classify, clock=reactor,
+            backoff=Backoff(initial=config.retry_interval, maximum=config.retry_interval, factor=1.0, jitter=0.1),
+            on_open=self._opened, close=self._close,
+        )
 
     @property
     def available(self) -> bool:
-        return self._client is not None
+        return self.lifecycle.is_up
+
+    @property
+    def reason(self) -> str:
+        return self.lifecycle.health.msg
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts since the cluster was last connected."""
+        return self.lifecycle.failures
 
     def startService(self) -> None:
         super().startService()
-        self._try()
+        self.lifecycle.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        done: Deferred[None] = Deferred()
-        if self._attempt is not None:
-            # Let the attempt end (it has its own timeout); _connected then
-            # disconnects because the service no longer runs.
-            self._attempt.addBoth(lambda _: self._disconnect().chainDeferred(done))
-        else:
-            self._disconnect().chainDeferred(done)
-        return done
+        self.lifecycle.stop()  # cancels the attempt or timer, closes the client
+        self._client = None
+        pending = list(self._pending)
+        return defer.DeferredList(pending).addCallback(lambda _: None)
 
-    def _disconnect(self) -> Deferred[None]:
-        client, self._client = self._client, None
-        if client is None:
-            return defer.succeed(None)
-        d = defer.maybeDeferred(client.disconnect)
-        d.addErrback(lambda f: self._log.failure("disconnecting from Redis", f))
-        return d.addCallback(lambda _: None)
+    def _health(self, health: Health) -> None:
+        # The lifecycle logs the change (quietly while down).
+        if not health.up:
+            self._client = None
 
-    def _try(self) -> None:
-        self._retry = None
-        connect = self._connect or _cluster_connect
+    def _attempt(self) -> Deferred[Any]:
+        """One connection attempt; cancelling it closes whatever it still opens."""
         # maybeDeferred: whatever goes wrong is one failed attempt, retried.
-        d: Deferred[Any] = defer.maybeDeferred(connect, self._reactor, self._nodes, timeout=self._timeout)
-        self._attempt = d
-        d.addCallbacks(self._connected, self._failed)
-        d.addErrback(lambda f: self._log.failure("connecting to Redis", f))
+        inner: Deferred[Any] = defer.maybeDeferred(self._connect, self._reactor, self._nodes, timeout=self._timeout)
+        self._pending.add(inner)
+        outer: Deferred[Any] = Deferred(lambda _: None)
 
-        def ended(_: object) -> None:
-            self._attempt = None
+        def settled(result: Any) -> Any:
+            if outer.called:  # cancelled: an attempt given up on that still connected
+                if not isinstance(result, Failure):
+                    return self._close(result)
+                return None
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+            return None
 
-        d.addBoth(ended)
+        inner.addBoth(settled)
+        inner.addErrback(lambda f: self._log.failure("connecting to Redis", f))
+        inner.addBoth(lambda _: self._pending.discard(inner))
+        return outer
 
-    def _connected(self, client: Any) -> None:
-        if not self.running:
-            d = defer.maybeDeferred(client.disconnect)
-            d.addErrback(lambda f: self._log.failure("disconnecting from Redis", f))
-            return
+    def _classify(self, failure: Failure) -> Reason:
+        return Reason("redis_unreachable", _reason(failure.value))
+
+    def _opened(self, client: Any) -> None:
         self._client = client
-        self.reason = "ok"
-        self._log.info("Redis Cluster {nodes} connected", nodes=_nodes_text(self._nodes))
-        self._failures = 0
 
-    def _failed(self, failure: Failure) -> None:
-        self.reason = _reason(failure.value)
-        self._failures += 1
-        if not self.running:
-            return
-        # Say it on the first failure and then every tenth, not every retry.
-        if self._failures == 1 or self._failures % 10 == 0:
-            self._log.warn(
-                "Redis Cluster {nodes} unreachable: {reason}; retrying every {interval} s"
-                " (attempt {attempt})",
-                nodes=_nodes_text(self._nodes), reason=self.reason,
-                interval=self._retry_interval, attempt=self._failures,
-            )
-        self._retry = self._reactor.callLater(self._retry_interval, self._try)
+    def _close(self, client: Any) -> Deferred[None]:
+        if client is self._client:
+            self._client = None
+        d: Deferred[Any] = defer.maybeDeferred(client.disconnect)
+        d.addErrback(lambda f: self._log.failure("disconnecting from Redis", f))
+        self._pending.add(d)
+        d.addBoth(lambda _: self._pending.discard(d))
+        return d.addCallback(lambda _: None)
 
     def execute(self, *args: Any) -> Deferred[Any]:
         if self._client is None:
@@ -285,7 +293,7 @@ def dictionary_database(config: BotMySQLConfig, layout: StateLayout, reactor: An
 
     return Database(
         "wxsim-dictionary", connect, reactor,
-        is_fault=mysql_is_fault, threads=1,
+        is_fault=mysql_is_fault, threads=1, code="mysql_unreachable",
         request_timeout=config.read_timeout, retry_interval=config.retry_interval,
         prepare=prepare,
     )
