@@ -645,7 +645,7 @@ class RedisCluster:
             if not groups:
                 break
             sent = [self._send_group(address, entries, commands) for address, entries in groups.items()]
-            replies = await defer.gatherResults(sent)
+            replies = await defer.gatherResults(sent, consumeErrors=True)
             todo = []
             failed: list[tuple[int, Address]] = []
             moved = False

@@ -67,6 +67,7 @@ class ServiceState:
         self._nodes = [(n["host"], int(n["port"])) for n in service["redisCluster"]]
         self._service_id = service["serviceId"]
         self._closed = False
+        self._watch: wxservice.WxServiceConnection | None = None
         self._redis_tried: Deferred[None] = Deferred()  # fires when the first attempt ended
         self.db = dbpool.Database(
             f"bot MySQL of service {self._service_id}",
@@ -159,7 +160,17 @@ class ServiceState:
         return await defer.gatherResults(parts, consumeErrors=True)
 
     def _check_wxservice(self, url: str) -> Deferred[Finding]:
-        d = wxservice.probe(self._reactor, url, self._timeout)
+        # The check's connection stays open until the next check: if it
+        # drops in between (the bot died), the monitor hears it at once.
+        self._unwatch()
+        d = wxservice.watch(self._reactor, url, self._bot_gone, self._timeout)
+
+        def opened(conn: wxservice.WxServiceConnection) -> Finding:
+            if self._closed:
+                conn.abort()
+            else:
+                self._watch = conn
+            return Finding("wxservice", True)
 
         def failed(failure: Failure) -> Finding:
             e = failure.value
@@ -169,7 +180,17 @@ class ServiceState:
                 return Finding("wxservice", False, e.code, f"WxService unreachable: {e}")
             return Finding("wxservice", False, "bot_unreachable", f"WxService unreachable: {failure.getErrorMessage()}")
 
-        return d.addCallbacks(lambda _: Finding("wxservice", True), failed)
+        return d.addCallbacks(opened, failed)
+
+    def _bot_gone(self, reason: str) -> None:
+        self._watch = None
+        if not self._closed:
+            self._signs("wxservice", False, f"the bot's connection closed: {reason}")
+
+    def _unwatch(self) -> None:
+        if self._watch is not None:
+            conn, self._watch = self._watch, None
+            conn.abort()  # nothing to say to the bot: no closing handshake, no timers
 
     def _check_redis(self) -> Deferred[Finding]:
         return defer.ensureDeferred(self._redis_finding())
@@ -184,7 +205,8 @@ class ServiceState:
             pass  # no node answers: every PING below says so
         ranges = cluster.slot_ranges()
         masters = cluster.masters
-        replies = await defer.gatherResults([cluster.ping(m) for m in masters])
+        # consumeErrors: a check cancelled on stop must not leave unhandled failures.
+        replies = await defer.gatherResults([cluster.ping(m) for m in masters], consumeErrors=True)
         down = [(m, r) for m, r in zip(masters, replies) if isinstance(r, Exception)]
         if not down:
             return Finding("redis", True)
@@ -219,6 +241,7 @@ class ServiceState:
 
     def close(self) -> Deferred[None]:
         self._closed = True
+        self._unwatch()
         cluster = self._dialer.connection
         self._dialer.forget()  # closed here, to wait for it
         self.redis.stop()  # cancels an attempt or a retry

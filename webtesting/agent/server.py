@@ -375,6 +375,10 @@ class WebLink:
             return
         self._json({"method": "agentStatusReq", "serviceId": self.service["serviceId"],
                     "status": 1 if health.up else 0, "code": health.code, "msg": health.msg})
+        if health.up:
+            # Users waiting out their backoff need not: the bot answers again.
+            for user in list(self.users.values()):
+                user.bot_is_back()
 
     # -- end -----------------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class UserSession:
         self.uid: str | None = None
         self.push = True  # automatic state pushes (setStatusPushReq)
         self.state = UserState.LOGGING_IN
+        # Chats sent to the bot with no reply yet. The WxService protocol does
+        # not number replies: the next reply answers the oldest chat. When the
+        # link drops, each one still waiting is answered with the reason, so
+        # that nothing sent into a dying link goes unanswered.
+        self._awaiting = 0
         if make_link is None:
             self.link = wxservice.WxServiceLink(
                 host.reactor, lambda: host.wx_url, self, appid, uname, link_settings
@@ -141,6 +146,11 @@ class UserSession:
             self._set(UserState.RECONNECTING)
             self.answer("servStatus", 0, self.host.scrub(f"{health.msg}; reconnecting"), status=0,
                         code=health.code)
+            awaiting, self._awaiting = self._awaiting, 0
+            for _ in range(awaiting):
+                self.answer("aichatResp", Result.UNAVAILABLE,
+                            "the bot went away before answering; the message may not have reached it",
+                            content="", action="", code=health.code)
         # RECONNECTING: the browser was told once already.
 
     def login_refused(self, error: wxservice.WxServiceError) -> None:
@@ -169,13 +179,22 @@ class UserSession:
         except wxservice.NotOpen:
             self.answer("aichatResp", Result.UNAVAILABLE, "the bot is unreachable; reconnecting",
                         content="", action="", code="bot_unreachable")
+            return
+        self._awaiting += 1
 
     def bot_message(self, content: str, action: str) -> None:
+        self._awaiting = max(0, self._awaiting - 1)
         self.answer("aichatResp", Result.OK, "ok", content=content, action=action)
 
     def bot_error(self, error: wxservice.WxServiceError) -> None:
+        self._awaiting = max(0, self._awaiting - 1)
         self.answer("aichatResp", error.result if error.result != 1 else Result.INTERNAL, error.msg,
                     content="", action="", code="bot_refused")
+
+    def bot_is_back(self) -> None:
+        """The service's health checks find the bot answering: log in again now."""
+        if self.state is UserState.RECONNECTING:
+            self.link.retry_now()
 
     def reconnect_now(self) -> None:
         """WxService moved (a new wxServiceAddr): log in again there at once."""

@@ -281,6 +281,12 @@ class WxServiceConnection:
 
         return d.addCallback(logged_out)
 
+    def abort(self) -> None:
+        """Drop the connection now, with no closing handshake (and no timer left behind)."""
+        if self.open and not self._closing:
+            self._closing = True
+            self._protocol.dropConnection(abort=True)
+
     def close(self) -> Deferred[None]:
         """Close the WebSocket; fires once the connection is gone."""
         if self.open and not self._closing:
@@ -415,6 +421,23 @@ class _Ignore:
         pass
 
 
+class _Watch(_Ignore):
+    def __init__(self, gone: Any) -> None:
+        self._gone = gone
+
+    def connection_lost(self, reason: str) -> None:
+        self._gone(reason)
+
+
+def watch(reactor: Any, url: str, gone: Any, timeout: float = 2.0) -> Deferred[WxServiceConnection]:
+    """
+    Like L{probe}, but the connection is kept open and C{gone(reason)} is
+    called if it ends without C{close()}: a bot that dies between two health
+    checks is noticed at once, even with nobody logged in.
+    """
+    return connect(reactor, url, _Watch(gone), connect_timeout=timeout, open_handshake_timeout=timeout)
+
+
 def probe(reactor: Any, url: str, timeout: float = 2.0) -> Deferred[None]:
     """
     Whether the WxService at C{url} answers: a WebSocket handshake, closed at
@@ -514,6 +537,11 @@ class WxServiceLink:
 
     def start(self) -> None:
         self.lifecycle.start()
+
+    def retry_now(self) -> None:
+        """The bot answers again (the service's health check says so): don't wait out the backoff."""
+        if self.lifecycle.state == "backing off":
+            self.lifecycle.changed()
 
     def moved(self) -> None:
         """The WxService address changed: drop the connection and log in at the new one now."""

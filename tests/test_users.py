@@ -1,0 +1,108 @@
+"""One user's session at the agent, with a fake host and a fake WxService link: no network."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from webtesting.agent.users import UserSession, UserState
+from webtesting.lifecycle import Health
+
+
+class FakeHost:
+    """Fake enough of the agent's WebLink for a user session: it keeps every frame."""
+
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.frames: list[tuple[bytes, dict[str, Any]]] = []
+        self.troubles = 0
+
+    @property
+    def wx_url(self) -> str:
+        return "ws://127.0.0.1:1/x"
+
+    def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
+        self.frames.append((mark, json.loads(json.dumps(message))))
+
+    def user_online(self, user: UserSession) -> None:
+        pass
+
+    def user_ended(self, user: UserSession) -> None:
+        pass
+
+    def wxservice_trouble(self) -> None:
+        self.troubles += 1
+
+    def scrub(self, text: str) -> str:
+        return text
+
+
+class FakeLink:
+    """Fake enough of a WxServiceLink: records chats and nudges."""
+
+    def __init__(self) -> None:
+        self.chats: list[str] = []
+        self.nudged = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        pass
+
+    def chat(self, content: str) -> None:
+        self.chats.append(content)
+
+    def retry_now(self) -> None:
+        self.nudged += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def logout(self) -> None:
+        self.stopped = True
+
+
+class UserSessionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.host = FakeHost()
+        self.link = FakeLink()
+        self.user = UserSession(self.host, "a" * 32, 1, "1.00002", "ann", make_link=lambda user: self.link)  # type: ignore[arg-type,return-value]
+        self.user.start()
+        self.user.logged_in("7")
+
+    def answers(self) -> list[dict[str, Any]]:
+        return [m for _, m in self.host.frames if m["method"] == "aichatResp"]
+
+    def test_chats_in_flight_are_answered_when_the_bot_goes(self) -> None:
+        """Chats the bot never answered get an error each when its link drops; answered ones do not."""
+        for text in ("one", "two", "three"):
+            self.user.chat(text)
+        self.user.bot_message("re: one", "")
+        self.user.link_down(Health(False, "bot_not_responding", "no pong"))
+        errors = [m for m in self.answers() if m["result"] != 1]
+        self.assertEqual([(m["result"], m["code"]) for m in errors], [(503, "bot_not_responding")] * 2)
+        self.assertEqual(self.user.state, UserState.RECONNECTING)
+        # Back again: nothing more is owed.
+        self.user.logged_in("7")
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.assertEqual(len([m for m in self.answers() if m["result"] != 1]), 2)
+
+    def test_chat_while_reconnecting_is_answered_at_once(self) -> None:
+        """A chat while the bot is away is answered at once and not counted as waiting."""
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.user.chat("anyone?")
+        self.assertEqual(self.link.chats, [])
+        self.assertEqual(self.answers()[-1]["code"], "bot_unreachable")
+        self.user.logged_in("7")
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.assertEqual(len(self.answers()), 1)
+
+    def test_bot_back_nudges_only_reconnecting_users(self) -> None:
+        """When the health checks find the bot again, a reconnecting user dials at once; an online one is left alone."""
+        self.user.bot_is_back()
+        self.assertEqual(self.link.nudged, 0)
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.user.bot_is_back()
+        self.assertEqual(self.link.nudged, 1)
