@@ -185,3 +185,30 @@ class RealSocketTests(unittest.TestCase):
         self.assertEqual(life.health.code, "agent_unreachable")
         self.assertEqual(reports[0], UP)
         self.assertEqual(len(owner.closed), 1)
+
+
+class SilentTests(unittest.TestCase):
+    async def test_silent_peer_is_not_responding(self) -> None:
+        """A peer that takes the TCP connection but never answers the handshake is 'not responding', not 'refused'."""
+        from twisted.internet.protocol import Factory, Protocol
+
+        accepted: list[Any] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [t.abortConnection() for t in accepted])
+        reports: list[Health] = []
+        life = Lifecycle("agent link 1", reports.append)
+        owner = Owner()
+        owner.lifecycle = life
+        WebSocketDialer(life, owner, AGENT, reactor=reactor, backoff=NO_JITTER,
+                        url=lambda: f"ws://127.0.0.1:{port.getHost().port}/x", connect_timeout=0.5)
+        self.addCleanup(life.stop)
+        life.start()
+        await eventually(lambda: reports, timeout=5, what="the handshake timeout")
+        self.assertEqual(reports[0].code, "agent_not_responding")
+        self.assertEqual(owner.opened, [])

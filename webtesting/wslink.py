@@ -161,6 +161,9 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         text = reason or ""
         if "ping timeout" in text or "did not respond with pong" in text:
             self._close_reason = Reason(n.not_responding, f"the {n.what} stopped answering (no pong in time)")
+        elif "opening handshake timeout" in text:
+            # It took the TCP connection (the kernel does, for a stopped process) but never answered.
+            self._close_reason = Reason(n.not_responding, f"the {n.what} did not answer the WebSocket handshake in time")
         elif not proto.opened:
             self._close_reason = Reason(
                 n.refused, f"the {n.what} refused the WebSocket: {text}" if text
