@@ -169,3 +169,19 @@ class HealthMonitorTests(unittest.TestCase):
         self.run_for(3)
         monitor.stop()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+    def test_check_of_old_settings_is_ignored_after_reset(self) -> None:
+        """A check that started before the settings changed does not report its verdict unconfirmed."""
+        self.monitor.start()
+        self.clock.advance(0)
+        self.assertEqual(self.reports, [UP])
+        self.probes.hold = True
+        self.run_for(5)
+        [old_round] = self.probes.held
+        self.monitor.reset()
+        old_round.callback([REDIS_DOWN])  # the old, closed source failing
+        self.assertEqual(self.reports, [UP])
+        self.probes.hold = False
+        self.run_for(1)
+        # The first check of the new settings is reported at once: up.
+        self.assertEqual(self.reports, [UP, UP])

@@ -209,3 +209,30 @@ class BackoffTests(unittest.TestCase):
         self.assertAlmostEqual(b.delay(0, lambda: 1.0), 1.1)
         self.assertAlmostEqual(b.delay(10, lambda: 0.5), 4.0)
         self.assertAlmostEqual(b.longest(lambda: 0.5), 4.0)
+
+
+class ReentrancyTests(unittest.TestCase):
+    def test_stop_from_the_health_listener_leaves_no_retry(self) -> None:
+        """A listener that stops the lifecycle when it hears of a failure gets no retry behind its back."""
+        clock = Clock()
+        life = Lifecycle("stopping", lambda health: life.stop())
+        attempts = Attempts()
+        DeferredDialer(life, attempts.open, classify, clock=clock, backoff=NO_JITTER)
+        life.start()
+        attempts.fail()
+        self.assertEqual(life.state, "stopped")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(attempts.made, 1)
+
+    def test_change_from_unusable_is_reported(self) -> None:
+        """Leaving an unusable address reports 'connecting' at once instead of the old reason."""
+        clock = Clock()
+        reports: list[Health] = []
+        life = Lifecycle("moving", reports.append)
+        attempts = Attempts()
+        DeferredDialer(life, attempts.open, classify, clock=clock, backoff=NO_JITTER)
+        life.start()
+        attempts.fail("bad address")
+        life.changed()
+        self.assertEqual(reports[-1], Health(False, "connecting", "connecting to the changed address"))
+        life.stop()

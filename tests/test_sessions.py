@@ -325,3 +325,65 @@ class RelayTests(unittest.TestCase):
         self.clock.advance(11)
         self.assertEqual(len(self.received), count)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RelayFaultTests(RelayTests):
+    """What a dropped link or a busy page does to logins and their waiting requests."""
+
+    def test_login_under_way_when_link_drops_is_over(self) -> None:
+        """A login never confirmed when its link drops is answered and forgotten: the page may log in again."""
+        self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
+        self.relay.link_lost(1, "agent_unreachable", "agent link lost")
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["code"]), ("loginResp", "agent_unreachable"))
+        self.assertEqual(self.session.logins, {})
+        self.assertEqual(self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"}), {})
+
+    def test_restore_interrupted_is_tried_again(self) -> None:
+        """A restore cut short by another drop says nothing to the page and is sent again on the next link."""
+        self.login(1)
+        self.relay.logins_to_restore(1)
+        count = len(self.received)
+        self.relay.link_lost(1, "agent_unreachable", "agent link lost")
+        self.assertEqual([m["method"] for m in self.received[count:]], [])
+        self.assertEqual(len(self.relay.logins_to_restore(1)), 1)
+        self.agent(1, LOGGED_IN, {"method": "loginResp", "strUid": "7", "result": 1, "msg": "ok"})
+        self.assertEqual([m["method"] for m in self.received[count:]], ["loginResp", "servStatus"])
+        self.clock.advance(11)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_logout_waiting_when_link_drops_succeeds(self) -> None:
+        """A logout waiting for the agent when the link drops is answered ok (the agent forgets its users)."""
+        self.login(1)
+        self.send({"method": "logoutReq", "serviceId": 1, "appid": "1.00002"})
+        self.relay.link_lost(1, "agent_unreachable", "agent link lost")
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["result"]), ("logoutResp", 1))
+        self.assertEqual(self.session.logins, {})
+        self.assertEqual(self.relay.logins_to_restore(1), [])
+
+    def test_own_logout_during_restore_is_a_logout(self) -> None:
+        """The page's own logout while its login is being restored is answered as such, not as a refusal."""
+        self.login(1)
+        self.relay.logins_to_restore(1)
+        self.send({"method": "logoutReq", "serviceId": 1, "appid": "1.00002"})
+        self.agent(1, LOGGED_OUT, {"method": "logoutResp", "result": 1, "msg": "ok"})
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["result"]), ("logoutResp", 1))
+        self.assertNotIn("relogin_refused", json.dumps(self.received))
+
+    def test_restore_failing_for_an_unreachable_bot_says_so(self) -> None:
+        """A restore that fails because the bot is unreachable ends the login with that code, not 'refused'."""
+        self.login(1)
+        self.relay.logins_to_restore(1)
+        self.agent(1, LOGGED_OUT, {"method": "loginResp", "result": 503, "msg": "bot down", "code": "bot_unreachable"})
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["code"]), ("logoutResp", "bot_unreachable"))
+
+    def test_requests_in_flight_are_capped(self) -> None:
+        """A page cannot queue without end: past the cap, requests are answered 503 at once and not sent."""
+        from webtesting.web.sessions import MAX_IN_FLIGHT
+
+        self.login(1)
+        sent = len(self.links[1].sent)
+        for n in range(MAX_IN_FLIGHT + 5):
+            self.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": str(n)})
+        self.assertEqual(len(self.links[1].sent) - sent, MAX_IN_FLIGHT)
+        refused = [m for m in self.received if m["method"] == "aichatResp" and m.get("result") == 503]
+        self.assertEqual(len(refused), 5)

@@ -106,3 +106,21 @@ class UserSessionTests(unittest.TestCase):
         self.user.link_down(Health(False, "bot_unreachable", "refused"))
         self.user.bot_is_back()
         self.assertEqual(self.link.nudged, 1)
+
+    def test_moved_bot_answers_waiting_chats(self) -> None:
+        """When the bot moves, chats it had not answered are answered, and not again at the next drop."""
+        self.link.moved = lambda: None  # type: ignore[attr-defined]
+        self.user.chat("one")
+        self.user.reconnect_now()
+        errors = [m for m in self.answers() if m["result"] != 1]
+        self.assertEqual([m["code"] for m in errors], ["bot_unreachable"])
+        self.user.logged_in("7")
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.assertEqual(len([m for m in self.answers() if m["result"] != 1]), 1)
+
+    def test_bot_words_after_logout_are_dropped(self) -> None:
+        """A bot reply arriving after the page logged out is not sent on."""
+        self.user.chat("one")
+        self.user.logout()
+        self.user.bot_message("late", "")
+        self.assertEqual(self.answers(), [])

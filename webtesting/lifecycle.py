@@ -96,6 +96,10 @@ class Backoff:
     def longest(self, rand: Callable[[], float] = random.random) -> float:
         return self._spread(self.maximum, rand)
 
+    def around(self, base: float, rand: Callable[[], float] = random.random) -> float:
+        """C{base} spread by ±C{jitter}."""
+        return self._spread(base, rand)
+
     def _spread(self, base: float, rand: Callable[[], float]) -> float:
         return base * (1 + self.jitter * (2 * rand() - 1)) if self.jitter else base
 
@@ -244,6 +248,8 @@ class Lifecycle:
 
     @_machine.output()
     def _redial(self) -> None:
+        if self.state != "backing off":
+            return  # the health report's listener stopped or changed us meanwhile
         assert self.dialer is not None
         longest = self._reason.fault is Fault.UNKNOWN_HOST
         delay = self.dialer.redial(longest)
@@ -309,13 +315,13 @@ class Lifecycle:
     _up.upon(stop, enter=_stopped, outputs=[_now_stopped, _hang_up])
 
     _backing_off.upon(attempting, enter=_connecting, outputs=[_now_connecting])
-    _backing_off.upon(changed, enter=_connecting, outputs=[_now_connecting, _hang_up, _dial])
+    _backing_off.upon(changed, enter=_connecting, outputs=[_now_connecting, _hang_up, _moved, _report, _dial])
     _backing_off.upon(stop, enter=_stopped, outputs=[_now_stopped, _hang_up])
     # A late word from an attempt that was already given up on.
     _backing_off.upon(lost, enter=_backing_off, outputs=[])
     _backing_off.upon(failed, enter=_backing_off, outputs=[])
 
-    _unusable.upon(changed, enter=_connecting, outputs=[_now_connecting, _dial])
+    _unusable.upon(changed, enter=_connecting, outputs=[_now_connecting, _moved, _report, _dial])
     _unusable.upon(stop, enter=_stopped, outputs=[_now_stopped])
     _unusable.upon(lost, enter=_unusable, outputs=[])
     _unusable.upon(failed, enter=_unusable, outputs=[])
@@ -436,6 +442,8 @@ class DeferredDialer(Generic[T]):
 
     def _fire(self) -> None:
         self._timer = None
+        if self._lifecycle.state != "backing off":
+            return
         self._lifecycle.attempting()
         self.dial()
 

@@ -113,7 +113,11 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         self.initialDelay = self.delay = backoff.initial
         self.maxDelay = backoff.maximum  # type: ignore[assignment]
         self.factor = backoff.factor
-        self.jitter = backoff.jitter
+        # Our own jitter, bounded (±backoff.jitter): the factory's own is a
+        # normal distribution, which now and then waits far longer.
+        self.jitter = 0
+        self._backoff = backoff
+        self._base = backoff.initial
         self.dialer: WebSocketDialer | None = dialer
         self.names = dialer.names
         self.proto: LinkProtocol | None = None
@@ -122,13 +126,18 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     # -- the dialer's hooks --------------------------------------------------
 
     def retry_after_backoff(self, longest: bool) -> float:
-        if longest:
-            self.delay = self.maxDelay
+        base = self.maxDelay if longest else self._base
+        self.delay = self._backoff.around(base)
+        self._base = min(base * self.factor, self.maxDelay)
         self.continueTrying = True
         self.retry()
         call: Any = self._callID
         clock: Any = self.clock
         return float(call.getTime() - clock.seconds()) if call is not None else 0.0
+
+    def resetDelay(self) -> None:
+        super().resetDelay()
+        self._base = self.initialDelay
 
     def detach(self) -> None:
         """Given up on: no more retries, no more news, and the connection dropped."""
@@ -197,7 +206,10 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         n = self.names
         why = self._close_reason or Reason(n.unreachable, f"{n.what} link lost: {reason.getErrorMessage()}")
         if proto is not None and proto.opened:
-            dialer.owner.link_closed(proto, why)
+            try:
+                dialer.owner.link_closed(proto, why)
+            except Exception:
+                self._log.failure("{what} link: telling its owner it closed", what=self.names.what)
             dialer.lifecycle.lost(why)
         else:
             dialer.lifecycle.fail(why)

@@ -101,6 +101,7 @@ class HealthMonitor:
         self._again = False  # a sign arrived while a check ran: check again after it
         self._stopped = True
         self.checks = 0
+        self._generation = 0  # bumped by reset(): older checks' verdicts are ignored
 
     # -- control --------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class HealthMonitor:
 
     def reset(self) -> None:
         """The settings changed: the next verdict is reported at once, and it is checked now."""
+        self._generation += 1
         self.reported = None
         self._candidate, self._streak = None, 0
         if self._running is not None:
@@ -161,7 +163,8 @@ class HealthMonitor:
             self._ended()
             return
         self._running = d
-        d.addCallbacks(self._judged, self._check_failed)
+        generation = self._generation
+        d.addCallbacks(self._judged, self._check_failed, callbackArgs=(generation,))
         d.addBoth(lambda _: self._ended())
 
     def _check_failed(self, failure: Failure) -> None:
@@ -182,9 +185,9 @@ class HealthMonitor:
 
     # -- judging -------------------------------------------------------------------
 
-    def _judged(self, findings: Sequence[Finding]) -> None:
-        if self._stopped:
-            return
+    def _judged(self, findings: Sequence[Finding], generation: int) -> None:
+        if self._stopped or generation != self._generation:
+            return  # a check of the settings before a reset: its word no longer counts
         self.judge(verdict(findings))
 
     def judge(self, health: Health) -> None:

@@ -146,12 +146,16 @@ class UserSession:
             self._set(UserState.RECONNECTING)
             self.answer("servStatus", 0, self.host.scrub(f"{health.msg}; reconnecting"), status=0,
                         code=health.code)
-            awaiting, self._awaiting = self._awaiting, 0
-            for _ in range(awaiting):
-                self.answer("aichatResp", Result.UNAVAILABLE,
-                            "the bot went away before answering; the message may not have reached it",
-                            content="", action="", code=health.code)
+            self._answer_awaiting(health.code)
         # RECONNECTING: the browser was told once already.
+
+    def _answer_awaiting(self, code: str) -> None:
+        """Each chat the bot had not answered gets an error: its link is gone."""
+        awaiting, self._awaiting = self._awaiting, 0
+        for _ in range(awaiting):
+            self.answer("aichatResp", Result.UNAVAILABLE,
+                        "the bot went away before answering; the message may not have reached it",
+                        content="", action="", code=code)
 
     def login_refused(self, error: wxservice.WxServiceError) -> None:
         if self.state is UserState.CLOSED:
@@ -183,10 +187,14 @@ class UserSession:
         self._awaiting += 1
 
     def bot_message(self, content: str, action: str) -> None:
+        if self.state is UserState.CLOSED:
+            return  # after a logout the page is no longer listening for this login
         self._awaiting = max(0, self._awaiting - 1)
         self.answer("aichatResp", Result.OK, "ok", content=content, action=action)
 
     def bot_error(self, error: wxservice.WxServiceError) -> None:
+        if self.state is UserState.CLOSED:
+            return
         self._awaiting = max(0, self._awaiting - 1)
         self.answer("aichatResp", error.result if error.result != 1 else Result.INTERNAL, error.msg,
                     content="", action="", code="bot_refused")
@@ -203,6 +211,7 @@ class UserSession:
         if self.state is UserState.ONLINE:
             self._set(UserState.RECONNECTING)
             self.answer("servStatus", 0, "the bot moved; logging in again", status=0, code="bot_unreachable")
+            self._answer_awaiting("bot_unreachable")
         self.link.moved()
 
     # -- ending -----------------------------------------------------------------
@@ -220,8 +229,10 @@ class UserSession:
         if self.state is UserState.CLOSED:
             return
         self._set(UserState.CLOSED)
-        if logout:
-            self.link.logout()
-        else:
-            self.link.stop()
-        self.host.user_ended(self)
+        try:
+            if logout:
+                self.link.logout()
+            else:
+                self.link.stop()
+        finally:
+            self.host.user_ended(self)  # forgotten whatever the link did

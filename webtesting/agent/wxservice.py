@@ -328,7 +328,9 @@ class WxServiceConnection:
         return d
 
     def _send(self, message: dict[str, Any]) -> None:
-        if not self.open or self._closing:
+        # The bot may be closing the connection (a graceful restart): then
+        # Autobahn would raise Disconnected; we say NotOpen, which callers handle.
+        if not self.open or self._closing or self._protocol.state != _ClientProtocol.STATE_OPEN:
             raise NotOpen("the WxService connection is closed")
         self._protocol.sendMessage(json.dumps(message, ensure_ascii=False).encode("utf-8"), isBinary=False)
 

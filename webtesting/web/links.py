@@ -132,6 +132,7 @@ class AgentLink:
     def stop(self) -> None:
         """Stop for good (the service was deleted, or the server stops)."""
         self._proto = None
+        self.up = False
         self.lifecycle.stop()
 
     def update(self, record: dict[str, Any]) -> None:

@@ -109,6 +109,10 @@ class BrowserSession:
         self.closed = False
 
 
+# Requests one login may have waiting for answers at once.
+MAX_IN_FLIGHT = 64
+
+
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -259,6 +263,12 @@ class Relay:
             login = session.logins[service_id] = Login(message["appid"], message["uname"])
             self._on_service.setdefault(service_id, set()).add(session.uuid)
         assert login is not None
+        if sum(len(w) for w in login.pending.values()) >= MAX_IN_FLIGHT:
+            # One page cannot make the bot, the agent and this server queue without end.
+            _answer(session.deliver, answer, Result.UNAVAILABLE,
+                    f"{MAX_IN_FLIGHT} requests on service {service_id} are still waiting for answers; "
+                    "wait for some", "unavailable", **echo)
+            return
         message["uuid"] = session.uuid
         # Waiting before sending: an answer may come back within send().
         self._expect(session, login, service_id, answer)
@@ -283,6 +293,10 @@ class Relay:
             if self._sweep is not None and self._sweep.active():
                 self._sweep.cancel()
             self._sweep = None
+        elif len(self._pending) > 1024 and len(self._pending) > 4 * self._live:
+            # Answered requests wait for their deadline to leave the queue:
+            # under a fast stream of answers, drop them now (amortised O(1)).
+            self._pending = deque(p for p in self._pending if not p.done)
 
     def _answered(self, login: Login, method: bytes) -> None:
         waiting = login.pending.get(method)
@@ -302,15 +316,15 @@ class Relay:
     def _expire(self) -> None:
         self._sweep = None
         now = self._clock.seconds()
-        queue = self._pending
-        while queue and (queue[0].done or queue[0].deadline <= now):
-            pending = queue.popleft()
+        # self._pending, not a local name: answering may compact it (_done).
+        while self._pending and (self._pending[0].done or self._pending[0].deadline <= now):
+            pending = self._pending.popleft()
             if pending.done:
                 continue
             self._fail(pending, Result.TIMEOUT, "timeout",
                        f"no answer from service {pending.service_id} within {self.deadline:g} s")
-        if queue:
-            self._sweep = self._clock.callLater(max(0.0, queue[0].deadline - now), self._expire)
+        if self._pending and self._sweep is None:
+            self._sweep = self._clock.callLater(max(0.0, self._pending[0].deadline - now), self._expire)
 
     def _fail(self, pending: Pending, result: Result, code: str, msg: str) -> None:
         self._done(pending)
@@ -356,7 +370,7 @@ class Relay:
         login = session.logins.get(service_id)
         if login is not None and login.pending:
             self._answered(login, frame_method(frame))
-        if login is not None and login.restoring and mark == LOGGED_OUT:
+        if login is not None and login.restoring and mark == LOGGED_OUT and frame_method(frame) == b"loginResp":
             # The page did not ask for this login again: tell it its login is over.
             self._restore_refused(session, service_id, login, frame)
             return
@@ -373,19 +387,28 @@ class Relay:
                     session.deliver(_encode({"method": "servStatus", "serviceId": service_id,
                                              "appid": login.appid, "status": 1, "msg": "ok", "code": "ok"}))
         elif mark == LOGGED_OUT:
+            if login.restoring:
+                # The page never asked for the restore: no answer is owed for it.
+                for pending in login.pending.pop(b"loginResp", ()):
+                    if not pending.done:
+                        self._done(pending)
             self._fail_login(session, service_id, login, "login_ended",
                              f"the login to service {service_id} ended before the answer came")
             self._forget_login(session, service_id)
 
     def _restore_refused(self, session: BrowserSession, service_id: int, login: Login, frame: bytes) -> None:
+        code = "relogin_refused"
         try:
             refused = json.loads(frame[UUID_LEN + 1:])
             why = str(refused.get("msg", "refused"))
-        except ValueError:
+            # The bot said no (relogin_refused), or could not be reached: say which.
+            if isinstance(refused.get("code"), str) and refused["code"] not in ("bot_refused", ""):
+                code = refused["code"]
+        except (ValueError, AttributeError):
             why = "refused"
-        self._fail_login(session, service_id, login, "relogin_refused", f"logging in again failed: {why}")
+        self._fail_login(session, service_id, login, code, f"logging in again failed: {why}")
         _answer(session.deliver, "logoutResp", Result.UNAVAILABLE, f"logging in again failed: {why}",
-                "relogin_refused", serviceId=service_id, appid=login.appid)
+                code, serviceId=service_id, appid=login.appid)
         self._forget_login(session, service_id)
 
     def service_status(self, service_id: int, status: int, msg: str, code: str = "") -> None:
@@ -405,15 +428,27 @@ class Relay:
         """
         The link to this service dropped: every request waiting for an answer
         there is answered now (it may or may not have reached the bot), and
-        the page hears the service is down.
+        the page hears the service is down. A logout waiting there succeeds
+        (the agent forgets its users with the link); a login never confirmed
+        is over; a login being restored is tried again on the next link.
         """
         self.service_status(service_id, 0, msg, code)
-        for uuid in self._on_service.get(service_id, ()):
+        for uuid in list(self._on_service.get(service_id, ())):
             session = self.sessions[uuid]
             login = session.logins[service_id]
+            if login.pending.get(b"logoutResp"):
+                self._drop_pending(login)
+                _answer(session.deliver, "logoutResp", Result.OK, "ok", serviceId=service_id, appid=login.appid)
+                self._forget_login(session, service_id)
+                continue
+            if login.restoring:
+                self._drop_pending(login)  # the page did not ask: it hears of it when it is restored
+                continue
             self._fail_login(session, service_id, login, code,
                              f"service {service_id} went away before answering ({msg}); "
                              "the request may not have reached the bot")
+            if not login.active:
+                self._forget_login(session, service_id)
 
     def logins_to_restore(self, service_id: int) -> list[dict[str, Any]]:
         """
