@@ -74,21 +74,26 @@ class LinkView(Protocol):
 class Pending:
     """A request forwarded to an agent and not answered yet."""
 
-    __slots__ = ("deadline", "session", "service_id", "answer", "appid", "done")
+    __slots__ = ("deadline", "session", "service_id", "answer", "login", "done")
 
-    def __init__(self, deadline: float, session: "BrowserSession", service_id: int, answer: str, appid: str) -> None:
+    def __init__(self, deadline: float, session: "BrowserSession", service_id: int, answer: str,
+                 login: "Login") -> None:
         self.deadline = deadline
         self.session = session
         self.service_id = service_id
         self.answer = answer
-        self.appid = appid
+        self.login = login
         self.done = False
+
+    @property
+    def appid(self) -> str:
+        return self.login.appid
 
 
 class Login:
     """One login of a browser session on one service."""
 
-    __slots__ = ("appid", "uname", "active", "restoring", "pending")
+    __slots__ = ("appid", "uname", "active", "restoring", "pending", "in_flight")
 
     def __init__(self, appid: str, uname: str) -> None:
         self.appid = appid
@@ -97,6 +102,7 @@ class Login:
         self.restoring = False  # sent again on a new link; servStatus 1 follows its loginResp
         # answer method (bytes) -> the requests waiting for one, oldest first
         self.pending: dict[bytes, deque[Pending]] = {}
+        self.in_flight = 0  # how many of them are not answered yet
 
 
 class BrowserSession:
@@ -263,7 +269,7 @@ class Relay:
             login = session.logins[service_id] = Login(message["appid"], message["uname"])
             self._on_service.setdefault(service_id, set()).add(session.uuid)
         assert login is not None
-        if sum(len(w) for w in login.pending.values()) >= MAX_IN_FLIGHT:
+        if login.in_flight >= MAX_IN_FLIGHT:
             # One page cannot make the bot, the agent and this server queue without end.
             _answer(session.deliver, answer, Result.UNAVAILABLE,
                     f"{MAX_IN_FLIGHT} requests on service {service_id} are still waiting for answers; "
@@ -277,8 +283,9 @@ class Relay:
     # -- deadlines ------------------------------------------------------------
 
     def _expect(self, session: BrowserSession, login: Login, service_id: int, answer: str) -> None:
-        pending = Pending(self._clock.seconds() + self.deadline, session, service_id, answer, login.appid)
+        pending = Pending(self._clock.seconds() + self.deadline, session, service_id, answer, login)
         login.pending.setdefault(answer.encode(), deque()).append(pending)
+        login.in_flight += 1
         self._pending.append(pending)
         self._live += 1
         if self._sweep is None:
@@ -286,13 +293,13 @@ class Relay:
 
     def _done(self, pending: Pending) -> None:
         pending.done = True
+        pending.login.in_flight -= 1
         self._live -= 1
         if self._live == 0:
-            # Nothing waits: no timer either.
+            # Nothing waits. The sweep timer stays: it fires once, finds
+            # nothing and is not set again (rather than a timer set and
+            # cancelled for every request of a page chatting one at a time).
             self._pending.clear()
-            if self._sweep is not None and self._sweep.active():
-                self._sweep.cancel()
-            self._sweep = None
         elif len(self._pending) > 1024 and len(self._pending) > 4 * self._live:
             # Answered requests wait for their deadline to leave the queue:
             # under a fast stream of answers, drop them now (amortised O(1)).
