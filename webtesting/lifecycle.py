@@ -402,7 +402,6 @@ class DeferredDialer(Generic[T]):
         self._on_open = on_open
         self._close = close
         self._rand = rand
-        self._failures = 0
         self._timer: Any = None
         self._attempt: Deferred[T] | None = None
         self.connection: T | None = None
@@ -429,14 +428,15 @@ class DeferredDialer(Generic[T]):
         self._lifecycle.connected()
 
     def _failed(self, failure: Failure, attempt: Deferred[T]) -> None:
-        if attempt is not self._attempt or failure.check(defer.CancelledError):
-            return
+        if attempt is not self._attempt:
+            return  # given up on (hang_up clears it before cancelling)
         self._attempt = None
         self._lifecycle.fail(self._classify(failure))
 
     def redial(self, longest: bool) -> float:
-        delay = self._backoff.longest(self._rand) if longest else self._backoff.delay(self._failures, self._rand)
-        self._failures += 1
+        # The lifecycle counts the failures since it was last up.
+        failures = self._lifecycle.failures
+        delay = self._backoff.longest(self._rand) if longest else self._backoff.delay(failures, self._rand)
         self._timer = self._clock.callLater(delay, self._fire)
         return delay
 
@@ -448,7 +448,7 @@ class DeferredDialer(Generic[T]):
         self.dial()
 
     def reset(self) -> None:
-        self._failures = 0
+        pass  # the lifecycle's failure count restarts when it is up
 
     def hang_up(self) -> None:
         if self._timer is not None and self._timer.active():
