@@ -29,3 +29,18 @@ CREATE TABLE IF NOT EXISTS `tb_user` (
   PRIMARY KEY (`id`),
   UNIQUE KEY `username` (`username`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Login sessions: one row per logged-in browser, keyed by the SHA-256 of its cookie token.
+CREATE TABLE IF NOT EXISTS `tb_session` (
+  `id` char(64) NOT NULL COMMENT 'SHA-256 of the cookie token, hex',
+  `publicId` char(16) NOT NULL COMMENT 'names the session in lists',
+  `username` varchar(64) NOT NULL,
+  `address` varchar(64) NOT NULL DEFAULT '',
+  `userAgent` varchar(256) NOT NULL DEFAULT '',
+  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
+  `lastSeen` bigint NOT NULL COMMENT 'Unix seconds',
+  `expiresAt` bigint NOT NULL COMMENT 'Unix seconds',
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `publicId` (`publicId`),
+  KEY `username` (`username`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

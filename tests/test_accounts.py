@@ -1,4 +1,4 @@
-"""Accounts: passwords, signed sessions, roles on the API, cross-site refusal, slowed failures."""
+"""Accounts: passwords, roles on the API, cross-site refusal, slowed failures (sessions: test_server_sessions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from twisted.trial import unittest
 from webtesting.config import RegistryConfig
 from webtesting.web.accounts import (
     LoginThrottle,
-    SessionSigner,
     add_user_sync,
     check_password,
     cookie_value,
@@ -34,34 +33,7 @@ class PasswordTests(unittest.TestCase):
         self.assertFalse(check_password("x", "not-a-hash"))
 
 
-class SessionTests(unittest.TestCase):
-    def test_round_trip(self) -> None:
-        """A session cookie made by the signer is read back with its user and role."""
-        signer = SessionSigner("a-secret-of-enough-length", 60)
-        session = signer.check(signer.make("ann", "admin"))
-        assert session is not None
-        self.assertEqual((session.username, session.role, session.is_admin), ("ann", "admin", True))
-
-    def test_forged_and_expired(self) -> None:
-        """A cookie changed by hand, signed with another secret, or expired, is no session."""
-        now = [1000.0]
-        signer = SessionSigner("a-secret-of-enough-length", 60, clock=lambda: now[0])
-        value = signer.make("ann", "tester")
-        version, payload, signature = value.split(".")
-        forged = signer.make("ann", "admin").split(".")[1]
-        self.assertIsNone(signer.check(f"{version}.{forged}.{signature}"))
-        self.assertIsNone(SessionSigner("another-secret-entirely", 60).check(value))
-        self.assertIsNone(signer.check("garbage"))
-        self.assertIsNone(signer.check(None))
-        now[0] += 61
-        self.assertIsNone(signer.check(value))
-
-    def test_odd_cookie_is_no_session(self) -> None:
-        """A cookie with characters no signature has is simply no session (not an error)."""
-        signer = SessionSigner("a-secret-of-enough-length", 60)
-        payload = signer.make("ann", "admin").split(".")[1]
-        self.assertIsNone(signer.check(f"v1.{payload}.sïgnätüre"))
-
+class CookieTests(unittest.TestCase):
     def test_cookie_value(self) -> None:
         """The session cookie is found among others."""
         self.assertEqual(cookie_value(b"a=1; wt_session=v1.x.y; b=2"), "v1.x.y")

@@ -12,11 +12,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
-from webtesting.web.accounts import SessionSigner
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory, BrowserListener
 from tests.support import wsclient
 from tests.support.wsclient import JSONClientProtocol
+from tests.support.sessions import session_cookie, sqlite_store
 from tests.support.sessions_fakes import StaticLink
 from tests.support.wait import autobahn_timers_settled, free_port
 
@@ -28,15 +28,16 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.relay = Relay({1: self.link})
         self.addCleanup(self.relay.stop)  # requests the fake agent never answers
         self.link.relay = self.relay
-        self.signer = SessionSigner("browser-ws-test-secret-0123", 3600)
-        factory = BrowserFactory(self.relay, self.signer, path="/WebTesting", max_message=1024)
+        self.sessions = await sqlite_store(self)
+        self.cookie = await session_cookie(self.sessions, "t", "tester")
+        factory = BrowserFactory(self.relay, self.sessions, path="/WebTesting", max_message=1024)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"ws://127.0.0.1:{self.port.getHost().port}/WebTesting"
         self.client = await self.connect()
 
     async def connect(self) -> JSONClientProtocol:
-        client = await wsclient.connect(self.url, headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
+        client = await wsclient.connect(self.url, headers={"Cookie": self.cookie})
         self.addCleanup(client.close)
         return client
 
@@ -106,7 +107,7 @@ class BrowserWebSocketTests(unittest.TestCase):
         """A WebSocket on another path is refused."""
         with self.assertRaises(ConnectionError):
             await wsclient.connect(self.url.replace("/WebTesting", "/Elsewhere"),
-                                   headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
+                                   headers={"Cookie": self.cookie})
 
     async def test_invalid_utf8_closes_with_1007(self) -> None:
         """A text frame that is not UTF-8 closes that connection with 1007 and a reason; others are served on."""
@@ -144,14 +145,14 @@ class BrowserWebSocketTests(unittest.TestCase):
 
     async def test_login_required(self) -> None:
         """Without a valid session cookie the WebSocket is refused in its handshake."""
-        for headers in ({}, {"Cookie": "wt_session=v1.forged.signature"},
-                        {"Cookie": f"wt_session={SessionSigner('another-secret-0123456', 3600).make('t', 'admin')}"}):
+        for headers in ({}, {"Cookie": "wt_session=v1.forged.signature"}, {"Cookie": "wt_session=" + "A" * 43},
+                        {"Cookie": "wt_session=" + "é" * 80}):
             with self.assertRaises(ConnectionError):
                 await wsclient.connect(self.url, headers=headers)
 
     async def test_other_sites_are_refused(self) -> None:
         """A page from another site cannot open the WebSocket, even with the user's cookie; our host's pages can."""
-        cookie = f"wt_session={self.signer.make('t', 'tester')}"
+        cookie = self.cookie
         with self.assertRaises(ConnectionError):
             await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://evil.example"})
         client = await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://127.0.0.1:2019"})
@@ -162,14 +163,14 @@ class ShutdownTests(unittest.TestCase):
     async def test_stopping_says_goodbye_with_1001(self) -> None:
         """Stopping the listener closes every open browser with 1001 before it stops listening."""
         relay = Relay({})
-        signer = SessionSigner("browser-ws-test-secret-0123", 3600)
+        sessions = await sqlite_store(self)
         port = free_port()
         listener = BrowserListener(serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1"),
-                                   BrowserFactory(relay, signer, path="/WebTesting"))
+                                   BrowserFactory(relay, sessions, path="/WebTesting"))
         listener.startService()
         self.addCleanup(lambda: listener.stopService() if listener.running else None)
         url = f"ws://127.0.0.1:{port}/WebTesting"
-        cookie = {"Cookie": f"wt_session={signer.make('t', 'tester')}"}
+        cookie = {"Cookie": await session_cookie(sessions, "t", "tester")}
         clients = [await wsclient.connect(url, headers=cookie) for _ in range(3)]
         await listener.stopService()
         for client in clients:
@@ -189,7 +190,7 @@ class ShutdownTests(unittest.TestCase):
     async def test_stopping_with_nobody_connected(self) -> None:
         """With no browser open, stopping is immediate."""
         listener = BrowserListener(serverFromString(reactor, f"tcp:{free_port()}:interface=127.0.0.1"),
-                                   BrowserFactory(Relay({}), SessionSigner("browser-ws-test-secret-0123", 3600)))
+                                   BrowserFactory(Relay({}), await sqlite_store(self)))
         listener.startService()
         d = listener.stopService()
         self.assertTrue(d.called)

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
-from webtesting.web.accounts import USER_SCHEMA_MYSQL
+from webtesting.web.accounts import SESSION_SCHEMA_MYSQL, USER_SCHEMA_MYSQL
 from webtesting.web.registry import MYSQL_SCHEMA
 
 SECRET = "test-secret-0123456789"
@@ -83,6 +83,7 @@ class SchemaFileTests(unittest.TestCase):
             text = f.read()
         self.assertIn(MYSQL_SCHEMA.rstrip() + ";", text)
         self.assertIn(USER_SCHEMA_MYSQL.rstrip() + ";", text)
+        self.assertIn(SESSION_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
 
 

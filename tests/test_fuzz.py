@@ -35,12 +35,12 @@ from twisted.trial import unittest
 
 from webtesting.config import RegistryConfig
 from webtesting.protocol import BROWSER_REQUESTS, LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
-from webtesting.web.accounts import SessionSigner
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory
 from tests.support import wsclient
 from tests.support.http import JSONClient
 from tests.support.registry import SERVICE, RunningRegistry, seed_service
+from tests.support.sessions import session_cookie, sqlite_store
 from tests.support.wait import autobahn_timers_settled, eventually
 
 T = TypeVar("T")
@@ -280,14 +280,15 @@ class BrowserWebSocketFuzz(unittest.TestCase):
         self.relay = Relay({})
         self.addCleanup(self.relay.stop)
         self.relay.links.update({1: EchoLink(1, self.relay), 2: EchoLink(2, self.relay, up=False)})
-        self.signer = SessionSigner("fuzz-test-secret-0123456789", 3600)
-        factory = BrowserFactory(self.relay, self.signer, path="/WebTesting", max_message=MAX_MESSAGE)
+        self.sessions = await sqlite_store(self)
+        self.cookie = await session_cookie(self.sessions, "t", "tester")
+        factory = BrowserFactory(self.relay, self.sessions, path="/WebTesting", max_message=MAX_MESSAGE)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"ws://127.0.0.1:{self.port.getHost().port}/WebTesting"
 
     async def connect(self) -> wsclient.JSONClientProtocol:
-        client = await wsclient.connect(self.url, headers={"Cookie": f"wt_session={self.signer.make('t', 'tester')}"})
+        client = await wsclient.connect(self.url, headers={"Cookie": self.cookie})
         self.addCleanup(client.close)
         return client
 
@@ -334,7 +335,7 @@ class HTTPAPIFuzz(unittest.TestCase):
             self.clients[role] = client = JSONClient(self.client.base, persistent=True)
             self.addCleanup(client.close)
             if role is not None:
-                client.cookie = f"wt_session={self.running.signer.make(role, role)}"
+                client.cookie = await self.running.cookie(role, role)
 
     async def test_storm(self) -> None:
         """Thousands of generated requests each get a JSON answer that is not a 500, nothing critical is logged, and the API serves on."""

@@ -113,30 +113,26 @@ class AgentLinkTests(LinkTestsBase):
         await eventually(lambda: self.status_is(sid, 1, "ok"), what="agent recovered")
 
     async def test_wrong_secret(self) -> None:
-        """A web server with the wrong secret is refused in the handshake and retries with a growing delay."""
+        """A web server with the wrong secret is refused (4401) and retries at the longest delay."""
         agent = self.agent()
         agent.start()
         sid = await self.add(agentAddr=agent.url)
         links = self.links(secret="not-the-secret-at-all")
-        await eventually(lambda: self.status_is(sid, 0, "refused the WebSocket"), what="refused")
-        self.assertEqual(links.links[sid].code, "agent_refused")
-
-        def retries() -> int:
-            factory = links.links[sid]._dialer.factory
-            return factory.retries if factory is not None else 0
-
-        await eventually(lambda: retries() >= 3, what="three retries")
+        await eventually(lambda: self.status_is(sid, 0, "authentication"), what="refused")
+        self.assertEqual(links.links[sid].code, "agent_auth_failed")
+        factory = links.links[sid]._dialer.factory
+        assert factory is not None
+        self.assertEqual(factory.delay, BACKOFF.maximum)
         self.assertEqual(agent.links(), [])
 
     async def test_client_without_secret_is_refused(self) -> None:
-        """A WebSocket client without the secret is refused (401) before any message is read."""
+        """A WebSocket client that cannot prove the secret is refused before any message is obeyed."""
         agent = self.agent()
         agent.start()
         with self.assertRaises(ConnectionError):
-            await wsclient.connect(agent.url)
-        with self.assertRaises(ConnectionError):
-            await wsclient.connect(agent.url, headers={"Authorization": "Bearer wrong"})
-        client = await wsclient.connect(agent.url, headers={"Authorization": f"Bearer {SECRET}"})
+            await wsclient.connect_agent(agent.url, "not-the-secret-at-all", 1)
+        client = await wsclient.connect_agent(agent.url, SECRET, 1)
+        self.assertEqual(len(agent.links()), 1)
         await client.close()
 
     async def test_unknown_host_is_retried_at_the_longest_delay(self) -> None:

@@ -242,6 +242,28 @@ class RegistryAPITestsMixin:
                                     [{"serviceId": sid, "mysqlAddr": "127.0.0.9", "mysqlPwd": "n3w"}])
         self.assertEqual(status, 200)
 
+    async def test_moving_agent_or_bot_needs_the_password_again(self) -> None:
+        """
+        Pointing a service at another agent or WxService without retyping the
+        password is refused: the agent is sent the password, so an admin who
+        points agentAddr at their own listener must already know it.
+        """
+        [sid] = await self.add(seed_service(mysqlPwd="s3cret"))
+        for change in ({"agentAddr": "ws://127.0.0.1:9999/x"},
+                       {"agentAddr": "ws://127.0.0.1:9999/x", "mysqlPwd": PASSWORD_MASK},
+                       {"wxServiceAddr": "ws://127.0.0.1:9998/5.00034", "description": "x"}):
+            status, answer = await self.call("POST", "updateServices", [{"serviceId": sid, **change}])
+            self.assertEqual(status, 400, change)
+            self.assertIn("[0].mysqlPwd: retype the password", answer["msg"])
+        [stored] = await self.running.registry.list_services()
+        self.assertEqual((stored["agentAddr"], stored["wxServiceAddr"], stored["mysqlPwd"]),
+                         (seed_service()["agentAddr"], seed_service()["wxServiceAddr"], "s3cret"))
+        status, _ = await self.call("POST", "updateServices",
+                                    [{"serviceId": sid, "agentAddr": "ws://127.0.0.1:9999/x", "mysqlPwd": "n3w"}])
+        self.assertEqual(status, 200)
+        [stored] = await self.running.registry.list_services()
+        self.assertEqual((stored["agentAddr"], stored["mysqlPwd"]), ("ws://127.0.0.1:9999/x", "n3w"))
+
     async def test_update_unknown_ids(self) -> None:
         """An update naming an unknown id changes nothing, not even the known ids."""
         [sid] = await self.add(seed_service())
@@ -304,13 +326,13 @@ class RegistryAPITestsMixin:
         reason = ("bot MySQL unreachable: Access denied for user 'botuser'@'127.0.0.1' (1045); "
                   "Redis Cluster unreachable: 127.0.0.2:7000 refused")
         await self.running.registry.set_status(sid, 0, reason)
-        self.running.client.cookie = f"wt_session={self.running.signer.make('t', 'tester')}"
+        self.running.client.cookie = await self.running.cookie("t", "tester")
         _, answer = await self.call("GET", "getServiceList")
         shown = answer["serviceLists"][0]["msg"]
         for hidden in ("botuser", "127.0.0.1", "127.0.0.2", "7000"):
             self.assertNotIn(hidden, shown)
         self.assertIn("Access denied", shown)
-        self.running.client.cookie = f"wt_session={self.running.signer.make('a', 'admin')}"
+        self.running.client.cookie = await self.running.cookie("a", "admin")
         self.assertEqual((await self.list_all())[0]["msg"], reason)
 
     async def test_empty_password_is_shown_empty(self) -> None:

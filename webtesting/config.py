@@ -298,6 +298,8 @@ class BrowserWebSocketConfig:
     request_deadline: float = number_field(10.0, 0.1, 600)
     # Origins (scheme://host[:port]) allowed besides pages from the same host.
     allowed_origins: list[str] = field(default_factory=list)
+    # Open browser WebSockets one account may hold on this web server.
+    max_per_account: int = number_field(20, 1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,9 @@ class AgentLinksConfig:
     connect_timeout: float = number_field(5.0, 0.1, 120)
     ping_interval: float = number_field(2.0, 0.1, 600)
     ping_timeout: float = number_field(2.0, 0.1, 600)
+    # PEM certificate(s) a wss:// agent must present (its own self-signed
+    # certificate pins it); empty: the system's trusted authorities.
+    ca_file: str = path_field("")
 
 
 @dataclass(frozen=True)

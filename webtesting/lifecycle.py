@@ -52,6 +52,7 @@ class Fault(enum.Enum):
 
     REPAIRABLE = "repairable"  # retried with a growing delay
     UNKNOWN_HOST = "unknown host"  # retried at the longest delay
+    REFUSED = "refused"  # the peer refused us (authentication, certificate): retried at the longest delay
     UNUSABLE = "unusable"  # not retried until the address changes
 
 
@@ -251,7 +252,7 @@ class Lifecycle:
         if self.state != "backing off":
             return  # the health report's listener stopped or changed us meanwhile
         assert self.dialer is not None
-        longest = self._reason.fault is Fault.UNKNOWN_HOST
+        longest = self._reason.fault in (Fault.UNKNOWN_HOST, Fault.REFUSED)
         delay = self.dialer.redial(longest)
         self.failures += 1
         detail = self._reason.detail

@@ -57,12 +57,15 @@ class Names:
     address_invalid: str
     refused: str
     not_responding: str
+    auth_failed: str  # the peer closed with 4401 (webtesting.linkauth)
+    tls_failed: str  # the TLS handshake failed (a certificate that is not the pinned one)
 
 
 AGENT = Names("agent", "agent_unreachable", "agent_unknown_host", "agent_address_invalid",
-              "agent_refused", "agent_not_responding")
+              "agent_refused", "agent_not_responding", "agent_auth_failed", "agent_tls_failed")
 BOT = Names("bot", "bot_unreachable", "bot_unreachable", "bot_address_invalid",
-            "bot_unreachable", "bot_not_responding")
+            "bot_unreachable", "bot_not_responding", "bot_refused", "bot_unreachable")
+AUTH_CLOSE_CODE = 4401
 
 
 class LinkProtocol(WebSocketClientProtocol):
@@ -168,7 +171,14 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     def closed(self, proto: LinkProtocol, was_clean: bool, code: int | None, reason: str | None) -> None:
         n = self.names
         text = reason or ""
-        if "ping timeout" in text or "did not respond with pong" in text:
+        if code == AUTH_CLOSE_CODE:
+            self._close_reason = Reason(n.auth_failed, f"the {n.what} refused the link's authentication "
+                                        "(do both sides have the same secret?)", Fault.REFUSED)
+        elif "SSL error" in text or "certificate verify failed" in text:
+            # Twisted's TLS layer logs the OpenSSL error and closes; Autobahn passes its words on.
+            self._close_reason = Reason(n.tls_failed, f"the {n.what}'s TLS certificate was refused: {text}",
+                                        Fault.REFUSED)
+        elif "ping timeout" in text or "did not respond with pong" in text:
             self._close_reason = Reason(n.not_responding, f"the {n.what} stopped answering (no pong in time)")
         elif "opening handshake timeout" in text:
             # It took the TCP connection (the kernel does, for a stopped process) but never answered.
@@ -205,6 +215,9 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
             return
         n = self.names
         why = self._close_reason or Reason(n.unreachable, f"{n.what} link lost: {reason.getErrorMessage()}")
+        if _tls_failure(reason):
+            why = Reason(n.tls_failed, f"the {n.what}'s TLS certificate was refused: {reason.getErrorMessage()}",
+                         Fault.REFUSED)
         if proto is not None and proto.opened:
             try:
                 dialer.owner.link_closed(proto, why)
@@ -213,6 +226,32 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
             dialer.lifecycle.lost(why)
         else:
             dialer.lifecycle.fail(why)
+
+
+def _tls_failure(failure: Failure) -> bool:
+    try:
+        from OpenSSL.SSL import Error as TLSError
+    except ImportError:  # pragma: no cover - Twisted[tls] brings pyOpenSSL
+        return False
+    return bool(failure.check(TLSError))
+
+
+def pinned_tls(ca_file: str) -> Callable[[str], Any]:
+    """
+    Client TLS options that trust only the certificates in C{ca_file} (PEM):
+    with the peer's own self-signed certificate there, that is pinning. The
+    host name is checked against the certificate as well.
+    """
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    with open(ca_file, "rb") as f:
+        pem = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
+    if not blocks:
+        raise ValueError(f"{ca_file} holds no PEM certificate")
+    root = trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    return lambda host: optionsForClientTLS(host, trustRoot=root)
 
 
 def classify_connect_failure(failure: Failure, names: Names, host: str) -> Reason:

@@ -13,8 +13,9 @@ SECRET = "test-agent-secret-0123456789"
 
 class RunningAgent:
     def __init__(self, port: int, state_factory: StateSourceFactory, secret: str = SECRET,
-                 settings: AgentSettings | None = None) -> None:
+                 settings: AgentSettings | None = None, tls: Any = None) -> None:
         self.port = port
+        self.tls = tls  # a server TLS context factory: listen for wss://
         self.factory = AgentFactory(
             secret=secret, reactor=reactor, state_factory=state_factory,
             settings=settings or AgentSettings(retry_initial=0.1, retry_max=0.4),
@@ -23,10 +24,13 @@ class RunningAgent:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/WebTesting/Agent"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/WebTesting/Agent"
 
     def start(self) -> None:
-        self._listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        if self.tls is not None:
+            self._listening = reactor.listenSSL(self.port, self.factory, self.tls, interface="127.0.0.1")
+        else:
+            self._listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
 
     async def kill(self) -> None:
         """Stop listening and drop every link, as when the process dies."""

@@ -38,10 +38,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from webtesting.web import tap
-from webtesting.web.accounts import COOKIE, SessionSigner, add_user_sync
+from webtesting.web.accounts import add_user_sync
 from webtesting.web.registry import connect_sync
 from tests.support import mariadb
 from tests.support.agent import SECRET
+from tests.support.sessions import session_cookie
 from tests.support.system import BotBackends
 from tests.support.wait import eventually, free_port
 
@@ -175,7 +176,7 @@ class PagesSystem(BotBackends):
         self.options.parseOptions(["--config", config])
         self.web = tap.makeService(self.options, reactor)
         self.base = f"http://127.0.0.1:{self.http_port}/WebTesting"
-        self._admin_cookie = f"{COOKIE}={SessionSigner(SESSION_SECRET, 3600).make('root', 'admin')}"
+        self._admin_cookie = ""
 
     async def start(self) -> None:
         await self.bot.start()
@@ -229,7 +230,10 @@ class PagesSystem(BotBackends):
         return service
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the HTTP API as an admin; the decoded answer."""
+        """Call the HTTP API as an admin (a real session of the admin "root"); the decoded answer."""
+        if not self._admin_cookie:
+            store = self.web.getServiceNamed("websocket").factory.sessions
+            self._admin_cookie = await session_cookie(store, "root", "admin")
         headers: dict[bytes | str, bytes | str] = {"Cookie": self._admin_cookie}
         data = None
         if body is not None:

@@ -7,10 +7,11 @@ from typing import Any
 from twisted.internet import reactor
 
 from webtesting.config import RegistryConfig
-from webtesting.web.accounts import SessionSigner
+from webtesting.web.accounts import SessionStore
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.registry import Registry, open_registry
 from tests.support.http import JSONClient
+from tests.support.sessions import session_cookie
 
 SERVICE = "/WebTesting/Service"
 SESSION_SECRET = "test-session-secret-0123456789"
@@ -47,23 +48,31 @@ class RunningRegistry:
 
     def __init__(self, config: RegistryConfig, max_body: int = 1024 * 1024) -> None:
         self.registry: Registry = open_registry(config, reactor)
-        self.signer = SessionSigner(SESSION_SECRET, 3600)
+        self.sessions = SessionStore(self.registry.db, self.registry.dialect_name, 3600)
         self.api = api = RegistryAPI(self.registry, "webroot", lambda request: "ws://example.test:2020/WebTesting",
-                                     self.signer)
+                                     self.sessions)
         self.site = make_site(api.app.resource(), max_body)
         self.port: Any = None
         self.client: JSONClient | None = None
 
     async def start(self, wait: bool = True, role: str | None = "admin") -> JSONClient:
-        """Start; the client carries a session of C{role} (signed here, as a login would)."""
+        """
+        Start; the client carries a real session of a user named like C{role}
+        (made in the database, as a login would). Without C{wait} the session
+        is made as soon as the database first answers.
+        """
         self.registry.db.startService()
         if wait:
             await self.registry.db.ready()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.client = JSONClient(f"http://127.0.0.1:{self.port.getHost().port}")
-        if role is not None:
-            self.client.cookie = f"wt_session={self.signer.make(role, role)}"
+        if role is not None and wait:
+            self.client.cookie = await self.cookie(role, role)
         return self.client
+
+    async def cookie(self, username: str, role: str) -> str:
+        """The Cookie header of a new real session of C{username} (created with C{role} if missing)."""
+        return await session_cookie(self.sessions, username, role)
 
     async def stop(self) -> None:
         if self.client is not None:

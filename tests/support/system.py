@@ -18,7 +18,7 @@ from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentSettings
 from webtesting.config import RegistryConfig, from_mapping
 from webtesting.lifecycle import Backoff
-from webtesting.web.accounts import SessionSigner
+from webtesting.web.accounts import SessionStore
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
@@ -28,6 +28,7 @@ from webtesting.wxsim.server import make_bot_service
 from tests.support import mariadb, wsclient
 from tests.support.agent import SECRET, RunningAgent
 from tests.support.rediscluster import start_cluster
+from tests.support.sessions import session_cookie
 from tests.support.wait import eventually, free_port
 
 FOLLOWUP_DELAY = 0.3
@@ -99,7 +100,7 @@ class System(BotBackends):
         self.links = AgentLinks(self.registry, self.relay, reactor, secret=SECRET,
                                 sync_interval=0.3, backoff=FAST_BACKOFF, connect_timeout=2)
         self.browser_port: Any = None
-        self.signer = SessionSigner("system-test-session-secret-01", 3600)
+        self.sessions = SessionStore(self.registry.db, self.registry.dialect_name, 3600)
 
     async def start(self) -> None:
         await self.bot.start()
@@ -109,7 +110,7 @@ class System(BotBackends):
         await self.registry.db.ready()
         self.links.startService()
         self.testcase.addCleanup(self.links.stopService)
-        factory = BrowserFactory(self.relay, self.signer, path="/WebTesting")
+        factory = BrowserFactory(self.relay, self.sessions, path="/WebTesting")
         self.browser_port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.testcase.addCleanup(self.browser_port.stopListening)
 
@@ -134,10 +135,10 @@ class System(BotBackends):
         record = next(s for s in await self.registry.list_services() if s["serviceId"] == sid)
         return record["status"], record["msg"]
 
-    async def browser(self) -> wsclient.JSONClientProtocol:
+    async def browser(self, account: str = "tester") -> wsclient.JSONClientProtocol:
         client = await wsclient.connect(
             f"ws://127.0.0.1:{self.browser_port.getHost().port}/WebTesting",
-            headers={"Cookie": f"wt_session={self.signer.make('tester', 'tester')}"},
+            headers={"Cookie": await session_cookie(self.sessions, account, "tester")},
         )
         self.testcase.addCleanup(client.close)
         return client

@@ -98,3 +98,22 @@ async def connect(url: str, headers: dict[str, str] | None = None, **options: An
     factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2, **options)
     await TCP4ClientEndpoint(reactor, host, port, timeout=5).connect(factory)
     return await factory.opened
+
+
+async def connect_agent(url: str, secret: str, service_id: int, **options: Any) -> JSONClientProtocol:
+    """
+    Open a web server link to the agent at C{url} and authenticate it for
+    C{service_id} (webtesting.linkauth), as the web server does; fails with
+    ConnectionError when the agent refuses or does not prove itself.
+    """
+    from webtesting import linkauth
+
+    client = await connect(url, **options)
+    auth = linkauth.WebSide(secret, service_id)
+    try:
+        client.send(auth.answer(await client.expect("authChallenge", timeout=5)))
+        auth.verify(await client.expect("authResp", timeout=5))
+    except (linkauth.AuthFailed, defer.TimeoutError) as e:
+        await client.close()
+        raise ConnectionError(f"agent authentication failed: {e}") from None
+    return client

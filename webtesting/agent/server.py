@@ -2,9 +2,10 @@
 The agent's WebSocket server (SPEC §4): web server links, each carrying one
 service.
 
-A link is authenticated in C{onConnect}, before a single message is read: the
-web server shows the shared secret as ``Authorization: Bearer <secret>``,
-compared in constant time. Each open link gets a L{WebLink}: the service's
+A link is authenticated in its first frames, before anything else is read
+(L{webtesting.linkauth}: a challenge–response, so the shared secret never
+crosses the wire), and is then bound to the one service the web server
+proved it for. Each authenticated link gets a L{WebLink}: the service's
 settings (from ``agentInfoReq``), its user-state source (Redis Cluster +
 MySQL), its users, one state poll for all of them, and the service's health:
 checked on the agent's own timer (L{webtesting.agent.health.HealthMonitor})
@@ -13,7 +14,6 @@ and reported with ``agentStatusReq`` once per change.
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeGuard
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from webtesting.agent.health import Finding, HealthMonitor
 from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
+from webtesting import linkauth
 from webtesting.lifecycle import Health
 from webtesting.protocol import (
     BROWSER_REQUESTS,
@@ -121,8 +122,12 @@ class WebLink:
         reactor: Any,
         settings: AgentSettings,
         state_factory: StateSourceFactory,
+        *,
+        service_id: int | None = None,
     ) -> None:
         self._send = send
+        # The one service the web server proved this link for (None: not bound, in unit tests).
+        self.bound_id = service_id
         self.reactor = reactor
         self._settings = settings
         self._state_factory = state_factory
@@ -215,6 +220,13 @@ class WebLink:
         except InvalidInput as e:
             self._json({"method": "agentInfoResp", "serviceId": message.get("serviceId"),
                         "result": int(Result.BAD_REQUEST), "code": "bad_request", "msg": str(e)})
+            return
+        if self.bound_id is not None and service["serviceId"] != self.bound_id:
+            self._log.warn("settings for service {other} on the link of service {service_id}; refused",
+                           other=service["serviceId"], service_id=self.bound_id)
+            self._json({"method": "agentInfoResp", "serviceId": service["serviceId"],
+                        "result": int(Result.FORBIDDEN), "code": "forbidden",
+                        "msg": f"this link was authenticated for service {self.bound_id}"})
             return
         old, self.service = self.service, service
         self._log.info("service {service_id}: settings received", service_id=service["serviceId"])
@@ -406,27 +418,65 @@ class AgentProtocol(WebSocketServerProtocol):
     factory: "AgentFactory"
     link: WebLink | None = None
 
+    _auth: linkauth.AgentSide | None = None
+    _auth_timer: Any = None
+
     def onConnect(self, request: ConnectionRequest) -> None:
         if request.path != self.factory.path:
             raise ConnectionDeny(404, "not found")
-        if not self.factory.authentic(request.headers.get("authorization", "")):
-            self._log.warn("refused a link from {peer}: wrong or missing secret", peer=request.peer)
-            raise ConnectionDeny(401, "unauthorized")
-        self._log.info("web server link from {peer}", peer=request.peer)
 
     def onOpen(self) -> None:
+        # Nothing but authReq is read until the web server has proved it knows the secret.
         try:
-            self.link = self.factory.new_link(self._deliver)
             self.factory.open_links.add(self)
+            self._auth = linkauth.AgentSide(self.factory.secret)
+            self._auth_timer = self.factory.reactor.callLater(
+                self.factory.auth_deadline, self._refuse, "no authReq in time")
+            self._deliver(json.dumps(self._auth.challenge()).encode())
         except Exception:
             self._log.failure("opening a web server link")
             self.dropConnection(abort=True)
+
+    def _authenticate(self, payload: bytes) -> None:
+        assert self._auth is not None
+        try:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                raise linkauth.AuthFailed("the first frame was not JSON") from None
+            service_id, answer = self._auth.answer(message)
+        except linkauth.AuthFailed as e:
+            self._refuse(str(e))
+            return
+        self._auth = None
+        self._cancel_auth_timer()
+        self._log.info("web server link from {peer} for service {service_id}", peer=self.peer, service_id=service_id)
+        self.link = self.factory.new_link(self._deliver, service_id)
+        self._deliver(json.dumps(answer).encode())
+
+    def _refuse(self, why: str) -> None:
+        """Close the link unauthenticated; the peer hears only that it failed."""
+        self._cancel_auth_timer()
+        self._auth = None
+        self._log.warn("refused a link from {peer}: {why}", peer=self.peer, why=why)
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(code=linkauth.CLOSE_CODE, reason=linkauth.CLOSE_REASON)
+        else:
+            self.dropConnection(abort=True)
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
 
     def _deliver(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             self.sendMessage(data, isBinary=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._auth is not None:
+            self._authenticate(payload)
+            return
         if self.link is None:
             return
         try:
@@ -435,6 +485,8 @@ class AgentProtocol(WebSocketServerProtocol):
             self._log.failure("handling a frame from the web server")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_auth_timer()
+        self._auth = None
         self.factory.open_links.discard(self)
         if self.link is None:
             return
@@ -460,7 +512,8 @@ class AgentFactory(WebSocketServerFactory):
         max_message: int = 1024 * 1024,
     ) -> None:
         super().__init__(reactor=reactor)
-        self._expected = f"Bearer {secret}".encode()
+        self.secret = secret
+        self.auth_deadline = linkauth.DEADLINE
         self._reactor = reactor
         self._state_factory = state_factory
         self.settings = settings
@@ -475,8 +528,5 @@ class AgentFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
         )
 
-    def authentic(self, header: str) -> bool:
-        return hmac.compare_digest(header.encode(), self._expected)
-
-    def new_link(self, send: Callable[[bytes], None]) -> WebLink:
-        return WebLink(send, self._reactor, self.settings, self._state_factory)
+    def new_link(self, send: Callable[[bytes], None], service_id: int) -> WebLink:
+        return WebLink(send, self._reactor, self.settings, self._state_factory, service_id=service_id)

@@ -3,13 +3,19 @@ Tester and admin accounts, their login sessions, and the command that
 manages them (``webtesting-account``).
 
 - Users live in the registry database (table ``tb_user``), passwords hashed
-  with scrypt (salted, deliberately slow; verified off the reactor).
-- A login session is a signed cookie (``wt_session``: user, role, expiry,
-  HMAC-SHA256 with the configured session secret), so every web server
-  process that shares the secret accepts it and no session store is needed.
-  It is HttpOnly, SameSite=Strict, Path=/WebTesting, Secure over HTTPS.
-- Failed logins are slowed down: after a few failures for one username or
-  one address, every further answer waits longer (up to 10 s).
+  with scrypt (salted, deliberately slow; verified off the reactor; older,
+  cheaper hashes are upgraded at the next successful login).
+- A login session is a row in the registry database (table ``tb_session``),
+  so every web server process sees it, and ending it takes effect at once.
+  The cookie ``wt_session`` holds a random token; the row is keyed by the
+  token's SHA-256, so the table alone lets nobody in. Every request and
+  every WebSocket handshake reads the row and the user's current role.
+  The cookie is HttpOnly, SameSite=Strict, Path=/WebTesting, Secure over
+  HTTPS.
+- Logging out, "log out everywhere", an admin ending sessions, and
+  ``webtesting-account`` deleting a user or changing a password or role all
+  delete rows; each web server closes the WebSockets of ended sessions
+  (L{webtesting.web.ws.BrowserFactory.recheck}).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
 from webtesting.protocol import InvalidInput, require_str
 
 COOKIE = "wt_session"
+_log = Logger()
 ROLES = ("tester", "admin")
 MAX_USERNAME = 64
 MIN_PASSWORD = 8
@@ -70,13 +78,26 @@ def _unb64(text: str) -> bytes:
 
 
 
-_N, _R, _P = 2**14, 8, 1
+# scrypt's cost: n=2**17, r=8 takes 128 MiB and about half a second per check
+# here. Hashes made with a lower n (2**14 before) stay valid and are made
+# again at this cost at the user's next successful login.
+_N, _R, _P = 2**17, 8, 1
+_MAXMEM = 256 * 1024 * 1024
 
 
 def hash_password(password: str) -> str:
     salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32, maxmem=_MAXMEM)
     return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def needs_rehash(stored: str) -> bool:
+    """Whether a stored hash was made at a lower cost than today's."""
+    try:
+        kind, n, r, p, _salt, _digest = stored.split("$")
+        return kind != "scrypt" or (int(n), int(r), int(p)) < (_N, _R, _P)
+    except ValueError:
+        return True
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -85,8 +106,10 @@ def check_password(password: str, stored: str) -> bool:
         kind, n, r, p, salt, digest = stored.split("$")
         if kind != "scrypt":
             return False
+        if int(n) > 2**20 or int(r) > 32 or int(p) > 16:
+            return False  # not a hash of ours: refuse rather than spend a gigabyte on it
         got = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
-                             dklen=len(_unb64(digest)))
+                             dklen=len(_unb64(digest)), maxmem=_MAXMEM * 4)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, _unb64(digest))
@@ -101,55 +124,198 @@ def _dummy_hash() -> str:
 
 # -- sessions --------------------------------------------------------------------
 
+SESSION_SCHEMA_MYSQL = """\
+CREATE TABLE IF NOT EXISTS `tb_session` (
+  `id` char(64) NOT NULL COMMENT 'SHA-256 of the cookie token, hex',
+  `publicId` char(16) NOT NULL COMMENT 'names the session in lists',
+  `username` varchar(64) NOT NULL,
+  `address` varchar(64) NOT NULL DEFAULT '',
+  `userAgent` varchar(256) NOT NULL DEFAULT '',
+  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
+  `lastSeen` bigint NOT NULL COMMENT 'Unix seconds',
+  `expiresAt` bigint NOT NULL COMMENT 'Unix seconds',
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `publicId` (`publicId`),
+  KEY `username` (`username`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+SESSION_SCHEMA_SQLITE = """\
+CREATE TABLE IF NOT EXISTS tb_session (
+  id TEXT PRIMARY KEY,
+  publicId TEXT NOT NULL UNIQUE,
+  username TEXT NOT NULL,
+  address TEXT NOT NULL DEFAULT '',
+  userAgent TEXT NOT NULL DEFAULT '',
+  createdAt INTEGER NOT NULL,
+  lastSeen INTEGER NOT NULL,
+  expiresAt INTEGER NOT NULL
+)
+"""
+SESSION_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_session_username ON tb_session (username)"
+
+# lastSeen is written at most this often per session (seconds).
+_SEEN_EVERY = 60
+
 
 @dataclass(frozen=True)
 class Session:
+    """A live login session: who, with the role the user has now."""
+
     username: str
     role: str
     expires: int
+    key: str = ""  # the row's id (SHA-256 of the token)
+    public_id: str = ""
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
 
-class SessionSigner:
-    """Makes and checks C{wt_session} cookie values."""
+def session_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
-    def __init__(self, secret: str, lifetime: float, clock: Callable[[], float] = time.time) -> None:
-        self._key = hashlib.sha256(b"webtesting session\0" + secret.encode()).digest()
+
+def _token_ok(token: str | None) -> bool:
+    return bool(token) and len(token) <= 64 and token.isascii()  # type: ignore[union-attr]
+
+
+class SessionStore:
+    """Login sessions in the registry database, through its L{webtesting.dbpool.Database}."""
+
+    def __init__(self, db: Any, dialect_name: str, lifetime: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self._dialect = dialect_name
         self.lifetime = lifetime
         self._clock = clock
 
-    def make(self, username: str, role: str) -> str:
-        payload = _b64(json.dumps(
-            {"u": username, "r": role, "e": int(self._clock() + self.lifetime)}, separators=(",", ":")
-        ).encode())
-        return f"v1.{payload}.{self._sign(payload)}"
+    def _now(self) -> int:
+        return int(self._clock())
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+    def create(self, username: str, address: str = "", user_agent: str = "") -> Deferred[str]:
+        """A new session for C{username}; fires with the cookie token."""
+        token = _b64(os.urandom(32))
+        now = self._now()
+        row = [session_key(token), os.urandom(8).hex(), username, address[:64], user_agent[:256],
+               now, now, int(now + self.lifetime)]
+        statement = _sql(self._dialect, "INSERT INTO tb_session (id, publicId, username, address, userAgent, "
+                                         "createdAt, lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
 
-    def check(self, value: str | None) -> Session | None:
-        """The session a cookie value stands for, or None (absent, forged, expired)."""
-        if not value:
+        def work(cursor: Any) -> str:
+            cursor.execute(statement, row)
+            return token
+
+        return self.db.run(work)
+
+    def check(self, token: str | None) -> Deferred[Session | None]:
+        """The live session a cookie token stands for, with the user's role now; None if there is none."""
+        if not _token_ok(token):
+            return succeed(None)
+        key = session_key(token)  # type: ignore[arg-type]
+        now = self._now()
+        select = _sql(self._dialect,
+                      "SELECT s.username, u.role, s.expiresAt, s.publicId, s.lastSeen FROM tb_session s "
+                      "JOIN tb_user u ON u.username = s.username WHERE s.id = %s AND s.expiresAt > %s")
+        touch = _sql(self._dialect, "UPDATE tb_session SET lastSeen = %s WHERE id = %s")
+
+        def work(cursor: Any) -> Session | None:
+            cursor.execute(select, [key, now])
+            row = cursor.fetchone()
+            if row is None or row[1] not in ROLES:
+                return None
+            if now - int(row[4]) >= _SEEN_EVERY:
+                cursor.execute(touch, [now, key])
+            return Session(str(row[0]), str(row[1]), int(row[2]), key, str(row[3]))
+
+        return self.db.run(work)
+
+    def alive(self, keys: Sequence[str]) -> Deferred[set[str]]:
+        """Which of these session keys are still live (row there, not expired, user still there)."""
+        keys = list(keys)
+        now = self._now()
+
+        def work(cursor: Any) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                cursor.execute(_sql(self._dialect,
+                    "SELECT s.id FROM tb_session s JOIN tb_user u ON u.username = s.username "  # noqa: E128
+                    f"WHERE s.expiresAt > %s AND s.id IN ({', '.join(['%s'] * len(chunk))})"), [now, *chunk])
+                found.update(str(row[0]) for row in cursor.fetchall())
+            return found
+
+        return self.db.run(work) if keys else succeed(set())
+
+    def _delete(self, where: str, params: list[Any]) -> Deferred[int]:
+        statement = _sql(self._dialect, f"DELETE FROM tb_session WHERE {where}")
+
+        def work(cursor: Any) -> int:
+            cursor.execute(statement, params)
+            return int(cursor.rowcount)
+
+        return self.db.run(work)
+
+    def end(self, token: str | None) -> Deferred[int]:
+        """End the session of this token (logout)."""
+        if not _token_ok(token):
+            return succeed(0)
+        return self._delete("id = %s", [session_key(token)])  # type: ignore[arg-type]
+
+    def end_user(self, username: str) -> Deferred[int]:
+        """End every session of C{username} (log out everywhere)."""
+        return self._delete("username = %s", [username])
+
+    def end_public(self, public_id: str) -> Deferred[int]:
+        """End the session an admin picked from the list."""
+        return self._delete("publicId = %s", [public_id])
+
+    def purge(self) -> Deferred[int]:
+        """Forget expired sessions."""
+        return self._delete("expiresAt <= %s", [self._now()])
+
+    def list(self) -> Deferred[list[dict[str, Any]]]:
+        """The live sessions, newest first, as admins see them (never the token or its key)."""
+        statement = _sql(self._dialect,
+                         "SELECT s.publicId, s.username, u.role, s.address, s.userAgent, s.createdAt, s.lastSeen, "
+                         "s.expiresAt FROM tb_session s JOIN tb_user u ON u.username = s.username "
+                         "WHERE s.expiresAt > %s ORDER BY s.createdAt DESC")
+        now = self._now()
+
+        def work(cursor: Any) -> list[dict[str, Any]]:
+            cursor.execute(statement, [now])
+            names = ("id", "username", "role", "address", "userAgent", "createdAt", "lastSeen", "expiresAt")
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+        return self.db.run(work)
+
+
+class DeviceSigner:
+    """
+    Signs small values with the configured session secret (HMAC-SHA256),
+    for cookies whose content needs no row (the login throttle's device
+    cookie).
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.sha256(b"webtesting device\0" + secret.encode()).digest()
+
+    def sign(self, value: str) -> str:
+        payload = _b64(value.encode())
+        return f"{payload}.{_b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())}"
+
+    def check(self, signed: str | None) -> str | None:
+        if not signed or signed.count(".") != 1 or len(signed) > 512:
+            return None
+        payload, signature = signed.split(".")
+        expected = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
             return None
         try:
-            version, payload, signature = value.split(".")
-        except ValueError:
+            return _unb64(payload).decode()
+        except (ValueError, UnicodeDecodeError):
             return None
-        if version != "v1" or not hmac.compare_digest(
-            signature.encode("utf-8", "replace"), self._sign(payload).encode()
-        ):
-            return None
-        try:
-            data = json.loads(_unb64(payload))
-            session = Session(str(data["u"]), str(data["r"]), int(data["e"]))
-        except (ValueError, KeyError, TypeError):
-            return None
-        if session.expires < self._clock() or session.role not in ROLES:
-            return None
-        return session
 
 
 def cookie_value(header: str | bytes | None, name: str = COOKIE) -> str | None:
@@ -257,9 +423,29 @@ class Accounts:
         def verify(row: Any) -> Deferred[str | None]:
             stored, role = (row[0], row[1]) if row else (_dummy_hash(), None)
             checking = deferToThread(check_password, password, stored)
-            return checking.addCallback(lambda ok: role if ok and row else None)
+
+            def checked(ok: bool) -> Any:
+                if not (ok and row):
+                    return None
+                if needs_rehash(stored):
+                    # Made at an older, lower cost: store it again at today's.
+                    upgrading = deferToThread(hash_password, password)
+                    upgrading.addCallback(lambda new: self._replace_hash(username, stored, new))
+                    upgrading.addErrback(lambda f: _log.failure("upgrading the password hash of {username}", f,
+                                                                username=username))
+                    upgrading.addCallback(lambda _: role)
+                    return upgrading
+                return role
+
+            return checking.addCallback(checked)
 
         return d.addCallback(verify)
+
+    def _replace_hash(self, username: str, old: str, new: str) -> Deferred[None]:
+        # Only if nobody changed the password meanwhile.
+        statement = _sql(self._dialect,
+                         "UPDATE tb_user SET passwordHash = %s WHERE username = %s AND passwordHash = %s")
+        return self.db.run(lambda cursor: cursor.execute(statement, [new, username, old]))
 
 
 def add_user_sync(connection: Any, dialect_name: str, username: str, password: str, role: str) -> None:
@@ -270,6 +456,7 @@ def add_user_sync(connection: Any, dialect_name: str, username: str, password: s
         raise InvalidInput("role", f"must be one of {', '.join(ROLES)}")
     cursor = connection.cursor()
     cursor.execute(USER_SCHEMA_MYSQL if dialect_name == "mysql" else USER_SCHEMA_SQLITE)
+    _session_schema_sync(cursor, dialect_name)
     digest = hash_password(password)
     cursor.execute(_sql(dialect_name, "SELECT id FROM tb_user WHERE username = %s"), [username])
     if cursor.fetchone():
@@ -280,7 +467,17 @@ def add_user_sync(connection: Any, dialect_name: str, username: str, password: s
             _sql(dialect_name, "INSERT INTO tb_user (username, passwordHash, role, createdAt) VALUES (%s, %s, %s, %s)"),
             [username, digest, role, int(time.time())],
         )
+    # A new password or role: whoever was logged in as this user logs in again.
+    cursor.execute(_sql(dialect_name, "DELETE FROM tb_session WHERE username = %s"), [username])
     connection.commit()
+
+
+def _session_schema_sync(cursor: Any, dialect_name: str) -> None:
+    if dialect_name == "mysql":
+        cursor.execute(SESSION_SCHEMA_MYSQL)
+    else:
+        cursor.execute(SESSION_SCHEMA_SQLITE)
+        cursor.execute(SESSION_INDEX_SQLITE)
 
 
 def list_users_sync(connection: Any, dialect_name: str) -> list[tuple[str, str]]:
@@ -293,8 +490,11 @@ def list_users_sync(connection: Any, dialect_name: str) -> list[tuple[str, str]]
 def delete_user_sync(connection: Any, dialect_name: str, username: str) -> bool:
     cursor = connection.cursor()
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_user WHERE username = %s"), [username])
+    deleted = bool(cursor.rowcount)
+    _session_schema_sync(cursor, dialect_name)
+    cursor.execute(_sql(dialect_name, "DELETE FROM tb_session WHERE username = %s"), [username])
     connection.commit()
-    return bool(cursor.rowcount)
+    return deleted
 
 
 # -- webtesting-account ------------------------------------------------------------------

@@ -41,7 +41,7 @@ from webtesting.web.accounts import (
     Accounts,
     LoginThrottle,
     Session,
-    SessionSigner,
+    SessionStore,
     check_username,
     cookie_value,
     set_cookie_header,
@@ -200,9 +200,10 @@ class RegistryAPI:
         registry: Registry,
         webroot: str,
         ws_addr: Callable[[Any], str],
-        signer: SessionSigner,
+        sessions: SessionStore,
         on_change: Callable[[], object] = lambda: None,
         *,
+        sessions_ended: Callable[[], object] = lambda: None,
         codes: Callable[[dict[str, Any]], str] = lambda service: "ok" if service["status"] == 1 else "unavailable",
         reactor: Any = None,
         throttle: LoginThrottle | None = None,
@@ -213,9 +214,13 @@ class RegistryAPI:
             reactor = default_reactor
         self.registry = registry
         self.accounts = Accounts(registry.db, registry.dialect_name)
-        self.signer = signer
+        self.sessions = sessions
+        # Called after sessions were ended here, so that this process closes
+        # their WebSockets at once (others notice on their own timer).
+        self.sessions_ended = sessions_ended
         self.throttle = throttle or LoginThrottle()
-        self._checking = DeferredSemaphore(4)
+        # scrypt at n=2**17 takes 128 MiB and a core for half a second: two at a time.
+        self._checking = DeferredSemaphore(2)
         self._reactor = reactor
         self.webroot = webroot
         self.ws_addr = ws_addr
@@ -227,9 +232,9 @@ class RegistryAPI:
 
     # -- who is asking ----------------------------------------------------------
 
-    def _session(self, request: Any, role: str | None = None) -> Session:
-        """The caller's login session; 401 without one, 403 without C{role}."""
-        session = self.signer.check(cookie_value(request.getHeader(b"cookie")))
+    async def _session(self, request: Any, role: str | None = None) -> Session:
+        """The caller's live login session; 401 without one, 403 without C{role}."""
+        session = await self.sessions.check(cookie_value(request.getHeader(b"cookie")))
         if session is None:
             raise HTTPError(Result.UNAUTHORIZED, "log in first")
         if role == "admin" and not session.is_admin:
@@ -264,7 +269,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/addServices", methods=["PUT"])
     async def add_services(self, request: Any) -> bytes:
-        self._session(request, "admin")
+        await self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=False)
         count = await self.registry.add_services(services)
         self._log.info("added {count} services", count=count)
@@ -273,7 +278,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/delServices", methods=["DELETE"])
     async def del_services(self, request: Any) -> bytes:
-        self._session(request, "admin")
+        await self._session(request, "admin")
         ids = validate_service_ids(self._json_body(request))
         count = await self.registry.delete_services(ids)
         self._log.info("deleted services {ids}", ids=ids)
@@ -282,7 +287,7 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/updateServices", methods=["POST"])
     async def update_services(self, request: Any) -> bytes:
-        self._session(request, "admin")
+        await self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=True)
         count = await self.registry.update_services(services)
         self._log.info("updated services {ids}", ids=[s["serviceId"] for s in services])
@@ -291,13 +296,13 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/getServices", methods=["GET"])
     async def get_services(self, request: Any) -> bytes:
-        self._session(request, "admin")
+        await self._session(request, "admin")
         services = [{**public_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
         return ok(request, servicdLists=services)
 
     @app.route(f"{SERVICE}/getServiceList", methods=["GET"])
     async def get_service_list(self, request: Any) -> bytes:
-        self._session(request)
+        await self._session(request)
         services = [{**tester_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
 
@@ -321,21 +326,59 @@ class RegistryAPI:
             self._log.info("failed login for {username}", username=username)
             raise HTTPError(Result.UNAUTHORIZED, "wrong username or password")
         self.throttle.succeeded(keys)
-        token = self.signer.make(username, role)
+        user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
+        token = await self.sessions.create(username, request.getClientAddress().host, user_agent)
         request.setHeader(b"Set-Cookie", set_cookie_header(
-            token, int(self.signer.lifetime), bool(request.isSecure())).encode())
+            token, int(self.sessions.lifetime), bool(request.isSecure())).encode())
         self._log.info("{username} logged in ({role})", username=username, role=role)
         return ok(request, username=username, role=role)
 
     @app.route(f"{ACCOUNT}/logout", methods=["POST"])
-    def logout(self, request: Any) -> bytes:
+    async def logout(self, request: Any) -> bytes:
         self._same_origin(request)
         request.setHeader(b"Set-Cookie", set_cookie_header("", 0, bool(request.isSecure())).encode())
+        if await self.sessions.end(cookie_value(request.getHeader(b"cookie"))):
+            self.sessions_ended()
         return ok(request)
 
+    @app.route(f"{ACCOUNT}/logoutAll", methods=["POST"])
+    async def logout_all(self, request: Any) -> bytes:
+        """Log out everywhere: every session of the caller, in every browser, ends now."""
+        self._same_origin(request)
+        session = await self._session(request)
+        ended = await self.sessions.end_user(session.username)
+        request.setHeader(b"Set-Cookie", set_cookie_header("", 0, bool(request.isSecure())).encode())
+        self._log.info("{username} logged out everywhere ({ended} sessions)", username=session.username, ended=ended)
+        self.sessions_ended()
+        return ok(request, ended=ended)
+
+    @app.route(f"{ACCOUNT}/sessions", methods=["GET"])
+    async def list_sessions(self, request: Any) -> bytes:
+        await self._session(request, "admin")
+        return ok(request, sessions=await self.sessions.list())
+
+    @app.route(f"{ACCOUNT}/endSessions", methods=["POST"])
+    async def end_sessions(self, request: Any) -> bytes:
+        """An admin ends one session (``id`` from the list) or all of one account (``username``)."""
+        admin = await self._session(request, "admin")
+        body = require_object(self._json_body(request), "")
+        if ("id" in body) == ("username" in body):
+            raise InvalidInput("", "give either id (one session) or username (all of that account's)")
+        if "id" in body:
+            public_id = require_str(body["id"], "id", 64)
+            ended = await self.sessions.end_public(public_id)
+            what = f"session {public_id}"
+        else:
+            username = check_username(body["username"])
+            ended = await self.sessions.end_user(username)
+            what = f"every session of {username}"
+        self._log.info("{admin} ended {what} ({ended})", admin=admin.username, what=what, ended=ended)
+        self.sessions_ended()
+        return ok(request, ended=ended)
+
     @app.route(f"{ACCOUNT}/me", methods=["GET"])
-    def me(self, request: Any) -> bytes:
-        session = self._session(request)
+    async def me(self, request: Any) -> bytes:
+        session = await self._session(request)
         return ok(request, username=session.username, role=session.role)
 
     @app.route(f"{SERVICE}/<path:rest>")

@@ -3,8 +3,11 @@ The web server's links to agents: one WebSocket per registered service.
 
 An L{AgentLink} is one L{webtesting.lifecycle.Lifecycle} dialled by a
 L{webtesting.wslink.WebSocketDialer} (Twisted's ReconnectingClientFactory
-mixed into Autobahn's client factory): it connects, sends ``agentInfoReq``
-once the WebSocket is open, and after a failure waits a growing delay; an
+mixed into Autobahn's client factory): it connects, answers the agent's
+challenge and checks the agent's proof (L{webtesting.linkauth}: the secret
+never crosses the wire), only then sends ``agentInfoReq``, and after a
+failure waits a growing delay (the longest one when authentication or the
+pinned TLS certificate failed); an
 unknown host is retried at the longest delay, and only an address that
 cannot parse waits for the registry record to change. A frozen agent is
 found by WebSocket ping/pong within C{ping_interval + ping_timeout}.
@@ -32,8 +35,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting import linkauth
 from webtesting.dbpool import DatabaseUnavailable
-from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
+from webtesting.lifecycle import Backoff, Fault, Health, Lifecycle, Reason
 from webtesting.protocol import SERVICE_FIELDS, scrub_reason
 from webtesting.web.sessions import Relay
 from webtesting.wslink import AGENT, LinkProtocol, WebSocketDialer
@@ -67,8 +71,10 @@ class AgentLink:
         max_message: int = 1024 * 1024,
         ping_interval: float = 2.0,
         ping_timeout: float = 2.0,
+        tls: Callable[[str], Any] | None = None,
     ) -> None:
         self.service_id: int = record["serviceId"]
+        self._reactor = reactor
         self.record = record
         self._relay = relay
         self._secret = secret
@@ -78,7 +84,6 @@ class AgentLink:
         self._dialer = WebSocketDialer(
             self.lifecycle, self, AGENT, reactor=reactor, backoff=backoff,
             url=lambda: str(self.record["agentAddr"]),
-            headers=lambda: {"Authorization": f"Bearer {self._secret}"},
             connect_timeout=connect_timeout,
             options={
                 "openHandshakeTimeout": connect_timeout,
@@ -88,8 +93,11 @@ class AgentLink:
                 "maxMessagePayloadSize": max_message,
                 "maxFramePayloadSize": max_message,
             },
+            **({"tls": tls} if tls is not None else {}),
         )
         self._proto: LinkProtocol | None = None
+        self._auth: linkauth.WebSide | None = None  # set while the agent has not proved itself
+        self._auth_timer: Any = None
         self._answered = False  # agentInfoResp said ok on this connection
         self._agent_status = Health(True, "ok", "ok")  # what the agent reports (agentStatusReq)
         self._refused: Health | None = None  # the agent refused our settings
@@ -131,6 +139,8 @@ class AgentLink:
 
     def stop(self) -> None:
         """Stop for good (the service was deleted, or the server stops)."""
+        self._cancel_auth_timer()
+        self._auth = None
         self._proto = None
         self.up = False
         self.lifecycle.stop()
@@ -149,15 +159,63 @@ class AgentLink:
     # -- LinkOwner: what the dialer tells us -------------------------------------
 
     def link_opened(self, proto: LinkProtocol) -> None:
+        # Open, but not up: the agent must prove it knows the secret first.
         self._proto = proto
         self._answered = False
         self._refused = None
         self._agent_status = Health(True, "ok", "ok")
-        self._log.info("agent link {service_id} open", service_id=self.service_id)
+        self._auth = linkauth.WebSide(self._secret, self.service_id)
+        self._auth_timer = self._reactor.callLater(
+            linkauth.DEADLINE, self._auth_failed, proto, "the agent did not authenticate in time")
+
+    def _authenticate(self, proto: LinkProtocol, payload: bytes) -> None:
+        auth = self._auth
+        assert auth is not None
+        try:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                raise linkauth.AuthFailed("the agent sent something else than JSON") from None
+            if isinstance(message, dict) and message.get("method") == "authChallenge":
+                self.send(auth.answer(message))
+                return
+            auth.verify(message)
+        except linkauth.AuthFailed as e:
+            self._auth_failed(proto, str(e))
+            return
+        self._auth = None
+        self._cancel_auth_timer()
+        self._log.info("agent link {service_id} open and authenticated", service_id=self.service_id)
         self._send_info()
         self.lifecycle.connected()
 
+    def _auth_failed(self, proto: LinkProtocol, why: str) -> None:
+        """The peer did not prove it is our agent: it gets nothing, and we try again later."""
+        self._cancel_auth_timer()
+        self._auth = None
+        if proto is not self._proto:
+            return
+        self._proto = None
+        self._log.warn("agent link {service_id}: the peer did not prove it is the agent ({why})",
+                       service_id=self.service_id, why=why)
+        if proto.state == LinkProtocol.STATE_OPEN:
+            proto.sendClose(code=linkauth.CLOSE_CODE, reason=linkauth.CLOSE_REASON)
+        self.lifecycle.failed(Reason(
+            "agent_auth_failed", f"the peer at the agent address could not prove it is the agent: {why}",
+            Fault.REFUSED))
+        # A peer that ignores the close is dropped by the close handshake timeout.
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
     def link_frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
+        if proto is not self._proto:
+            return
+        if self._auth is not None:
+            self._authenticate(proto, payload)
+            return
         if payload[:1] != b"{":
             self._relay.from_agent(self.service_id, payload)
             return
@@ -166,6 +224,11 @@ class AgentLink:
             method = message["method"]
         except (ValueError, KeyError, TypeError):
             self._log.warn("agent link {service_id}: unreadable frame", service_id=self.service_id)
+            return
+        if message.get("serviceId", self.service_id) != self.service_id:
+            # Each link carries its own service: a frame about another is not believed.
+            self._log.warn("agent link {service_id}: dropped a {method} naming service {other}",
+                           service_id=self.service_id, method=method, other=message.get("serviceId"))
             return
         if method == "agentInfoResp":
             if message.get("result") == 1:
@@ -196,6 +259,8 @@ class AgentLink:
 
     def link_closed(self, proto: LinkProtocol, reason: Reason) -> None:
         if proto is self._proto:
+            self._cancel_auth_timer()
+            self._auth = None
             self._lost(reason)
 
     def _lost(self, reason: Reason) -> None:
@@ -255,8 +320,10 @@ class AgentLinks(service.Service):
         connect_timeout: float = 5.0,
         ping_interval: float = 2.0,
         ping_timeout: float = 2.0,
+        tls: Callable[[str], Any] | None = None,
     ) -> None:
         self.registry = registry
+        self._tls = tls
         self.relay = relay
         self._reactor = reactor
         self._secret = secret
@@ -331,7 +398,7 @@ class AgentLinks(service.Service):
                     record, reactor=self._reactor, relay=self.relay, secret=self._secret,
                     on_health=self._health_changed, backoff=self._backoff,
                     connect_timeout=self._connect_timeout,
-                    ping_interval=self._ping[0], ping_timeout=self._ping[1],
+                    ping_interval=self._ping[0], ping_timeout=self._ping[1], tls=self._tls,
                 )
                 self.links[sid] = link
                 self._written[sid] = (record["status"], record["msg"])

@@ -19,7 +19,13 @@ from twisted.logger import Logger
 
 from webtesting import dbpool
 from webtesting.config import RegistryConfig
-from webtesting.web.accounts import USER_SCHEMA_MYSQL, USER_SCHEMA_SQLITE
+from webtesting.web.accounts import (
+    SESSION_INDEX_SQLITE,
+    SESSION_SCHEMA_MYSQL,
+    SESSION_SCHEMA_SQLITE,
+    USER_SCHEMA_MYSQL,
+    USER_SCHEMA_SQLITE,
+)
 from webtesting.protocol import (
     PASSWORD_MASK,
     InvalidInput,
@@ -94,8 +100,8 @@ class _Dialect:
         return statement if self.name == "mysql" else statement.replace("%s", "?")
 
 
-MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL), " FOR UPDATE")
-SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE), "")
+MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL), " FOR UPDATE")
+SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:
@@ -124,6 +130,12 @@ def _from_row(row: Sequence[Any]) -> dict[str, Any]:
     service["status"] = record["status"]
     service["msg"] = record["msg"]
     return service
+
+
+# Changing any of these needs the MySQL password retyped: each is a place the
+# password would be sent (the MySQL server; the agent, given it in agentInfoReq;
+# the WxService, which the agent trusts with the service's users).
+_PASSWORD_BOUND = ("mysqlAddr", "mysqlPort", "agentAddr", "wxServiceAddr")
 
 
 class Registry:
@@ -172,12 +184,14 @@ class Registry:
         Change the given fields of every given service, or of none if any is
         unknown (L{UnknownServices}). A C{mysqlPwd} equal to L{PASSWORD_MASK}
         (or left out) keeps the stored password — but not when the service
-        moves to another MySQL server: the stored password must not follow
-        an address nobody retyped it for (L{InvalidInput}).
+        moves to another MySQL server, another agent or another WxService:
+        the stored password must not follow an address nobody retyped it for
+        (L{InvalidInput}). The agent is given the password; whoever can point
+        a service at their own listener must know the password already.
         """
         ids = [s["serviceId"] for s in services]
         select = self._dialect.sql(
-            f"SELECT id, mysqlAddr, mysqlPort FROM {TABLE} "
+            f"SELECT id, {', '.join(_PASSWORD_BOUND)} FROM {TABLE} "
             f"WHERE id IN ({_placeholders(len(ids))}){self._dialect.for_update}"
         )
         updates: list[tuple[str, list[Any]]] = []
@@ -196,16 +210,17 @@ class Registry:
 
         def work(cursor: Any) -> int:
             cursor.execute(select, ids)
-            found = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+            found = {row[0]: dict(zip(_PASSWORD_BOUND, row[1:])) for row in cursor.fetchall()}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise UnknownServices(missing)
             for i, s in enumerate(services):
-                addr, port = found[s["serviceId"]]
-                moved = s.get("mysqlAddr", addr) != addr or s.get("mysqlPort", port) != port
+                stored = found[s["serviceId"]]
+                moved = [f for f in _PASSWORD_BOUND if f in s and s[f] != stored[f]]
                 if moved and s.get("mysqlPwd", PASSWORD_MASK) == PASSWORD_MASK:
                     raise InvalidInput(f"[{i}].mysqlPwd",
-                                       "retype the password when moving the service to another MySQL server")
+                                       f"retype the password when changing {' or '.join(moved)}: "
+                                       "the stored one does not follow a new address")
             for statement, params in updates:
                 cursor.execute(statement, params)
             return len(ids)

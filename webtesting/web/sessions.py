@@ -119,6 +119,28 @@ class BrowserSession:
 MAX_IN_FLIGHT = 64
 
 
+_SERVICE_KEY = b'"serviceId":'
+
+
+def names_only(frame: bytes, service_id: int) -> bool:
+    """
+    Whether every C{serviceId} in a routed frame's compact JSON is
+    C{service_id}. Read without decoding: in compact JSON the bytes
+    C{"serviceId":} can only be a key (a quote inside a string is escaped).
+    """
+    at = frame.find(_SERVICE_KEY)
+    if at < 0:
+        return True
+    want = str(service_id).encode()
+    while at >= 0:
+        start = at + len(_SERVICE_KEY)
+        end = start + len(want)
+        if frame[start:end] != want or frame[end:end + 1] not in (b",", b"}"):
+            return False
+        at = frame.find(_SERVICE_KEY, end)
+    return True
+
+
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -373,6 +395,11 @@ class Relay:
         session = self.sessions.get(frame[:UUID_LEN].decode("ascii", "replace"))
         if session is None:
             return  # the browser has gone; the agent has been or will be told
+        if not names_only(frame, service_id):
+            # Each link carries its own service: an agent may not speak for another.
+            self._log.warn("dropped a frame from the agent of service {service_id} naming another service",
+                           service_id=service_id)
+            return
         mark = frame[UUID_LEN:UUID_LEN + 1]
         login = session.logins.get(service_id)
         if login is not None and login.pending:

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
 from webtesting.lifecycle import Backoff
-from webtesting.web.accounts import SessionSigner
+from webtesting.web.accounts import SessionStore
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory, BrowserListener
+from webtesting.wslink import pinned_tls
 
 
 class Options(usage.Options):
@@ -39,6 +40,11 @@ class Options(usage.Options):
             source = self["config"] or "<defaults>"
             self.secret = self.config.agents.auth.read(f"{source}: agents.auth")
             self.session_secret = self.config.http.sessions.read(f"{source}: http.sessions")
+            ca_file = self.config.agents.ca_file
+            try:
+                self.agent_tls = pinned_tls(ca_file) if ca_file else None
+            except (OSError, ValueError) as e:
+                raise ConfigError(source, [f"agents.ca_file: {e}"]) from None
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 
@@ -86,24 +92,29 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         connect_timeout=agents.connect_timeout,
         ping_interval=agents.ping_interval,
         ping_timeout=agents.ping_timeout,
+        tls=options.agent_tls,
     )
     links.setName("agent-links")
     links.setServiceParent(top)
 
-    signer = SessionSigner(options.session_secret, config.http.sessions.lifetime)
+    sessions = SessionStore(registry.db, registry.dialect_name, config.http.sessions.lifetime)
+    purge = TimerService(3600, lambda: sessions.purge().addErrback(lambda _: None))  # next hour, then
+    purge.clock = reactor
+    purge.setName("session-purge")
+    purge.setServiceParent(top)
+    browsers = BrowserFactory(
+        relay, sessions, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
+        allowed_origins=config.websocket.allowed_origins, max_per_account=config.websocket.max_per_account,
+    )
     api = RegistryAPI(
-        registry, config.http.webroot or default_webroot(), ws_addr_for(config), signer, links.sync,
-        codes=links.code, reactor=reactor,
+        registry, config.http.webroot or default_webroot(), ws_addr_for(config), sessions, links.sync,
+        sessions_ended=browsers.recheck, codes=links.code, reactor=reactor,
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
 
-    browsers = BrowserFactory(
-        relay, signer, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
-        allowed_origins=config.websocket.allowed_origins,
-    )
     ws = BrowserListener(serverFromString(reactor, config.websocket.listen), browsers)
     ws.setName("websocket")
     ws.setServiceParent(top)

@@ -27,18 +27,20 @@ next server rather than guessing what happened.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
 from webtesting.protocol import Result
-from webtesting.web.accounts import Session, SessionSigner, cookie_value
+from webtesting.dbpool import DatabaseUnavailable
+from webtesting.web.accounts import Session, cookie_value
 from webtesting.web.sessions import BrowserSession, Relay
 
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
@@ -46,15 +48,27 @@ GOING_AWAY = 1001
 GOING_AWAY_REASON = "the server is shutting down"
 
 
+SESSION_ENDED = 4401
+
+
+class SessionChecker(Protocol):
+    """What the browser WebSocket asks of the login sessions (L{webtesting.web.accounts.SessionStore})."""
+
+    def check(self, token: str | None) -> Deferred[Session | None]: ...
+
+    def alive(self, keys: Sequence[str]) -> Deferred[set[str]]: ...
+
+
 class BrowserProtocol(WebSocketServerProtocol):
     _log = Logger()
     factory: "BrowserFactory"
     session: BrowserSession | None = None
     user: Session | None = None
+    _counted = False
     _expiry: Any = None
     _too_large = False
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
         if self.factory.going_away:
             raise ConnectionDeny(503, "the server is shutting down")
         if request.path != self.factory.path:
@@ -62,9 +76,32 @@ class BrowserProtocol(WebSocketServerProtocol):
         if not self.factory.origin_allowed(request.headers.get("origin"), request.headers.get("host", "")):
             self._log.warn("refused a browser WebSocket from origin {origin}", origin=request.headers.get("origin"))
             raise ConnectionDeny(403, "origin not allowed")
-        self.user = self.factory.signer.check(cookie_value(request.headers.get("cookie")))
-        if self.user is None:
+        # The session row, read now: a logged-out or deleted user's cookie opens nothing.
+        d = self.factory.sessions.check(cookie_value(request.headers.get("cookie")))
+        d.addCallbacks(self._checked, self._check_failed)
+        return d
+
+    def _checked(self, user: Session | None) -> None:
+        if user is None:
             raise ConnectionDeny(401, "log in first")
+        if self.state == WebSocketServerProtocol.STATE_CLOSED:
+            raise ConnectionDeny(400, "the browser went away during the handshake")
+        if not self.factory.admit(user.username):
+            raise ConnectionDeny(429, f"too many open WebSockets for this account "
+                                      f"(at most {self.factory.max_per_account})")
+        self._counted = True
+        self.user = user
+
+    def _check_failed(self, failure: Any) -> None:
+        if failure.check(DatabaseUnavailable):
+            raise ConnectionDeny(503, "the registry database is unavailable; try again shortly")
+        self._log.failure("checking a browser's session", failure)
+        raise ConnectionDeny(500, "internal error")
+
+    def session_ended(self) -> None:
+        """The login session was ended (logout elsewhere, an admin, a deleted user)."""
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(code=SESSION_ENDED, reason="session ended; log in again")
 
     def onOpen(self) -> None:
         try:
@@ -88,7 +125,7 @@ class BrowserProtocol(WebSocketServerProtocol):
 
     def _login_expired(self) -> None:
         self._expiry = None
-        self.sendClose(code=4401, reason="login expired; log in again")
+        self.sendClose(code=SESSION_ENDED, reason="login expired; log in again")
 
     def _deliver(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -132,6 +169,9 @@ class BrowserProtocol(WebSocketServerProtocol):
             self._deliver(_INTERNAL)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.release(self.user.username if self.user is not None else "")
         try:
             self.factory.closed(self)
         except Exception:
@@ -155,16 +195,27 @@ class BrowserFactory(WebSocketServerFactory):
     def __init__(
         self,
         relay: Relay,
-        signer: SessionSigner,
+        sessions: SessionChecker,
         *,
         path: str = "/WebTesting",
         max_message: int = 64 * 1024,
         allowed_origins: Sequence[str] = (),
+        max_per_account: int = 20,
+        recheck_interval: float = 2.0,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.relay = relay
-        self.signer = signer
+        self.sessions = sessions
+        self.max_per_account = max_per_account
+        self._per_account: dict[str, int] = {}
+        # Sessions ended on another web node (or by webtesting-account) close
+        # here within this many seconds; ended here, at once (recheck()).
+        self._recheck = LoopingCall(self.recheck)
+        self._recheck.clock = self.reactor
+        self._recheck_interval = recheck_interval
+        self._rechecking: Deferred[None] | None = None
+        self._again = False
         self.path = path
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self.max_message = max_message
@@ -187,6 +238,62 @@ class BrowserFactory(WebSocketServerFactory):
         # Listening (again) with this factory: new browsers are welcome.
         self.going_away = False
         super().startFactory()
+        if not self._recheck.running:
+            self._recheck.start(self._recheck_interval, now=False)
+
+    def stopFactory(self) -> None:
+        if self._recheck.running:
+            self._recheck.stop()
+        super().stopFactory()
+
+    # -- per-account limit, and sessions that end ---------------------------------
+
+    def admit(self, username: str) -> bool:
+        count = self._per_account.get(username, 0)
+        if count >= self.max_per_account:
+            return False
+        self._per_account[username] = count + 1
+        return True
+
+    def release(self, username: str) -> None:
+        count = self._per_account.get(username, 0) - 1
+        if count > 0:
+            self._per_account[username] = count
+        else:
+            self._per_account.pop(username, None)
+
+    def recheck(self) -> Deferred[None] | None:
+        """Close the WebSockets whose login session has ended (one query for all of them)."""
+        if self._rechecking is not None:
+            # It may have read before the latest change: once more when it is done.
+            self._again = True
+            return self._rechecking
+        open_ = [p for p in self.open_protocols if p.user is not None]
+        if not open_:
+            return None
+        d = self.sessions.alive(sorted({p.user.key for p in open_ if p.user is not None}))
+
+        def close_ended(alive: set[str]) -> None:
+            for protocol in open_:
+                if protocol.user is not None and protocol.user.key not in alive:
+                    self._log.info("closing a WebSocket of {username}: session ended",
+                                   username=protocol.user.username)
+                    protocol.session_ended()
+
+        def failed(failure: Any) -> None:
+            if not failure.check(DatabaseUnavailable):  # kept open until it can be checked
+                self._log.failure("re-checking the browsers' sessions", failure)
+
+        def done(_: object) -> None:
+            self._rechecking = None
+            if self._again:
+                self._again = False
+                self.recheck()
+
+        d.addCallbacks(close_ended, failed)
+        d.addBoth(done)
+        self._rechecking = d
+        return d
 
     def opened(self, protocol: BrowserProtocol) -> None:
         self.open_protocols.add(protocol)
