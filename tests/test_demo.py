@@ -107,7 +107,8 @@ class DemoTests(unittest.TestCase):
             headers={"Content-Type": "application/json", "Cookie": cookie},
         )
         with urllib.request.urlopen(request, timeout=2) as r:
-            return json.load(r), r.headers.get("Set-Cookie", "").split(";", 1)[0]
+            cookies = [c for c in r.headers.get_all("Set-Cookie") or [] if c.startswith("wt_session=")]
+            return json.load(r), (cookies[0].split(";", 1)[0] if cookies else "")
 
     async def chat(self, cookie: str, service: dict[str, Any], name: str) -> None:
         client = await wsclient.connect(service["wsAddr"], headers={"Cookie": cookie})

@@ -147,7 +147,7 @@ class AgentLinkTests(LinkTestsBase):
         self.assertEqual(factory.delay, BACKOFF.maximum)
         agent = self.agent()
         agent.start()
-        await self.registry.update_services([{"serviceId": sid, "agentAddr": agent.url}])
+        await self.registry.update_services([{"serviceId": sid, "agentAddr": agent.url, "mysqlPwd": "root"}])
         await eventually(lambda: self.status_is(sid, 1), what="up after the record changed")
 
 
@@ -170,7 +170,7 @@ class RegistrySyncTests(LinkTestsBase):
         sid = await self.add(agentAddr=first.url)
         links = self.links()
         await eventually(lambda: up(links, sid) and first.links(), what="first agent")
-        await self.registry.update_services([{"serviceId": sid, "agentAddr": second.url}])
+        await self.registry.update_services([{"serviceId": sid, "agentAddr": second.url, "mysqlPwd": "root"}])
         await eventually(lambda: second.links() and not first.links(), timeout=2, what="moved to the second")
         await eventually(lambda: self.status_is(sid, 1), what="up at the second")
 
@@ -182,7 +182,8 @@ class RegistrySyncTests(LinkTestsBase):
         links = self.links()
         await eventually(lambda: up(links, sid), what="up")
         [before] = agent.links()
-        await self.registry.update_services([{"serviceId": sid, "wxServiceAddr": "ws://127.0.0.1:1999/x"}])
+        await self.registry.update_services([{"serviceId": sid, "wxServiceAddr": "ws://127.0.0.1:1999/x",
+                                                "mysqlPwd": "root"}])
         await eventually(lambda: before.service["wxServiceAddr"] == "ws://127.0.0.1:1999/x", timeout=2,
                          what="new settings at the agent")
         self.assertEqual(agent.links(), [before])

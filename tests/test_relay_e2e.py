@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from tests.support import mariadb
 from tests.support.system import System
 from tests.support.wait import eventually
 
@@ -169,10 +170,12 @@ class EndToEndTests(unittest.TestCase):
     async def test_changed_wxservice_address(self) -> None:
         """A changed wxServiceAddr reaches the agent within one sync and the user follows it."""
         await self.login()
-        await self.system.registry.update_services([{"serviceId": self.sid, "wxServiceAddr": "ws://127.0.0.1:1/none"}])
+        await self.system.registry.update_services([{"serviceId": self.sid, "wxServiceAddr": "ws://127.0.0.1:1/none",
+                                                     "mysqlPwd": mariadb.PASSWORD}])
         down = await self.browser.expect("servStatus")
         self.assertEqual(down["status"], 0)
-        await self.system.registry.update_services([{"serviceId": self.sid, "wxServiceAddr": self.system.bot.url}])
+        await self.system.registry.update_services([{"serviceId": self.sid, "wxServiceAddr": self.system.bot.url,
+                                                     "mysqlPwd": mariadb.PASSWORD}])
         await self.browser.expect(lambda m: m.get("method") == "servStatus" and m["status"] == 1)
         self.browser.send({"method": "aichatReq", "serviceId": self.sid, "appid": "1.00002", "content": "hello"})
         self.assertEqual((await self.browser.expect("aichatResp"))["result"], 1)

@@ -282,11 +282,20 @@ class SessionConfig(SecretConfig):
 
 
 @dataclass(frozen=True)
+class LoginThrottleConfig:
+    """Password guesses allowed per hour (webtesting/web/throttle.py), after a small burst."""
+
+    per_username_hour: float = number_field(100.0, 1, 1_000_000)
+    per_address_hour: float = number_field(1000.0, 1, 1_000_000)
+
+
+@dataclass(frozen=True)
 class HTTPConfig:
     listen: str = endpoint_field("tcp:2019")
     webroot: str = path_field("")
     max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
     sessions: SessionConfig = SessionConfig()
+    login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,7 @@ class Demo:
             headers={"Content-Type": "application/json", "Cookie": cookie},
         )
         with urllib.request.urlopen(request, timeout=5) as r:
-            set_cookie = r.headers.get("Set-Cookie", "")
+            set_cookie = next((c for c in r.headers.get_all("Set-Cookie") or [] if c.startswith("wt_session=")), "")
             return json.load(r), set_cookie.split(";", 1)[0]
 
     def register_demo_service(self, admin_password: str) -> None:

@@ -11,12 +11,18 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 
 class JSONClient:
-    def __init__(self, base: str, persistent: bool = False) -> None:
+    def __init__(self, base: str, persistent: bool = False, bind: str | None = None) -> None:
+        """C{bind}: the loopback address to connect from (127.0.0.2, …), to play another client."""
         self.base = base
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = 8
-        self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+        if bind is None:
+            agent = Agent(reactor, pool=self.pool)
+        else:
+            agent = Agent.usingEndpointFactory(reactor, _BoundEndpoints(bind), pool=self.pool)
+        self.http = treq.client.HTTPClient(agent)
         self.cookie = ""  # "wt_session=…" once logged in
+        self.device = ""  # "wt_device=…" once logged in (the login throttle's device cookie)
 
     async def call(
         self,
@@ -31,8 +37,9 @@ class JSONClient:
         headers = {}
         if content_type is not None:
             headers["Content-Type"] = [content_type]
-        if self.cookie:
-            headers["Cookie"] = [self.cookie]
+        cookies = "; ".join(c for c in (self.cookie, self.device) if c)
+        if cookies:
+            headers["Cookie"] = [cookies]
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         response = await self.http.request(method, self.base + path, data=data, headers=headers)
         content = await response.content()
@@ -48,9 +55,23 @@ class JSONClient:
         status, answer = await self.call("POST", "/WebTesting/Account/login",
                                          {"username": username, "password": password})
         if status == 200:
-            [set_cookie] = self.last_headers.getRawHeaders("set-cookie")
+            set_cookies = self.last_headers.getRawHeaders("set-cookie")
+            [set_cookie] = [c for c in set_cookies if c.startswith("wt_session=")]
             self.cookie = set_cookie.split(";", 1)[0]
+            self.device = next((c.split(";", 1)[0] for c in set_cookies if c.startswith("wt_device=")), "")
         return status, answer
 
     async def close(self) -> None:
         await self.pool.closeCachedConnections()
+
+
+class _BoundEndpoints:
+    """Connects from one local address (twisted.web.iweb.IAgentEndpointFactory)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        return TCP4ClientEndpoint(reactor, uri.host.decode(), uri.port, bindAddress=(self.address, 0))

@@ -32,10 +32,11 @@ async def ensure_user(db: Any, dialect_name: str, username: str, role: str) -> N
     await db.run(work)
 
 
-async def session_cookie(store: SessionStore, username: str, role: str, address: str = "127.0.0.1") -> str:
+async def session_cookie(store: SessionStore, username: str, role: str, address: str = "127.0.0.1",
+                         token: str | None = None) -> str:
     """A Cookie header value for a new, real session of C{username} (created with C{role} if missing)."""
     await ensure_user(store.db, store._dialect, username, role)
-    token = await store.create(username, address, "tests")
+    token = await store.create(username, address, "tests", token=token)
     return f"{COOKIE}={token}"
 
 

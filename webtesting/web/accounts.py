@@ -194,9 +194,10 @@ class SessionStore:
     def _now(self) -> int:
         return int(self._clock())
 
-    def create(self, username: str, address: str = "", user_agent: str = "") -> Deferred[str]:
-        """A new session for C{username}; fires with the cookie token."""
-        token = _b64(os.urandom(32))
+    def create(self, username: str, address: str = "", user_agent: str = "",
+               token: str | None = None) -> Deferred[str]:
+        """A new session for C{username}; fires with the cookie token (a new random one unless given)."""
+        token = token or _b64(os.urandom(32))
         now = self._now()
         row = [session_key(token), os.urandom(8).hex(), username, address[:64], user_agent[:256],
                now, now, int(now + self.lifetime)]
@@ -334,52 +335,6 @@ def cookie_value(header: str | bytes | None, name: str = COOKIE) -> str | None:
 def set_cookie_header(value: str, max_age: int, secure: bool) -> str:
     flags = f"{COOKIE}={value}; Path=/WebTesting; Max-Age={max_age}; HttpOnly; SameSite=Strict"
     return flags + ("; Secure" if secure else "")
-
-
-# -- slowing down repeated failures ------------------------------------------------
-
-
-class LoginThrottle:
-    """
-    Counts failed logins per key (a username, an address) and says how long
-    the next answer for those keys must wait. Per process; a key forgets its
-    failures C{window} seconds after the last one.
-    """
-
-    FREE = 3  # failures answered without delay
-    MAX_DELAY = 10.0
-    MAX_KEYS = 10_000
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, window: float = 900.0) -> None:
-        self._clock = clock
-        self._window = window
-        self._failures: dict[str, tuple[int, float]] = {}
-
-    def delay(self, keys: Sequence[str]) -> float:
-        now = self._clock()
-        worst = 0
-        for key in keys:
-            count, last = self._failures.get(key, (0, 0.0))
-            if count and now - last > self._window:
-                del self._failures[key]
-                count = 0
-            worst = max(worst, count)
-        if worst < self.FREE:
-            return 0.0
-        return float(min(0.5 * 2 ** (worst - self.FREE), self.MAX_DELAY))
-
-    def failed(self, keys: Sequence[str]) -> None:
-        now = self._clock()
-        if len(self._failures) >= self.MAX_KEYS:
-            oldest = min(self._failures, key=lambda k: self._failures[k][1])
-            del self._failures[oldest]
-        for key in keys:
-            count, _ = self._failures.get(key, (0, 0.0))
-            self._failures[key] = (count + 1, now)
-
-    def succeeded(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
 
 
 # -- the users table ------------------------------------------------------------------

@@ -21,8 +21,9 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+import os
+
 from twisted.internet.defer import DeferredSemaphore
-from twisted.internet.task import deferLater
 
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.protocol import (
@@ -39,7 +40,7 @@ from webtesting.protocol import (
 )
 from webtesting.web.accounts import (
     Accounts,
-    LoginThrottle,
+    DeviceSigner,
     Session,
     SessionStore,
     check_username,
@@ -47,10 +48,14 @@ from webtesting.web.accounts import (
     set_cookie_header,
 )
 from webtesting.web.registry import Registry, UnknownServices
+from webtesting.web.throttle import LoginThrottle, Throttled
 
 PREFIX = "/WebTesting"
 SERVICE = f"{PREFIX}/Service"
 ACCOUNT = f"{PREFIX}/Account"
+# The login throttle's device cookie (webtesting.web.throttle): a year.
+DEVICE_COOKIE = "wt_device"
+DEVICE_LIFETIME = 365 * 86400
 
 
 class LimitedRequest(Request):
@@ -120,6 +125,7 @@ _CODES = {
     Result.METHOD_NOT_ALLOWED: "bad_request",
     Result.TOO_LARGE: "too_large",
     Result.UNSUPPORTED_MEDIA_TYPE: "bad_request",
+    Result.TOO_MANY_REQUESTS: "too_many_attempts",
     Result.INTERNAL: "internal",
     Result.UNAVAILABLE: "unavailable",
     Result.TIMEOUT: "timeout",
@@ -207,6 +213,7 @@ class RegistryAPI:
         codes: Callable[[dict[str, Any]], str] = lambda service: "ok" if service["status"] == 1 else "unavailable",
         reactor: Any = None,
         throttle: LoginThrottle | None = None,
+        device: DeviceSigner | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -219,6 +226,8 @@ class RegistryAPI:
         # their WebSockets at once (others notice on their own timer).
         self.sessions_ended = sessions_ended
         self.throttle = throttle or LoginThrottle()
+        # Signs the throttle's device cookies (the configured session secret; a random one in tests).
+        self.device = device or DeviceSigner(os.urandom(32).hex())
         # scrypt at n=2**17 takes 128 MiB and a core for half a second: two at a time.
         self._checking = DeferredSemaphore(2)
         self._reactor = reactor
@@ -313,25 +322,43 @@ class RegistryAPI:
         body = require_object(self._json_body(request), "")
         username = check_username(body.get("username"))
         password = require_str(body.get("password"), "password", 1024)
-        keys = [f"user:{username.lower()}", f"addr:{request.getClientAddress().host}"]
-        delay = self.throttle.delay(keys)
-        if delay:
-            # Wait before checking, so that guesses sent in parallel are
-            # slowed as much as guesses sent one after another.
-            await deferLater(self._reactor, delay, lambda: None)
-        async with self._checking:  # scrypt is costly: a few checks at a time
-            role = await self.accounts.authenticate(username, password)
+        address = request.getClientAddress().host
+        device = self._device(request, username)
+        try:
+            # Counted before the password is checked, one check at a time per username and address.
+            attempt = self.throttle.begin(username, address, device)
+        except Throttled as e:
+            request.setHeader(b"Retry-After", str(e.retry_after).encode())
+            self._log.info("login for {username} from {address} throttled", username=username, address=address)
+            raise HTTPError(Result.TOO_MANY_REQUESTS, str(e)) from None
+        role = None
+        try:
+            async with self._checking:  # scrypt is costly: a few checks at a time
+                role = await self.accounts.authenticate(username, password)
+        finally:
+            attempt.done(role is not None)
         if role is None:
-            self.throttle.failed(keys)
-            self._log.info("failed login for {username}", username=username)
+            self._log.info("failed login for {username} from {address}", username=username, address=address)
             raise HTTPError(Result.UNAUTHORIZED, "wrong username or password")
-        self.throttle.succeeded(keys)
+        if device is None:
+            signed = self.device.sign(f"{username.lower()}\n{os.urandom(8).hex()}")
+            request.responseHeaders.addRawHeader(b"Set-Cookie", (
+                f"{DEVICE_COOKIE}={signed}; Path={ACCOUNT}; Max-Age={DEVICE_LIFETIME}; HttpOnly; SameSite=Strict"
+                + ("; Secure" if request.isSecure() else "")).encode())
         user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
         token = await self.sessions.create(username, request.getClientAddress().host, user_agent)
-        request.setHeader(b"Set-Cookie", set_cookie_header(
+        request.responseHeaders.addRawHeader(b"Set-Cookie", set_cookie_header(
             token, int(self.sessions.lifetime), bool(request.isSecure())).encode())
         self._log.info("{username} logged in ({role})", username=username, role=role)
         return ok(request, username=username, role=role)
+
+    def _device(self, request: Any, username: str) -> str | None:
+        """The id of this browser's device cookie for C{username}, if it shows a valid one."""
+        value = self.device.check(cookie_value(request.getHeader(b"cookie"), DEVICE_COOKIE))
+        if value is None:
+            return None
+        owner, _, device_id = value.partition("\n")
+        return device_id if owner == username.lower() and device_id else None
 
     @app.route(f"{ACCOUNT}/logout", methods=["POST"])
     async def logout(self, request: Any) -> bytes:

@@ -20,11 +20,12 @@ from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
 from webtesting.lifecycle import Backoff
-from webtesting.web.accounts import SessionStore
+from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
+from webtesting.web.throttle import LoginThrottle
 from webtesting.web.ws import BrowserFactory, BrowserListener
 from webtesting.wslink import pinned_tls
 
@@ -109,6 +110,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     api = RegistryAPI(
         registry, config.http.webroot or default_webroot(), ws_addr_for(config), sessions, links.sync,
         sessions_ended=browsers.recheck, codes=links.code, reactor=reactor,
+        throttle=LoginThrottle(per_username_hour=config.http.login_throttle.per_username_hour,
+                               per_address_hour=config.http.login_throttle.per_address_hour),
+        device=DeviceSigner(options.session_secret),
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
