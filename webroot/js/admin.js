@@ -7,6 +7,7 @@ import { t } from "./i18n.js";
 import { sentence } from "./reasons.js";
 import { startPage } from "./shell.js";
 import { fill, read, clearErrors, showError, FieldError } from "./admin/form.js";
+import { mountPeople } from "./admin/people.js";
 
 const REFRESH_MS = 3000;
 
@@ -144,6 +145,8 @@ function main() {
   });
   document.addEventListener("langchange", () => render(true));
 
-  refresh();
-  setInterval(refresh, REFRESH_MS);
+  const refreshPeople = mountPeople({ say });
+  const refreshAll = () => Promise.all([refresh(), refreshPeople()]);
+  refreshAll();
+  setInterval(refreshAll, REFRESH_MS);
 }

@@ -4,9 +4,10 @@
 export const BASE = "/WebTesting";
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super(body && body.msg ? body.msg : `HTTP ${status}`);
     this.status = status;
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
     this.result = body && body.result;
     this.body = body || {};
   }
@@ -51,7 +52,10 @@ export async function request(method, path, { body, noRedirect = false } = {}) {
     redirectToLogin();
     throw new ApiError(401, answer);
   }
-  if (!response.ok || answer.result !== 1) throw new ApiError(response.status, answer);
+  if (!response.ok || answer.result !== 1) {
+    const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    throw new ApiError(response.status, answer, Number.isFinite(retry) ? retry : null);
+  }
   return answer;
 }
 
@@ -60,6 +64,10 @@ export const api = {
   login: (username, password) =>
     request("POST", "Account/login", { body: { username, password }, noRedirect: true }),
   logout: () => request("POST", "Account/logout", { body: {}, noRedirect: true }),
+  logoutAll: () => request("POST", "Account/logoutAll", { body: {}, noRedirect: true }),
+  sessions: () => request("GET", "Account/sessions"),
+  endSessions: (which) => request("POST", "Account/endSessions", { body: which }),
+  botLogins: () => request("GET", "Service/getLogins"),
   serviceList: () => request("GET", "Service/getServiceList"),
   services: () => request("GET", "Service/getServices"),
   addServices: (services) => request("PUT", "Service/addServices", { body: services }),

@@ -19,8 +19,13 @@ form.addEventListener("submit", async (event) => {
     await api.login(byId("username").value.trim(), byId("password").value);
     location.assign(next);
   } catch (e) {
-    const msg = e instanceof ApiError && e.status ? e.message : t("error.network");
-    error.textContent = t("login.failed", { msg });
+    if (e instanceof ApiError && e.status === 429) {
+      // The throttle: say when to try again, in the person's language.
+      error.textContent = t("login.throttled", { seconds: e.retryAfter ?? 60 });
+    } else {
+      const msg = e instanceof ApiError && e.status ? e.message : t("error.network");
+      error.textContent = t("login.failed", { msg });
+    }
     byId("password").select();
   } finally {
     submit.disabled = false;

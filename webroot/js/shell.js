@@ -35,6 +35,18 @@ function renderNav(user) {
       location.assign("login.html");
     }
   });
+  // Ends every session of this account, in every browser, at once.
+  const logoutAll = h("button", { type: "button", id: "logout-all", className: "link-button",
+    dataset: { i18n: "nav.logoutAll" } }, t("nav.logoutAll"));
+  logoutAll.addEventListener("click", async () => {
+    if (!confirm(t("nav.logoutAllConfirm"))) return;
+    try {
+      await api.logoutAll();
+    } finally {
+      location.assign("login.html");
+    }
+  });
+  logout.after(logoutAll);
 }
 
 function showForbidden(user) {
