@@ -151,11 +151,19 @@ class BrowserWebSocketTests(unittest.TestCase):
                 await wsclient.connect(self.url, headers=headers)
 
     async def test_other_sites_are_refused(self) -> None:
-        """A page from another site cannot open the WebSocket, even with the user's cookie; our host's pages can."""
+        """
+        Only the pages' own origin (scheme, host and port exactly) may open the
+        WebSocket with the user's cookie: not another site, not another port of
+        the same host, not https for http.
+        """
         cookie = self.cookie
         with self.assertRaises(ConnectionError):
             await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://evil.example"})
-        client = await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://127.0.0.1:2019"})
+        for other in ("http://127.0.0.1:8080", "https://127.0.0.1", "ws://127.0.0.1", "http://localhost",
+                      "null", "http://127.0.0.1.evil.example"):
+            with self.assertRaises(ConnectionError, msg=other):
+                await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": other})
+        client = await wsclient.connect(self.url, headers={"Cookie": cookie, "Origin": "http://127.0.0.1"})
         await client.close()
 
 

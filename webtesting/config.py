@@ -289,9 +289,19 @@ class LoginThrottleConfig:
     per_address_hour: float = number_field(1000.0, 1, 1_000_000)
 
 
+def _check_page_url(value: str) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        return f"must be empty or an http:// or https:// address, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
     listen: str = endpoint_field("tcp:2019")
+    # Where people open the pages (scheme://host[:port]); the only origin
+    # whose pages may use the API and the WebSocket, besides
+    # websocket.allowed_origins. Empty: built from `listen`.
+    public_url: str = field(default="", metadata={"check": _check_page_url})
     webroot: str = path_field("")
     max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
     sessions: SessionConfig = SessionConfig()
@@ -309,6 +319,8 @@ class BrowserWebSocketConfig:
     allowed_origins: list[str] = field(default_factory=list)
     # Open browser WebSockets one account may hold on this web server.
     max_per_account: int = number_field(20, 1, 100_000)
+    # Bot logins one account may hold at once on this web server.
+    max_logins_per_account: int = number_field(50, 1, 1_000_000)
 
 
 @dataclass(frozen=True)

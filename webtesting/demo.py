@@ -250,11 +250,16 @@ class Demo:
     def prepare(self) -> dict[str, str]:
         """Everything before the first process: secrets, configs, checks, logins."""
         os.makedirs(self.logs, exist_ok=True)
+        # var/ holds the secrets, the demo's passwords and the registry (with MySQL passwords): owner only.
+        os.chmod(self.var, 0o700)
         for name in ("agent.secret", "session.secret"):
             secret = os.path.join(self.var, name)
             if not os.path.exists(secret) or os.path.getsize(secret) == 0:
                 with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                     f.write(secrets.token_hex(32) + "\n")
+        for name in ("agent.secret", "session.secret", "demo-logins.txt"):
+            if os.path.exists(os.path.join(self.var, name)):
+                os.chmod(os.path.join(self.var, name), 0o600)  # made by an older version, maybe 0644
         self.write_configs()
         self.check_mysql()
         logins = self.demo_accounts()

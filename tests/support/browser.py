@@ -233,6 +233,7 @@ class PagesSystem(BotBackends):
         """Call the HTTP API as an admin (a real session of the admin "root"); the decoded answer."""
         if not self._admin_cookie:
             store = self.web.getServiceNamed("websocket").factory.sessions
+            await eventually(lambda: store.db.available, what="the registry database")
             self._admin_cookie = await session_cookie(store, "root", "admin")
         headers: dict[bytes | str, bytes | str] = {"Cookie": self._admin_cookie}
         data = None

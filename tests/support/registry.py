@@ -12,6 +12,7 @@ from twisted.internet.task import LoopingCall
 from webtesting.config import RegistryConfig
 from webtesting.web.accounts import SessionStore
 from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.origins import Origins
 from webtesting.web.registry import Registry, open_registry
 from tests.support.http import JSONClient
 from tests.support.sessions import session_cookie
@@ -70,6 +71,7 @@ class RunningRegistry:
             await self.registry.db.ready()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.client = JSONClient(f"http://127.0.0.1:{self.port.getHost().port}")
+        self.api.origins = Origins(self.client.base)  # the pages' own origin
         if role is not None and wait and self.registry.db.available:
             self.client.cookie = await self.cookie(role, role)
         elif role is not None:

@@ -15,6 +15,7 @@ and reported with ``agentStatusReq`` once per change.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeGuard
 
@@ -28,6 +29,7 @@ from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
 from webtesting import linkauth
 from webtesting.lifecycle import Health
+from webtesting.handshake import BoundedHandshake
 from webtesting.protocol import (
     BROWSER_REQUESTS,
     ROUTE,
@@ -111,6 +113,19 @@ class AgentSettings:
         )
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who is logged in as one bot user at this agent."""
+
+    link: "WebLink"
+    uuid: str
+    account: str
+    since: int  # Unix seconds
+
+
+Holders = dict[tuple[int, str, str], Holder]
+
+
 class WebLink:
     """Everything one web server link carries: one service at this agent."""
 
@@ -124,10 +139,13 @@ class WebLink:
         state_factory: StateSourceFactory,
         *,
         service_id: int | None = None,
+        holders: "Holders | None" = None,
     ) -> None:
         self._send = send
         # The one service the web server proved this link for (None: not bound, in unit tests).
         self.bound_id = service_id
+        # Who holds each (service, appid, uname) at this agent, over all its links (every web node).
+        self.holders: Holders = holders if holders is not None else {}
         self.reactor = reactor
         self._settings = settings
         self._state_factory = state_factory
@@ -181,6 +199,9 @@ class WebLink:
         method = message["method"]
         if method == "agentInfoReq":
             self.configure(message)
+            return
+        if method == "listLoginsReq":
+            self._list_logins(message)
             return
         uuid = message.get("uuid")
         if not _is_uuid(uuid):
@@ -269,12 +290,46 @@ class WebLink:
             self.frame(uuid, ROUTE, {"method": "loginResp", **fields, "result": int(Result.BAD_REQUEST),
                                      "code": "bad_request", "msg": "already logged in; log out first"})
             return
+        account = message.get("account") if isinstance(message.get("account"), str) else ""
+        key = (message["serviceId"], message["appid"], message["uname"])
+        holder = self.holders.get(key)
+        if holder is not None:
+            if message.get("restore") is True:
+                # A login coming back after its link dropped does not take over a newer one.
+                self.frame(uuid, b"-", {"method": "loginResp", **fields, "result": int(Result.CONFLICT),
+                                        "code": "logged_in_elsewhere",
+                                        "msg": f"logged in elsewhere by {holder.account or 'someone'}"})
+                return
+            holder.link.taken_over(holder.uuid, account)
         user = UserSession(
             self, uuid, message["serviceId"], message["appid"], message["uname"],
             link_settings=self._link_settings,
         )
         self.users[uuid] = user
+        self.holders[key] = Holder(self, uuid, account, int(time.time()))
         user.start()
+
+    def taken_over(self, uuid: str, account: str) -> None:
+        """Another login of the same bot user, anywhere: this one ends, and its page hears why."""
+        user = self.users.get(uuid)
+        if user is None:
+            return
+        self._log.info("service {service_id}: {uname} logged in elsewhere by {account}; ending the older login",
+                       service_id=user.service_id, uname=user.uname, account=account or "someone")
+        user.close()
+        user.answer("logoutResp", Result.CONFLICT, f"logged in elsewhere by {account or 'someone'}", b"-",
+                    code="logged_in_elsewhere")
+
+    def _list_logins(self, message: dict[str, Any]) -> None:
+        """Who holds which bot user of this link's service (admins see it: getLogins)."""
+        req_id = message.get("reqId")
+        service_id = self.service["serviceId"] if self.service is not None else self.bound_id
+        logins = [
+            {"serviceId": sid, "appid": appid, "uname": uname, "account": holder.account, "since": holder.since}
+            for (sid, appid, uname), holder in sorted(self.holders.items())
+            if sid == service_id
+        ]
+        self._json({"method": "listLoginsResp", "reqId": req_id, "serviceId": service_id, "logins": logins})
 
     def _user(self, uuid: str, message: dict[str, Any], answer: str) -> UserSession | None:
         user = self.users.get(uuid)
@@ -329,6 +384,10 @@ class WebLink:
         self._send_current(user)
 
     def user_ended(self, user: UserSession) -> None:
+        key = (user.service_id, user.appid, user.uname)
+        holder = self.holders.get(key)
+        if holder is not None and holder.link is self and holder.uuid == user.uuid:
+            del self.holders[key]
         if self.users.get(user.uuid) is user:
             del self.users[user.uuid]
             if self.source is not None:
@@ -411,7 +470,7 @@ def _is_uuid(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) == 32 and value.isascii() and value.isalnum()
 
 
-class AgentProtocol(WebSocketServerProtocol):
+class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
     """One web server link; the decisions are the L{WebLink}'s."""
 
     _log = Logger()
@@ -519,6 +578,8 @@ class AgentFactory(WebSocketServerFactory):
         self.settings = settings
         self.path = path
         self.open_links: set[AgentProtocol] = set()
+        # One login per (service, appid, uname) over every link, as seed 001 does for devices.
+        self.holders: Holders = {}
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,
             maxFramePayloadSize=max_message,
@@ -529,4 +590,5 @@ class AgentFactory(WebSocketServerFactory):
         )
 
     def new_link(self, send: Callable[[bytes], None], service_id: int) -> WebLink:
-        return WebLink(send, self._reactor, self.settings, self._state_factory, service_id=service_id)
+        return WebLink(send, self._reactor, self.settings, self._state_factory, service_id=service_id,
+                       holders=self.holders)

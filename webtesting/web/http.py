@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -47,6 +47,7 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
+from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
 from webtesting.web.throttle import LoginThrottle, Throttled
 
@@ -94,6 +95,45 @@ def make_site(resource: Resource, max_body: int) -> Site:
     site = Site(resource, requestFactory=partial(LimitedRequest, max_body=max_body))
     site.displayTracebacks = False
     return site
+
+
+class Pages(File):
+    """
+    The static pages: no directory listings, no path through a symlink that
+    leaves the webroot, and every odd name (NUL, slashes, dots) is 404.
+    """
+
+    def __init__(self, path: str, root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.root = os.path.realpath(root or path)
+
+    def createSimilarFile(self, path: str) -> "Pages":
+        similar = Pages(path, self.root, defaultType=self.defaultType, ignoredExts=self.ignoredExts,
+                        registry=self.registry)
+        similar.processors = self.processors
+        similar.indexNames = self.indexNames[:]
+        return similar
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        if path in (b".", b"..") or any(c in path for c in (b"\0", b"/", b"\\")):
+            return NoResource()
+        try:
+            child = super().getChild(path, request)
+        except Exception:  # noqa: BLE001 - a name the file system or Twisted cannot take: not found
+            return NoResource()
+        if isinstance(child, File):
+            real = os.path.realpath(child.path)
+            if real != self.root and not real.startswith(self.root + os.sep):
+                return NoResource()
+        return child
+
+    def directoryListing(self) -> Resource:
+        return NoResource()
+
+    def render(self, request: Any) -> Any:
+        if self.isdir() and os.path.realpath(self.path) != self.root:
+            return NoResource().render(request)
+        return super().render(request)
 
 
 class HTTPError(Exception):
@@ -182,6 +222,7 @@ def _check_json_media_type(header: bytes | None) -> None:
 
 
 _API_METHODS = {
+    "getLogins": "GET",
     "addServices": "PUT",
     "delServices": "DELETE",
     "updateServices": "POST",
@@ -199,6 +240,10 @@ class RegistryAPI:
     """
 
     app = Klein()
+    # werkzeug answers "//" and a missing trailing slash with a redirect it raises
+    # from routing, before any handler, which Klein turns into a 500: match as sent.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     _log = Logger()
 
     def __init__(
@@ -211,9 +256,12 @@ class RegistryAPI:
         *,
         sessions_ended: Callable[[], object] = lambda: None,
         codes: Callable[[dict[str, Any]], str] = lambda service: "ok" if service["status"] == 1 else "unavailable",
+        logins: Callable[[], Awaitable[tuple[list[dict[str, Any]], list[int]]]] | None = None,
         reactor: Any = None,
         throttle: LoginThrottle | None = None,
         device: DeviceSigner | None = None,
+        origins: Origins | None = None,
+        public_url: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -226,6 +274,10 @@ class RegistryAPI:
         # their WebSockets at once (others notice on their own timer).
         self.sessions_ended = sessions_ended
         self.throttle = throttle or LoginThrottle()
+        # Pages from these origins only may change things (scheme, host and port, exactly).
+        self.origins = origins or Origins("http://127.0.0.1")
+        # Where people open the pages: a page asked for by another host name is sent there.
+        self.public_url = public_url.rstrip("/") if public_url else None
         # Signs the throttle's device cookies (the configured session secret; a random one in tests).
         self.device = device or DeviceSigner(os.urandom(32).hex())
         # scrypt at n=2**17 takes 128 MiB and a core for half a second: two at a time.
@@ -238,6 +290,8 @@ class RegistryAPI:
         self.on_change = on_change
         # The stable reason code of a service's status (its live link's).
         self.codes = codes
+        # Who holds which bot user, asked of every agent (AgentLinks.list_logins).
+        self.logins = logins
 
     # -- who is asking ----------------------------------------------------------
 
@@ -250,15 +304,12 @@ class RegistryAPI:
             raise HTTPError(Result.FORBIDDEN, "only an admin may do this")
         return session
 
-    @staticmethod
-    def _same_origin(request: Any) -> None:
-        """Refuse a state-changing request sent by another site's page."""
-        origin = request.getHeader(b"origin")
-        if origin is None:
-            return  # not sent by a browser page (browsers send Origin on POST/PUT/DELETE)
-        host = request.getHeader(b"host") or b""
-        if origin.split(b"://", 1)[-1].lower() != host.lower():
-            raise HTTPError(Result.FORBIDDEN, "cross-site request refused")
+    def _same_origin(self, request: Any) -> None:
+        """Refuse a state-changing request sent by a page of another origin (browsers send Origin on POST/PUT/DELETE)."""
+        if not self.origins.permit(request.getHeader(b"origin")):
+            self._log.warn("refused a {method} from origin {origin}", method=request.method,
+                           origin=request.getHeader(b"origin"))
+            raise HTTPError(Result.FORBIDDEN, "cross-origin request refused")
 
     # -- request bodies -----------------------------------------------------
 
@@ -314,6 +365,13 @@ class RegistryAPI:
         await self._session(request)
         services = [{**tester_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
+
+    @app.route(f"{SERVICE}/getLogins", methods=["GET"])
+    async def get_logins(self, request: Any) -> bytes:
+        """Who is logged in as which bot user, on every service, as its agent says."""
+        await self._session(request, "admin")
+        logins, unknown = await self.logins() if self.logins is not None else ([], [])
+        return ok(request, logins=logins, unknown=unknown)
 
     # -- accounts -------------------------------------------------------------
 
@@ -425,10 +483,20 @@ class RegistryAPI:
         return b""
 
     @app.route(f"{PREFIX}/", branch=True, methods=["GET", "HEAD"])  # type: ignore[type-var]
-    def pages(self, request: Any) -> Resource:
+    def pages(self, request: Any) -> Resource | bytes:
+        if self.public_url is not None and not self._canonical(request):
+            # Opened by another name (http://localhost:2019 for 127.0.0.1): the session cookie and the
+            # origin checks belong to the configured address, so the page is sent there.
+            request.redirect((self.public_url + request.uri.decode("latin-1")).encode("latin-1"))
+            return b""
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        return File(self.webroot)
+        return Pages(self.webroot)
+
+    def _canonical(self, request: Any) -> bool:
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        scheme = "https" if request.isSecure() else "http"
+        return origin_of(f"{scheme}://{host}") == origin_of(self.public_url or "")
 
     # -- errors: every failure is a JSON answer -----------------------------
 

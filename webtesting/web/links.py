@@ -30,7 +30,7 @@ import json
 from typing import Any, Callable
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,6 +47,10 @@ AGENT_FIELDS = tuple(f for f in SERVICE_FIELDS if f != "agentAddr")
 
 WAITING = Health(False, "waiting_for_agent", "waiting for the agent link")
 WAITING_ANSWER = Health(False, "waiting_for_agent", "waiting for the agent's answer")
+
+
+class LinkDown(Exception):
+    """The service's agent link is not up (or went down before it answered)."""
 
 
 class AgentLink:
@@ -98,6 +102,8 @@ class AgentLink:
         self._proto: LinkProtocol | None = None
         self._auth: linkauth.WebSide | None = None  # set while the agent has not proved itself
         self._auth_timer: Any = None
+        self._asked: dict[int, Deferred[list[dict[str, Any]]]] = {}  # listLoginsReq waiting, by reqId
+        self._next_req = 0
         self._answered = False  # agentInfoResp said ok on this connection
         self._agent_status = Health(True, "ok", "ok")  # what the agent reports (agentStatusReq)
         self._refused: Health | None = None  # the agent refused our settings
@@ -244,6 +250,11 @@ class AgentLink:
                 self._refused = Health(False, "settings_refused",
                                        f"agent refused the settings: {message.get('msg')}")
                 self._update_health()
+        elif method == "listLoginsResp":
+            waiting = self._asked.pop(message.get("reqId"), None)  # type: ignore[arg-type]
+            logins = message.get("logins")
+            if waiting is not None and not waiting.called:
+                waiting.callback(logins if isinstance(logins, list) else [])
         elif method == "agentStatusReq":
             status, msg, code = message.get("status"), message.get("msg"), message.get("code")
             if status in (0, 1) and isinstance(msg, str):
@@ -264,6 +275,10 @@ class AgentLink:
             self._lost(reason)
 
     def _lost(self, reason: Reason) -> None:
+        asked, self._asked = self._asked, {}
+        for d in asked.values():
+            if not d.called:
+                d.errback(LinkDown(self.service_id))
         self._proto = None
         self._answered = False
         was_up = self.up
@@ -292,6 +307,18 @@ class AgentLink:
         # user's own answers, never ahead of them from here.
         self.current = health
         self._on_health(self)
+
+    def list_logins(self, timeout: float = 2.0) -> Deferred[list[dict[str, Any]]]:
+        """Who holds which bot user of this service, as the agent says (fails if it does not answer in time)."""
+        if not self.up:
+            return fail(LinkDown(self.service_id))
+        self._next_req += 1
+        req_id = self._next_req
+        d: Deferred[list[dict[str, Any]]] = Deferred(lambda _: self._asked.pop(req_id, None))
+        self._asked[req_id] = d
+        d.addTimeout(timeout, self._reactor)
+        self.send({"method": "listLoginsReq", "reqId": req_id})
+        return d
 
     def _send_info(self) -> None:
         info = {"method": "agentInfoReq", "serviceId": self.service_id}
@@ -432,6 +459,20 @@ class AgentLinks(service.Service):
                                   service_id=link.service_id)
 
         d.addErrback(failed)
+
+    async def list_logins(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """Every agent's bot logins, and the services whose agent could not say (down, or no answer in 2 s)."""
+        links = sorted(self.links.values(), key=lambda link: link.service_id)
+        results = await DeferredList([link.list_logins() for link in links], consumeErrors=True)
+        logins: list[dict[str, Any]] = []
+        unknown: list[int] = []
+        for link, (ok, value) in zip(links, results):
+            if ok:
+                logins.extend(entry for entry in value
+                              if isinstance(entry, dict) and entry.get("serviceId") == link.service_id)
+            else:
+                unknown.append(link.service_id)
+        return logins, unknown
 
     def get(self, service_id: int) -> AgentLink | None:
         return self.links.get(service_id)

@@ -249,11 +249,25 @@ class Registry:
         return self.db.run(work)
 
 
+def _private_file(path: str) -> None:
+    """
+    Create the SQLite file readable by its owner only (it holds the bots'
+    MySQL passwords and the login sessions), or make an existing one so;
+    SQLite's journal files follow the database file's mode.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def _connector(config: RegistryConfig) -> tuple[dbpool.Connect, _Dialect, str]:
     """How to open one connection to the registry database, its dialect and a name for logs."""
     if config.mysql is None:
         path = config.sqlite_path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _private_file(path)
         return dbpool.sqlite_connector(path, busy_timeout=config.request_timeout), SQLITE, f"registry (sqlite {path})"
     m = config.mysql
     connect_db = dbpool.mysql_connector(

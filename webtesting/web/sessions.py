@@ -106,13 +106,14 @@ class Login:
 
 
 class BrowserSession:
-    __slots__ = ("uuid", "deliver", "logins", "closed")
+    __slots__ = ("uuid", "deliver", "logins", "closed", "account")
 
-    def __init__(self, uuid: str, deliver: Deliver) -> None:
+    def __init__(self, uuid: str, deliver: Deliver, account: str = "") -> None:
         self.uuid = uuid
         self.deliver = deliver
         self.logins: dict[int, Login] = {}
         self.closed = False
+        self.account = account  # the tester's username (the agent names it to whoever it logs out)
 
 
 # Requests one login may have waiting for answers at once.
@@ -177,8 +178,11 @@ class Relay:
         *,
         clock: Any = None,
         deadline: float = 10.0,
+        max_logins_per_account: int = 50,
     ) -> None:
         self.links: dict[int, LinkView] = links
+        self.max_logins_per_account = max_logins_per_account
+        self._account_logins: dict[str, int] = {}  # bot logins held per account on this web server
         self.sessions: dict[str, BrowserSession] = {}
         # serviceId -> uuids of the sessions with a login there
         self._on_service: dict[int, set[str]] = {}
@@ -194,8 +198,8 @@ class Relay:
 
     # -- browser side -------------------------------------------------------
 
-    def open_session(self, deliver: Deliver) -> BrowserSession:
-        session = BrowserSession(self._new_uuid(), deliver)
+    def open_session(self, deliver: Deliver, account: str = "") -> BrowserSession:
+        session = BrowserSession(self._new_uuid(), deliver, account)
         self.sessions[session.uuid] = session
         return session
 
@@ -288,8 +292,17 @@ class Relay:
             )
             return
         if method == "loginReq":
+            held = self._account_logins.get(session.account, 0)
+            if held >= self.max_logins_per_account:
+                _answer(session.deliver, answer, Result.TOO_MANY_REQUESTS,
+                        f"this account holds {held} bot logins, the most allowed; log out of some first",
+                        "too_many_logins", **echo)
+                return
             login = session.logins[service_id] = Login(message["appid"], message["uname"])
             self._on_service.setdefault(service_id, set()).add(session.uuid)
+            self._account_logins[session.account] = held + 1
+            message["account"] = session.account
+            message.pop("restore", None)  # only this server says a login is a restore
         assert login is not None
         if login.in_flight >= MAX_IN_FLIGHT:
             # One page cannot make the bot, the agent and this server queue without end.
@@ -498,7 +511,9 @@ class Relay:
             login.restoring = True
             messages.append({
                 "method": "loginReq", "serviceId": service_id, "appid": login.appid,
-                "uname": login.uname, "uuid": uuid,
+                "uname": login.uname, "uuid": uuid, "account": session.account,
+                # Not taken from whoever logged in as this bot user meanwhile: refused then.
+                "restore": True,
             })
             self._expect(session, login, service_id, "loginResp")
         return messages
@@ -516,7 +531,12 @@ class Relay:
             self._forget_login(session, service_id)
 
     def _forget_login(self, session: BrowserSession, service_id: int) -> None:
-        session.logins.pop(service_id, None)
+        if session.logins.pop(service_id, None) is not None:
+            held = self._account_logins.get(session.account, 0) - 1
+            if held > 0:
+                self._account_logins[session.account] = held
+            else:
+                self._account_logins.pop(session.account, None)
         uuids = self._on_service.get(service_id)
         if uuids is not None:
             uuids.discard(session.uuid)

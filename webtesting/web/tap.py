@@ -18,11 +18,12 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from webtesting.config import ConfigError, WebConfig, default_webroot, endpoint_port, load
+from webtesting.config import ConfigError, WebConfig, default_webroot, load
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
+from webtesting.web.origins import Origins, public_urls
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 from webtesting.web.throttle import LoginThrottle
@@ -53,23 +54,18 @@ class Options(usage.Options):
 def ws_addr_for(config: WebConfig) -> Any:
     """
     How getServiceList tells browsers where the WebSocket is: the configured
-    public URL, else the host the browser used for this page with the
-    WebSocket's own port.
+    public URL, else one built from the configuration (never from the Host
+    header of a request, which whoever sends it chooses).
     """
-    public = config.websocket.public_url
-    port = endpoint_port(config.websocket.listen)
-    path = config.websocket.path
+    _page, ws = public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
+                            config.websocket.public_url, config.websocket.path)
+    return lambda request: ws
 
-    def ws_addr(request: Any) -> str:
-        if public:
-            return public
-        host = request.getRequestHostname().decode("idna")
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "wss" if request.isSecure() else "ws"
-        return f"{scheme}://{host}:{port}{path}" if port else f"{scheme}://{host}{path}"
 
-    return ws_addr
+def origins_for(config: WebConfig) -> Origins:
+    page, _ws = public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
+                            config.websocket.public_url, config.websocket.path)
+    return Origins(page, config.websocket.allowed_origins)
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -83,7 +79,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     registry = open_registry(config.registry, reactor)
     registry.db.setServiceParent(top)
 
-    relay = Relay({}, clock=reactor, deadline=config.websocket.request_deadline)
+    relay = Relay({}, clock=reactor, deadline=config.websocket.request_deadline,
+                  max_logins_per_account=config.websocket.max_logins_per_account)
     agents = config.agents
     links = AgentLinks(
         registry, relay, reactor,
@@ -105,14 +102,17 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     purge.setServiceParent(top)
     browsers = BrowserFactory(
         relay, sessions, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
-        allowed_origins=config.websocket.allowed_origins, max_per_account=config.websocket.max_per_account,
+        origins=origins_for(config), max_per_account=config.websocket.max_per_account,
     )
     api = RegistryAPI(
         registry, config.http.webroot or default_webroot(), ws_addr_for(config), sessions, links.sync,
-        sessions_ended=browsers.recheck, codes=links.code, reactor=reactor,
+        sessions_ended=browsers.recheck, codes=links.code, logins=links.list_logins, reactor=reactor,
         throttle=LoginThrottle(per_username_hour=config.http.login_throttle.per_username_hour,
                                per_address_hour=config.http.login_throttle.per_address_hour),
         device=DeviceSigner(options.session_secret),
+        origins=origins_for(config),
+        public_url=public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
+                               config.websocket.public_url, config.websocket.path)[0],
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 from typing import Any, Protocol, Sequence
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -40,7 +39,9 @@ from twisted.logger import Logger
 
 from webtesting.protocol import Result
 from webtesting.dbpool import DatabaseUnavailable
+from webtesting.handshake import BoundedHandshake
 from webtesting.web.accounts import Session, cookie_value
+from webtesting.web.origins import Origins
 from webtesting.web.sessions import BrowserSession, Relay
 
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
@@ -59,7 +60,7 @@ class SessionChecker(Protocol):
     def alive(self, keys: Sequence[str]) -> Deferred[set[str]]: ...
 
 
-class BrowserProtocol(WebSocketServerProtocol):
+class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
     _log = Logger()
     factory: "BrowserFactory"
     session: BrowserSession | None = None
@@ -73,7 +74,7 @@ class BrowserProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(503, "the server is shutting down")
         if request.path != self.factory.path:
             raise ConnectionDeny(404, f"no WebSocket at {request.path}")
-        if not self.factory.origin_allowed(request.headers.get("origin"), request.headers.get("host", "")):
+        if not self.factory.origins.permit(request.headers.get("origin")):
             self._log.warn("refused a browser WebSocket from origin {origin}", origin=request.headers.get("origin"))
             raise ConnectionDeny(403, "origin not allowed")
         # The session row, read now: a logged-out or deleted user's cookie opens nothing.
@@ -109,7 +110,8 @@ class BrowserProtocol(WebSocketServerProtocol):
                 # The login ends for this connection too when it expires.
                 self._expiry = self.factory.reactor.callLater(
                     max(0.0, self.user.expires - time.time()), self._login_expired)
-            self.session = self.factory.relay.open_session(self._deliver)
+            self.session = self.factory.relay.open_session(
+                self._deliver, self.user.username if self.user is not None else "")
             self.factory.opened(self)
         except Exception:
             self._log.failure("opening a browser session")
@@ -199,7 +201,7 @@ class BrowserFactory(WebSocketServerFactory):
         *,
         path: str = "/WebTesting",
         max_message: int = 64 * 1024,
-        allowed_origins: Sequence[str] = (),
+        origins: Origins | None = None,
         max_per_account: int = 20,
         recheck_interval: float = 2.0,
         **kw: Any,
@@ -217,7 +219,8 @@ class BrowserFactory(WebSocketServerFactory):
         self._rechecking: Deferred[None] | None = None
         self._again = False
         self.path = path
-        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+        # Pages from these origins only (scheme, host and port, exactly).
+        self.origins = origins or Origins("http://127.0.0.1")
         self.max_message = max_message
         self.open_protocols: set[BrowserProtocol] = set()
         self.going_away = False
@@ -338,23 +341,6 @@ class BrowserFactory(WebSocketServerFactory):
 
         d.addCallback(done)
         return d
-
-    def origin_allowed(self, origin: str | None, host: str) -> bool:
-        """
-        A browser page may connect from the host it reached us by (any port:
-        the pages are served on another port than this), or from a
-        configured origin. Non-browser clients send no Origin.
-        """
-        if origin is None:
-            return True
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return True
-        try:
-            origin_host = urlsplit(origin).hostname
-        except ValueError:
-            return False
-        return origin_host is not None and origin_host == urlsplit("//" + host).hostname
 
 
 class BrowserListener(StreamServerEndpointService):
