@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -128,6 +129,11 @@ class DemoTests(unittest.TestCase):
             return "WebTesting is running" in self.output()
 
         await eventually(running, timeout=60, what="the demo to start")
+        var = os.path.join(self.folder, "var")
+        # var/ holds the secrets, the demo's passwords and the registry (MySQL passwords): owner only.
+        self.assertEqual(stat.S_IMODE(os.stat(var).st_mode), 0o700)
+        for name in ("agent.secret", "session.secret", "demo-logins.txt", "registry.sqlite3"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(var, name)).st_mode), 0o600, name)
         with open(os.path.join(self.folder, "var", "demo-logins.txt")) as f:
             logins = dict(line.split() for line in f)
         _, cookie = self.call("/WebTesting/Account/login", {"username": "tester", "password": logins["tester"]})

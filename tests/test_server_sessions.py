@@ -63,6 +63,18 @@ class SessionStoreTests(unittest.TestCase):
         self.assertNotIn(token, flat)
         self.assertIn(hashlib.sha256(token.encode()).hexdigest(), flat)
 
+    async def test_sessions_per_account_are_bounded(self) -> None:
+        """An account holds at most max_per_user sessions: logging in again ends the oldest."""
+        self.store.max_per_user = 3
+        tokens = []
+        for _ in range(5):
+            tokens.append((await session_cookie(self.store, "ann", "admin")).split("=", 1)[1])
+            self.now[0] += 1
+        alive = [await self.store.check(t) is not None for t in tokens]
+        self.assertEqual(alive, [False, False, True, True, True])
+        other = (await session_cookie(self.store, "bob", "tester")).split("=", 1)[1]
+        self.assertIsNotNone(await self.store.check(other))
+
     async def test_odd_tokens_are_no_session(self) -> None:
         """Absent, forged, over-long or non-ASCII tokens are simply no session (not an error)."""
         await session_cookie(self.store, "ann", "admin")

@@ -99,7 +99,8 @@ class RelayTests(unittest.TestCase):
         self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "hxw"})
         self.assertEqual(
             self.links[1].sent,
-            [{"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "hxw", "uuid": self.session.uuid}],
+            [{"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "hxw", "uuid": self.session.uuid,
+              "account": ""}],
         )
 
     def test_unknown_service(self) -> None:
@@ -207,6 +208,7 @@ class RelayTests(unittest.TestCase):
         [again] = self.relay.logins_to_restore(1)
         self.assertEqual(again, {
             "method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u", "uuid": self.session.uuid,
+            "account": "", "restore": True,  # a restore never takes over a newer login (test_one_login)
         })
         self.assertFalse(self.session.logins[1].active)
 

@@ -329,23 +329,68 @@ def validate_service_ids(raw: Any) -> list[int]:
 
 # -- reasons shown to testers ---------------------------------------------------
 
-_PORT_AFTER = re.compile(r"…:\d+")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()]+")
+_IPV6 = re.compile(r"\[?(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])\]?(?::\d+)?")
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_HOST_PORT = re.compile(r"\b[\w-]+(?:\.[\w-]+)*:\d{1,5}\b")
+_DOTTED_HOST = re.compile(r"\b[\w-]+(?:\.[\w-]+)*\.(?:[a-zA-Z]{2,}|internal|local|lan)\b")
+_PORT_AFTER = re.compile(r"…:\d+")
+
+# What a tester is told for each health code (docs/protocol.md §4): that
+# something is unreachable, and the code, never the details, which name
+# hosts and ports and say which ports are open. Admins see the details
+# (getServices, the admin page, the logs).
+TESTER_SENTENCES = {
+    "waiting_for_agent": "waiting for the service's agent",
+    "agent_unreachable": "the service's agent is unreachable",
+    "agent_unknown_host": "the service's agent is unreachable",
+    "agent_address_invalid": "the service's agent is unreachable",
+    "agent_refused": "the service's agent is unreachable",
+    "agent_not_responding": "the service's agent is unreachable",
+    "agent_auth_failed": "the service's agent is unreachable",
+    "agent_tls_failed": "the service's agent is unreachable",
+    "settings_refused": "the service's agent is unreachable",
+    "bot_unreachable": "the bot is unreachable",
+    "bot_address_invalid": "the bot is unreachable",
+    "bot_not_responding": "the bot is unreachable",
+    "redis_unreachable": "the bot's Redis is unreachable",
+    "redis_partial": "part of the bot's Redis Cluster is unreachable",
+    "mysql_unreachable": "the bot's MySQL is unreachable",
+    "registry_unavailable": "the registry database is unreachable",
+    "unavailable": "the service is unreachable",
+}
 
 
-def scrub_reason(text: str, service: dict[str, Any] | None) -> str:
-    """C{text} without the service's addresses, names and credentials."""
-    if not service:
-        return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
-    words = [service.get("mysqlAddr"), service.get("mysqlUser"), service.get("mysqlPwd"),
-             service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
-    words += [node.get("host") for node in service.get("redisCluster") or []]
-    for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
-        words.append(urlsplit(url or "").hostname)
-    for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
-        text = text.replace(word, "…")
-    return _PORT_AFTER.sub("…", _IPV4.sub("…", text))
+def scrub_reason(text: str, service: dict[str, Any] | None = None) -> str:
+    """
+    C{text} without addresses: URLs, IP literals, host:port, dotted host
+    names, and the service's own addresses, names and credentials.
+    """
+    if service:
+        words = [service.get("mysqlAddr"), service.get("mysqlUser"), service.get("mysqlPwd"),
+                 service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
+        words += [node.get("host") for node in service.get("redisCluster") or [] if isinstance(node, dict)]
+        for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
+            try:
+                words.append(urlsplit(url or "").hostname)
+            except ValueError:
+                pass
+        for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
+            text = text.replace(word, "…")
+    for pattern in (_URL, _IPV6, _IPV4, _HOST_PORT, _DOTTED_HOST, _PORT_AFTER):
+        text = pattern.sub("…", text)
+    return text
 
+
+def tester_reason(code: str | None, detail: str, service: dict[str, Any] | None = None) -> str:
+    """
+    The one text a tester is shown for a reason (every reason a browser or
+    getServiceList shows goes through here): a fixed sentence for a health
+    code, else the detail without addresses.
+    """
+    if code in TESTER_SENTENCES:
+        return TESTER_SENTENCES[code]  # type: ignore[index]
+    return scrub_reason(detail, service)
 
 
 # -- WebSocket legs (docs/protocol.md) ----------------------------------------

@@ -409,8 +409,9 @@ class WebLink:
         if user.state is UserState.CLOSED:
             return
         if update.fields is None:
-            user.answer("getUserStatusResp", Result.UNAVAILABLE, f"cannot read the user's state: {update.error}",
-                        uuid=user.uuid, code="unavailable")
+            user.answer("getUserStatusResp", Result.UNAVAILABLE,
+                        self.scrub(f"cannot read the user's state: {update.error}"), uuid=user.uuid,
+                        code="unavailable")
         else:
             user.answer("getUserStatusResp", Result.OK, "ok", uuid=user.uuid, **update.fields)
 

@@ -185,11 +185,12 @@ class SessionStore:
     """Login sessions in the registry database, through its L{webtesting.dbpool.Database}."""
 
     def __init__(self, db: Any, dialect_name: str, lifetime: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_per_user: int = 50) -> None:
         self.db = db
         self._dialect = dialect_name
         self.lifetime = lifetime
         self._clock = clock
+        self.max_per_user = max_per_user  # login sessions one account may hold; the oldest end first
 
     def _now(self) -> int:
         return int(self._clock())
@@ -203,9 +204,17 @@ class SessionStore:
                now, now, int(now + self.lifetime)]
         statement = _sql(self._dialect, "INSERT INTO tb_session (id, publicId, username, address, userAgent, "
                                          "createdAt, lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+        oldest = _sql(self._dialect, "SELECT id FROM tb_session WHERE username = %s "
+                                     "ORDER BY createdAt DESC, id LIMIT 1000 OFFSET %s")
+        drop = _sql(self._dialect, "DELETE FROM tb_session WHERE id = %s")
+        keep = self.max_per_user
 
         def work(cursor: Any) -> str:
             cursor.execute(statement, row)
+            # An account holds a bounded number of sessions: the oldest beyond it end.
+            cursor.execute(oldest, [username, keep])
+            for (key,) in cursor.fetchall():
+                cursor.execute(drop, [key])
             return token
 
         return self.db.run(work)

@@ -34,7 +34,7 @@ from webtesting.protocol import (
     parse_json,
     require_object,
     require_str,
-    scrub_reason,
+    tester_reason,
     validate_service_ids,
     validate_service_list,
 )
@@ -194,13 +194,15 @@ def public_service(service: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def tester_service(service: dict[str, Any]) -> dict[str, Any]:
+def tester_service(service: dict[str, Any], code: str) -> dict[str, Any]:
     """
     A service as getServiceList shows it: no addresses, no credentials —
-    not even inside the reason it is down (admins see that in full).
+    not even inside the reason it is down, which is only its code's sentence
+    (admins see the details in getServices).
     """
     shown = {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
-    shown["msg"] = scrub_reason(str(shown["msg"]), service)
+    shown["msg"] = "ok" if service["status"] == 1 else tester_reason(code, str(shown["msg"]), service)
+    shown["code"] = code
     return shown
 
 
@@ -363,7 +365,7 @@ class RegistryAPI:
     @app.route(f"{SERVICE}/getServiceList", methods=["GET"])
     async def get_service_list(self, request: Any) -> bytes:
         await self._session(request)
-        services = [{**tester_service(s), "code": self.codes(s)} for s in await self.registry.list_services()]
+        services = [tester_service(s, self.codes(s)) for s in await self.registry.list_services()]
         return ok(request, wsAddr=self.ws_addr(request), serviceLists=services)
 
     @app.route(f"{SERVICE}/getLogins", methods=["GET"])

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from webtesting import linkauth
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.lifecycle import Backoff, Fault, Health, Lifecycle, Reason
-from webtesting.protocol import SERVICE_FIELDS, scrub_reason
+from webtesting.protocol import SERVICE_FIELDS, tester_reason
 from webtesting.web.sessions import Relay
 from webtesting.wslink import AGENT, LinkProtocol, WebSocketDialer
 
@@ -128,7 +128,7 @@ class AgentLink:
     @property
     def reason(self) -> str:
         """Why the link is down, as testers may see it (no addresses, no credentials)."""
-        return scrub_reason(self.current.msg, self.record)
+        return tester_reason(self.current.code, self.current.msg, self.record)
 
     @property
     def state(self) -> str:
@@ -204,12 +204,13 @@ class AgentLink:
         self._proto = None
         self._log.warn("agent link {service_id}: the peer did not prove it is the agent ({why})",
                        service_id=self.service_id, why=why)
-        if proto.state == LinkProtocol.STATE_OPEN:
-            proto.sendClose(code=linkauth.CLOSE_CODE, reason=linkauth.CLOSE_REASON)
         self.lifecycle.failed(Reason(
             "agent_auth_failed", f"the peer at the agent address could not prove it is the agent: {why}",
             Fault.REFUSED))
-        # A peer that ignores the close is dropped by the close handshake timeout.
+        # Not a peer to wait for: the connection goes now, before the next attempt is due.
+        if proto.state == LinkProtocol.STATE_OPEN:
+            proto.sendCloseFrame(code=linkauth.CLOSE_CODE, reasonUtf8=linkauth.CLOSE_REASON.encode(), isReply=False)
+        proto.dropConnection(abort=True)
 
     def _cancel_auth_timer(self) -> None:
         if self._auth_timer is not None and self._auth_timer.active():
@@ -283,7 +284,7 @@ class AgentLink:
         self._answered = False
         was_up = self.up
         self.up = False
-        self._relay.link_lost(self.service_id, reason.code, scrub_reason(reason.detail, self.record))
+        self._relay.link_lost(self.service_id, reason.code, tester_reason(reason.code, reason.detail, self.record))
         if was_up:
             self._log.info("agent link {service_id} lost: {why}", service_id=self.service_id, why=reason.detail)
 

@@ -41,6 +41,7 @@ from webtesting.protocol import (
     frame_method,
     parse_json_object,
     request_echo,
+    tester_reason,
 )
 
 Deliver = Callable[[bytes], None]
@@ -121,6 +122,7 @@ MAX_IN_FLIGHT = 64
 
 
 _SERVICE_KEY = b'"serviceId":'
+_CODE_KEY = b'"code":'
 
 
 def names_only(frame: bytes, service_id: int) -> bool:
@@ -413,6 +415,9 @@ class Relay:
             self._log.warn("dropped a frame from the agent of service {service_id} naming another service",
                            service_id=service_id)
             return
+        if _CODE_KEY in frame:
+            # An error answer or a servStatus: the tester sees the code's sentence, no addresses.
+            frame = self._for_testers(service_id, frame)
         mark = frame[UUID_LEN:UUID_LEN + 1]
         login = session.logins.get(service_id)
         if login is not None and login.pending:
@@ -442,6 +447,21 @@ class Relay:
             self._fail_login(session, service_id, login, "login_ended",
                              f"the login to service {service_id} ended before the answer came")
             self._forget_login(session, service_id)
+
+    def _for_testers(self, service_id: int, frame: bytes) -> bytes:
+        try:
+            message = json.loads(frame[UUID_LEN + 1:])
+        except ValueError:
+            return frame
+        if not isinstance(message, dict) or not isinstance(message.get("msg"), str):
+            return frame
+        link = self.links.get(service_id)
+        record = getattr(link, "record", None)
+        shown = tester_reason(message.get("code"), message["msg"], record)
+        if shown == message["msg"]:
+            return frame
+        message["msg"] = shown
+        return frame[:UUID_LEN + 1] + _encode(message)
 
     def _restore_refused(self, session: BrowserSession, service_id: int, login: Login, frame: bytes) -> None:
         code = "relogin_refused"
