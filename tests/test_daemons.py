@@ -17,6 +17,7 @@ from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
 from webtesting.web.accounts import SESSION_SCHEMA_MYSQL, USER_SCHEMA_MYSQL
 from webtesting.web.registry import MYSQL_SCHEMA
+from tests.support.wait import free_port
 
 SECRET = "test-secret-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,14 +86,6 @@ class SchemaFileTests(unittest.TestCase):
         self.assertIn(USER_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn(SESSION_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TwistdWebTests(unittest.TestCase):

@@ -25,10 +25,23 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str 
         await deferLater(reactor, 0.02, lambda: None)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """
+    A loopback port free now, and never one this process was given before:
+    the kernel may hand the same free port to two calls made before either
+    is bound (seen: the bot and the browser WebSocket of one test).
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise AssertionError("no fresh free port in 100 tries")
 
 
 def _autobahn_bucket_pending() -> bool:
