@@ -1,0 +1,158 @@
+"""
+Test cases (webtesting.cases) and the ``webtesting-test`` command: the
+format's checks, reply and state checks that can each fail, and the example
+suite run by the real command against the real product.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+
+from webtesting.cases import CaseError, load, reply_problems, run_case, state_problems
+from webtesting.client import Client
+from tests.support.browser import PASSWORD, PagesSystem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "reference-bot", "*.yaml")))
+
+STATE = {
+    "tag": {"curTags": [{"id": 20005, "desc": "told their name / 说了名字", "isInUse": True},
+                        {"id": 20002, "desc": "greeted the bot / 打了招呼", "isInUse": False}]},
+    "curTopic": {"id": 10002, "desc": "weather / 天气", "prevId": 10001, "prevDesc": "greetings / 问候"},
+    "curTopicList": {"curTopics": [{"id": 10001, "desc": "greetings / 问候"}, {"id": 10002, "desc": "weather / 天气"}]},
+    "memory": {"cur": [{"key": "name", "value": "Alice"}]},
+}
+
+
+class FormatTests(unittest.TestCase):
+    def test_examples_load(self) -> None:
+        """Every example case follows the format."""
+        self.assertGreaterEqual(len(EXAMPLES), 3)
+        for path in EXAMPLES:
+            with open(path, encoding="utf-8") as f:
+                case = load(f.read(), path)
+            self.assertTrue(case.steps)
+
+    def test_errors_name_the_field(self) -> None:
+        """A malformed case is refused with the field named."""
+        for text, where in (
+            ("name: x\nsteps: [{say: hi}]", "appid"),
+            ("name: x\nappid: '1'\nsteps: []", "steps"),
+            ("name: x\nappid: '1'\nsteps: [{say: hi, wait: 1}]", "steps[0]"),
+            ("name: x\nappid: '1'\nsteps: [{say: hi, expect: {replies: [{regex: '('}]}}]", "regex"),
+            ("name: x\nappid: '1'\nsteps: [{say: hi, expect: {state: {mood: 1}}}]", "state"),
+            ("name: x\nappid: '1'\nsteps: [{wait: -1}]", "wait"),
+            ("[1, 2]", "mapping"),
+            ("name: x\nappid: '1'\nsteps: [{say: hi}]\nextra: 1", "unknown"),
+        ):
+            with self.assertRaises(CaseError, msg=text) as refused:
+                load(text, "case.yaml")
+            self.assertIn(where, str(refused.exception))
+
+
+class CheckTests(unittest.TestCase):
+    def test_reply_checks_can_fail(self) -> None:
+        """Each reply check passes on a matching reply and fails, saying why, on another."""
+        reply = [{"content": "Nice to meet you, Alice!", "action": "remember"}]
+        for check in ({"text": "Nice to meet you, Alice!"}, {"contains": "Alice"}, {"regex": "meet .*Alice"},
+                      {"any_of": ["x", "Nice to meet you, Alice!"]}, {"action": "remember"}):
+            self.assertEqual(reply_problems({"each": [check]}, reply), [], check)
+        for check in ({"text": "Hello"}, {"contains": "Bob"}, {"regex": "^Bob"}, {"any_of": ["x"]},
+                      {"action": "answer"}):
+            [problem] = reply_problems({"each": [check]}, reply)
+            self.assertIn("Alice", problem if "action" not in check else problem + "Alice")
+        self.assertEqual(reply_problems({"count": 2}, reply), ["count: expected 2 replies, got 1"])
+        self.assertIn("only 1 replies came", reply_problems({"each": [{}, {"contains": "x"}]}, reply)[0])
+
+    def test_state_checks_can_fail(self) -> None:
+        """Tags, in-use flags, topics and memory are checked by id or text; each can fail."""
+        passing = {
+            "tags": {"present": [20005, "told their name", "说了名字"], "absent": ["said goodbye"]},
+            "in_use": {"told their name": True, 20002: False},
+            "topic": {"current": "weather", "previous": 10001},
+            "topics": {"contains": ["greetings"], "excludes": ["food"]},
+            "memory": {"name": "Alice"}, "memory_absent": ["city"],
+        }
+        self.assertEqual(state_problems(passing, STATE), [])
+        failing = [
+            {"tags": {"present": ["said goodbye"]}}, {"tags": {"absent": [20005]}},
+            {"in_use": {"greeted the bot": True}}, {"topic": {"current": "food"}}, {"topic": {"previous": 10002}},
+            {"topics": {"contains": ["music"]}}, {"topics": {"excludes": ["weather"]}},
+            {"memory": {"name": "Bob"}}, {"memory": {"city": "Paris"}}, {"memory_absent": ["name"]},
+        ]
+        for expected in failing:
+            self.assertEqual(len(state_problems(expected, STATE)), 1, expected)
+
+
+class RunTests(unittest.TestCase):
+    timeout = 180
+
+    async def setUp(self) -> None:
+        self.system = PagesSystem(self)
+        await self.system.start()
+        self.system.add_user("tess", "tester")
+        self.sid = await self.system.add_service()
+        await self.system.wait_status(self.sid, 1)
+        self.url = f"http://127.0.0.1:{self.system.http_port}"
+
+    async def test_example_cases_pass_and_a_wrong_one_fails(self) -> None:
+        """Through the SDK: the examples pass; a wrong reply and a wrong state each fail with a readable diff."""
+        client = Client(self.url)
+        await client.login("tess", PASSWORD)
+        conn = await client.connect()
+        self.addCleanup(conn.close)
+        for path in EXAMPLES:
+            with open(path, encoding="utf-8") as f:
+                result = await run_case(load(f.read(), path), conn, self.sid)
+            self.assertTrue(result.passed, f"{path}: {[s.problems for s in result.steps]}")
+        wrong = load("name: wrong\nappid: '1.00002'\nsteps:\n"
+                     "  - say: my name is Alice\n    within: 1\n"
+                     "    expect: {replies: [{contains: Bob}], state: {memory: {name: Bob}}}\n")
+        result = await run_case(wrong, conn, self.sid)
+        self.assertFalse(result.passed)
+        problems = result.steps[0].problems
+        self.assertEqual(len(problems), 2, problems)
+        self.assertIn("contains: 'Bob' not in", problems[0])
+        self.assertIn("memory.name: expected 'Bob', got 'Alice'", problems[1])
+
+    async def test_the_command(self) -> None:
+        """webtesting-test run: exit 0 and a JUnit report for the examples; exit 1 and the diff for a wrong case."""
+        report = os.path.abspath(self.mktemp() + ".xml")
+        env = {**os.environ, "WEBTESTING_PASSWORD": PASSWORD}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "webtesting.testcli", "run", "--url", self.url, "--user", "tess",
+                             "--service", str(self.sid), "--junit", report, "--parallel", "2", *EXAMPLES],
+            env=env, path=ROOT, reactor=reactor)
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertIn(f"{len(EXAMPLES)} passed, 0 failed", out.decode())
+        suite = ET.parse(report).getroot().find("testsuite")
+        assert suite is not None
+        self.assertEqual((suite.get("tests"), suite.get("failures"), suite.get("errors")), (str(len(EXAMPLES)), "0", "0"))
+        wrong = os.path.abspath(self.mktemp() + ".yaml")
+        with open(wrong, "w", encoding="utf-8") as f:
+            f.write("name: expects the wrong name\nappid: '1.00002'\nsteps:\n"
+                    "  - say: what's my name?\n    within: 1\n    expect: {replies: [{text: Your name is Bob.}]}\n")
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "webtesting.testcli", "run", "--url", self.url, "--user", "tess",
+                             "--service", str(self.sid), "--junit", report, wrong],
+            env=env, path=ROOT, reactor=reactor)
+        text = out.decode()
+        self.assertEqual(code, 1, text + err.decode())
+        self.assertIn("FAIL  expects the wrong name", text)
+        self.assertIn("text: expected 'Your name is Bob.'", text)
+        self.assertIn("0 passed, 1 failed", text)
+        failure: Any = ET.parse(report).getroot().find("testsuite/testcase/failure")
+        self.assertIn("step 1", failure.get("message"))
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "webtesting.testcli", "run", "--url", self.url, "--user", "tess", wrong],
+            env={**os.environ, "WEBTESTING_PASSWORD": "wrong password"}, path=ROOT, reactor=reactor)
+        self.assertEqual(code, 2, (out + err).decode())
+        self.assertIn("not_logged_in", err.decode())

@@ -1,0 +1,134 @@
+"""
+``webtesting-test``: run test cases (docs/test-cases.md) against a running
+WebTesting, from a terminal or CI.
+
+    WEBTESTING_PASSWORD=… webtesting-test run --url http://host:2019 --user NAME --service 1 cases/*.yaml
+
+Prints each case and step as it passes or fails, with what was expected
+against what came; writes a JUnit XML report with ``--junit``; runs
+``--parallel N`` cases at once; exits 1 if any case failed, 2 on a usage or
+login error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import xml.etree.ElementTree as ET
+from typing import Any, Sequence
+
+from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+
+from webtesting.cases import Case, CaseError, CaseResult, describe, load_file, run_case
+from webtesting.client import Client, ClientError
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            return f.readline().rstrip("\n")
+    password = os.environ.get("WEBTESTING_PASSWORD")
+    if not password:
+        raise SystemExit("webtesting-test: give the password in WEBTESTING_PASSWORD or --password-file")
+    return password
+
+
+def junit(results: list[CaseResult]) -> ET.ElementTree:
+    """A JUnit XML report: one testsuite, one testcase per case, a failure naming each failed step."""
+    failures = sum(1 for r in results if not r.passed and not r.error)
+    errors = sum(1 for r in results if r.error)
+    suite = ET.Element("testsuite", {
+        "name": "webtesting", "tests": str(len(results)), "failures": str(failures), "errors": str(errors),
+        "skipped": "0", "time": f"{sum(r.seconds for r in results):.3f}",
+    })
+    for result in results:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"webtesting.service{result.service}", "name": result.case.name,
+            "time": f"{result.seconds:.3f}",
+        })
+        if result.error:
+            ET.SubElement(case, "error", {"message": result.error}).text = describe(result)
+        elif not result.passed:
+            first = next(step for step in result.steps if not step.passed)
+            ET.SubElement(case, "failure", {"message": f"step {first.index + 1}: {first.problems[0]}"}).text = \
+                describe(result)
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.ElementTree(root)
+
+
+async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
+    client = Client(args.url, reactor=reactor, timeout=args.timeout)
+    try:
+        await client.login(args.user, _password(args))
+        connection = await client.connect()
+    except ClientError as e:
+        print(f"webtesting-test: {e}", file=sys.stderr)
+        return 2
+    limit = DeferredSemaphore(max(1, args.parallel))
+    results: list[CaseResult] = []
+
+    async def one(case: Case) -> None:
+        service = args.service or case.service
+        if service is None:
+            print(f"webtesting-test: {case.source}: no service (give --service or service: in the case)",
+                  file=sys.stderr)
+            return
+        await limit.acquire()
+        try:
+            # Each case on its own WebSocket when run in parallel (one login per service per socket).
+            conn = connection if args.parallel <= 1 else await client.connect()
+            result = await run_case(case, conn, service)
+            if conn is not connection:
+                await conn.close()
+        finally:
+            limit.release()
+        results.append(result)
+        print(describe(result), flush=True)
+
+    await gatherResults([ensureDeferred(one(case)) for case in cases], consumeErrors=True)
+    await connection.close()
+    passed = sum(1 for r in results if r.passed)
+    print(f"\n{passed} passed, {len(results) - passed} failed")
+    if args.junit:
+        junit(results).write(args.junit, encoding="utf-8", xml_declaration=True)
+    return 0 if passed == len(results) == len(cases) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webtesting-test", description=__doc__.split("\n\n")[0].strip())
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run test cases and report")
+    run_parser.add_argument("cases", nargs="+", help="case files (YAML)")
+    run_parser.add_argument("--url", required=True, help="the web server, e.g. http://127.0.0.1:2019")
+    run_parser.add_argument("--user", required=True, help="the account to run as")
+    run_parser.add_argument("--password-file", help="a file whose first line is the password "
+                                                    "(else $WEBTESTING_PASSWORD)")
+    run_parser.add_argument("--service", type=int, help="the service id (overrides the cases' own)")
+    run_parser.add_argument("--junit", help="write a JUnit XML report here")
+    run_parser.add_argument("--parallel", type=int, default=1, help="cases run at once (default 1)")
+    run_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
+    args = parser.parse_args(argv)
+    try:
+        cases = [load_file(path) for path in args.cases]
+    except (CaseError, OSError) as e:
+        print(f"webtesting-test: {e}", file=sys.stderr)
+        return 2
+    from twisted.internet import task
+
+    code: list[int] = []
+
+    async def go(reactor: Any) -> None:
+        code.append(await run(reactor, args, cases))
+
+    try:
+        task.react(lambda reactor: ensureDeferred(go(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    return code[0] if code else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
