@@ -156,3 +156,29 @@ class RunTests(unittest.TestCase):
             env={**os.environ, "WEBTESTING_PASSWORD": "wrong password"}, path=ROOT, reactor=reactor)
         self.assertEqual(code, 2, (out + err).decode())
         self.assertIn("not_logged_in", err.decode())
+
+    async def test_api_token(self) -> None:
+        """An API token (webtesting-account token) runs the command without a password, and ending it stops it."""
+        from webtesting.web.accounts import make_token_sync
+        from webtesting.web.registry import connect_sync
+
+        connection, dialect = connect_sync(self.system.options.config.registry)
+        try:
+            token = make_token_sync(connection, dialect, "tess", "ci")
+        finally:
+            connection.close()
+        env = {**os.environ, "WEBTESTING_TOKEN": token}
+        env.pop("WEBTESTING_PASSWORD", None)
+        command = ["-m", "webtesting.testcli", "run", "--url", self.url, "--service", str(self.sid), EXAMPLES[0]]
+        out, err, code = await getProcessOutputAndValue(sys.executable, command, env=env, path=ROOT, reactor=reactor)
+        self.assertEqual(code, 0, (out + err).decode())
+        sessions = (await self.system.api("GET", "Account/sessions"))["sessions"]
+        [listed] = [s for s in sessions if s["id"].startswith("tok-")]
+        self.assertEqual((listed["username"], listed["userAgent"]), ("tess", "API token ci"))
+        self.assertNotIn(token, repr(sessions))
+        answer = await self.system.api("POST", "Account/endSessions", {"id": listed["id"]})
+        self.assertEqual(answer["ended"], 1)
+        out, err, code = await getProcessOutputAndValue(sys.executable, command, env=env, path=ROOT, reactor=reactor)
+        self.assertEqual(code, 2, (out + err).decode())
+        self.assertIn("not_logged_in", err.decode())
+

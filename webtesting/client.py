@@ -153,6 +153,15 @@ class Client:
         self.username, self.role = answer["username"], answer["role"]
         return answer
 
+    def use_token(self, token: str) -> None:
+        """Act with an API token (``webtesting-account token NAME``) instead of logging in."""
+        self.cookies["wt_session"] = token.strip()
+
+    async def whoami(self) -> dict[str, Any]:
+        answer = await self.call("GET", "Account/me")
+        self.username, self.role = answer["username"], answer["role"]
+        return answer
+
     async def logout(self) -> None:
         await self.call("POST", "Account/logout", {})
         self.cookies.pop("wt_session", None)

@@ -24,6 +24,13 @@ from webtesting.cases import Case, CaseError, CaseResult, describe, load_file, r
 from webtesting.client import Client, ClientError
 
 
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            return f.readline().strip()
+    return os.environ.get("WEBTESTING_TOKEN", "").strip()
+
+
 def _password(args: argparse.Namespace) -> str:
     if args.password_file:
         with open(args.password_file, encoding="utf-8") as f:
@@ -61,7 +68,12 @@ def junit(results: list[CaseResult]) -> ET.ElementTree:
 async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
     client = Client(args.url, reactor=reactor, timeout=args.timeout)
     try:
-        await client.login(args.user, _password(args))
+        token = _token(args)
+        if token:
+            client.use_token(token)
+            await client.whoami()
+        else:
+            await client.login(args.user, _password(args))
         connection = await client.connect()
     except ClientError as e:
         print(f"webtesting-test: {e}", file=sys.stderr)
@@ -102,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run test cases and report")
     run_parser.add_argument("cases", nargs="+", help="case files (YAML)")
     run_parser.add_argument("--url", required=True, help="the web server, e.g. http://127.0.0.1:2019")
-    run_parser.add_argument("--user", required=True, help="the account to run as")
+    run_parser.add_argument("--user", help="the account to run as (with its password)")
+    run_parser.add_argument("--token-file", help="a file holding an API token (webtesting-account token NAME); "
+                                                 "else $WEBTESTING_TOKEN; instead of --user and a password")
     run_parser.add_argument("--password-file", help="a file whose first line is the password "
                                                     "(else $WEBTESTING_PASSWORD)")
     run_parser.add_argument("--service", type=int, help="the service id (overrides the cases' own)")
@@ -110,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--parallel", type=int, default=1, help="cases run at once (default 1)")
     run_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
     args = parser.parse_args(argv)
+    if not args.user and not _token(args):
+        parser.error("give --user (with a password) or an API token (--token-file or $WEBTESTING_TOKEN)")
     try:
         cases = [load_file(path) for path in args.cases]
     except (CaseError, OSError) as e:

@@ -154,6 +154,11 @@ CREATE TABLE IF NOT EXISTS tb_session (
 """
 SESSION_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_session_username ON tb_session (username)"
 
+# API tokens are sessions whose public id starts so; they last a year and are
+# not among the sessions a new login pushes out.
+TOKEN_PREFIX = "tok-"
+TOKEN_LIFETIME = 365 * 86400.0
+
 # lastSeen is written at most this often per session (seconds).
 _SEEN_EVERY = 60
 
@@ -204,8 +209,8 @@ class SessionStore:
                now, now, int(now + self.lifetime)]
         statement = _sql(self._dialect, "INSERT INTO tb_session (id, publicId, username, address, userAgent, "
                                          "createdAt, lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
-        oldest = _sql(self._dialect, "SELECT id FROM tb_session WHERE username = %s "
-                                     "ORDER BY createdAt DESC, id LIMIT 1000 OFFSET %s")
+        oldest = _sql(self._dialect, f"SELECT id FROM tb_session WHERE username = %s AND publicId NOT LIKE "
+                                     f"'{TOKEN_PREFIX}%%' ORDER BY createdAt DESC, id LIMIT 1000 OFFSET %s")
         drop = _sql(self._dialect, "DELETE FROM tb_session WHERE id = %s")
         keep = self.max_per_user
 
@@ -451,6 +456,31 @@ def list_users_sync(connection: Any, dialect_name: str) -> list[tuple[str, str]]
     return [(str(u), str(r)) for u, r in cursor.fetchall()]
 
 
+def make_token_sync(connection: Any, dialect_name: str, username: str, label: str = "",
+                    lifetime: float = TOKEN_LIFETIME) -> str:
+    """
+    An API token for C{username} (for CI: ``webtesting-test --token-file``): a
+    long-lived session, listed among the sessions (id ``tok-…``) and ended
+    like one (an admin's endSessions, logoutAll, deleting the user, a new
+    password or role). Only its SHA-256 is stored.
+    """
+    cursor = connection.cursor()
+    _session_schema_sync(cursor, dialect_name)
+    cursor.execute(_sql(dialect_name, "SELECT id FROM tb_user WHERE username = %s"), [username])
+    if not cursor.fetchone():
+        raise InvalidInput("username", f"no such user: {username}")
+    token = _b64(os.urandom(32))
+    now = int(time.time())
+    cursor.execute(
+        _sql(dialect_name, "INSERT INTO tb_session (id, publicId, username, address, userAgent, createdAt, "
+                           "lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
+        [session_key(token), TOKEN_PREFIX + os.urandom(6).hex(), username, "", f"API token {label}".strip()[:256],
+         now, now, int(now + lifetime)],
+    )
+    connection.commit()
+    return token
+
+
 def delete_user_sync(connection: Any, dialect_name: str, username: str) -> bool:
     cursor = connection.cursor()
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_user WHERE username = %s"), [username])
@@ -477,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--role", choices=ROLES, default="tester")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input instead of asking")
+    token = commands.add_parser("token", help="make an API token for a user (for CI); prints it once")
+    token.add_argument("username")
+    token.add_argument("--label", default="", help="what it is for, shown in the admin's session list")
     commands.add_parser("list", help="list users and their roles")
     delete = commands.add_parser("delete", help="delete a user")
     delete.add_argument("username")
@@ -503,6 +536,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(e, file=sys.stderr)
                 return 1
             print(f"{args.username}: {args.role}")
+        elif args.command == "token":
+            try:
+                print(make_token_sync(connection, dialect_name, args.username, args.label))
+            except InvalidInput as e:
+                print(e, file=sys.stderr)
+                return 1
         elif args.command == "list":
             for username, role in list_users_sync(connection, dialect_name):
                 print(f"{username}\t{role}")
