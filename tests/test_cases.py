@@ -182,3 +182,49 @@ class RunTests(unittest.TestCase):
         self.assertEqual(code, 2, (out + err).decode())
         self.assertIn("not_logged_in", err.decode())
 
+
+
+class CompareTests(unittest.TestCase):
+    timeout = 180
+
+    async def test_compare_two_services(self) -> None:
+        """
+        The same cases on two services at once: a reference bot configured to
+        follow up later (bot.followup_delay 10 s) fails the follow-up case, shown
+        side by side with the difference marked, exit 1; two services on the
+        same bot are the same, exit 0.
+        """
+        from tests.support.system import Bot
+
+        system = PagesSystem(self)
+        await system.start()
+        system.add_user("tess", "tester")
+        slow = Bot(self, list(system.cluster.nodes), system.database, bot={"followup_delay": 10})
+        await slow.start()
+        first = await system.add_service(description="today's bot")
+        changed = await system.add_service(description="the bot with a slower follow-up", wxServiceAddr=slow.url)
+        same = await system.add_service(description="today's bot again")
+        for sid in (first, changed, same):
+            await system.wait_status(sid, 1)
+        url = f"http://127.0.0.1:{system.http_port}"
+        env = {**os.environ, "WEBTESTING_PASSWORD": PASSWORD}
+        follow_up = next(p for p in EXAMPLES if "follow-up" in p)
+
+        async def compare(other: int, *cases: str) -> tuple[str, int]:
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable, ["-m", "webtesting.testcli", "compare", "--url", url, "--user", "tess",
+                                 "--service", str(first), "--against", str(other), *cases],
+                env=env, path=ROOT, reactor=reactor)
+            return (out + err).decode(), code
+
+        text, code = await compare(changed, follow_up)
+        self.assertEqual(code, 1, text)
+        self.assertIn(f"DIFF  a question gets a follow-up  (service {first}: PASS, service {changed}: FAIL)", text)
+        self.assertIn("= replies: “Let's talk about weather.” [topic]", text)
+        self.assertIn("≠ replies:", text)
+        self.assertIn(f"service {changed}: —", text)
+        self.assertIn(f"! service {changed}: count: expected 1 replies, got 0", text)
+        text, code = await compare(same, *EXAMPLES)
+        self.assertEqual(code, 0, text)
+        self.assertIn(f"{len(EXAMPLES)} the same, 0 differing", text)
+        self.assertNotIn("≠ replies", text)

@@ -294,8 +294,13 @@ def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
     return d
 
 
-async def run_case(case: Case, connection: Connection, service: int, run_id: str | None = None) -> CaseResult:
-    """Run C{case} on C{service} through an open L{Connection}; never raises for a failing bot."""
+async def run_case(case: Case, connection: Connection, service: int, run_id: str | None = None,
+                   *, read_state: bool = False) -> CaseResult:
+    """
+    Run C{case} on C{service} through an open L{Connection}; never raises for
+    a failing bot. With C{read_state}, the state is read after every step
+    (for comparing two services), not only where the case checks it.
+    """
     reactor = connection.client.reactor
     uname = case.uname.replace("{run}", run_id or uuidlib.uuid4().hex[:10])
     result = CaseResult(case, service, uname)
@@ -340,6 +345,11 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
                         break
                     await _sleep(reactor, 0.2)
                 step_result.problems += problems
+            elif read_state:
+                try:
+                    step_result.state = await bot.state(timeout=max(step.within, 1.0))
+                except (ClientError, WaitTimeout):
+                    step_result.state = None
             if bot.ended is not None:
                 step_result.problems.append(f"the login ended: {bot.ended.get('code')}: {bot.ended.get('msg')}")
             step_result.seconds = time.monotonic() - step_started
@@ -370,3 +380,64 @@ def describe(result: CaseResult) -> str:
             for reply in step.replies:
                 lines.append(f"         got reply: {reply.get('content')!r} (action {reply.get('action')!r})")
     return "\n".join(lines)
+
+
+# -- comparing two services ---------------------------------------------------------
+
+
+def state_summary(state: dict[str, Any] | None) -> dict[str, Any]:
+    """What of a state is compared between two services: texts, not ids or times."""
+    if state is None:
+        return {}
+    topic = state.get("curTopic") or {}
+    return {
+        "tags": sorted(f"{t.get('desc') or t.get('id')}{'' if t.get('isInUse') else ' (not in use)'}"
+                       for t in (state.get("tag") or {}).get("curTags") or []),
+        "topic": [topic.get("desc") or topic.get("id"), topic.get("prevDesc") or topic.get("prevId")],
+        "topics": sorted(str(t.get("desc") or t.get("id")) for t in (state.get("curTopicList") or {}).get("curTopics") or []),
+        "memory": sorted(f"{e.get('key')}={e.get('value')}" for e in (state.get("memory") or {}).get("cur") or []),
+    }
+
+
+def _replies(step: StepResult) -> list[str]:
+    return [f"“{r.get('content')}” [{r.get('action')}]" for r in step.replies]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "; ".join("—" if v is None else str(v) for v in value) or "—"
+    return "—" if value is None else str(value)
+
+
+def compare(a: CaseResult, b: CaseResult) -> tuple[bool, str]:
+    """
+    The two runs of one case side by side, step by step, with differences
+    marked (≠); returns (differs, report). Differences the case does not
+    check are shown but allowed: the runs differ "beyond what the case
+    allows" only when one of them fails.
+    """
+    differs = not (a.passed and b.passed)
+    status = lambda r: "PASS" if r.passed else "FAIL"  # noqa: E731
+    lines = [f"{'DIFF' if differs else 'SAME' if a.passed else 'FAIL'}  {a.case.name}  "
+             f"(service {a.service}: {status(a)}, service {b.service}: {status(b)})"]
+    for label, result in (("service %d" % a.service, a), ("service %d" % b.service, b)):
+        if result.error:
+            lines.append(f"  {label}: {result.error}")
+    for sa, sb in zip(a.steps, b.steps):
+        what = f"say {sa.say!r}" if sa.say is not None else "wait"
+        lines.append(f"  step {sa.index + 1}: {what}")
+        for name, left, right in (("replies", _replies(sa), _replies(sb)),
+                                  *((f"state.{k}", state_summary(sa.state).get(k), state_summary(sb.state).get(k))
+                                    for k in ("tags", "topic", "topics", "memory"))):
+            mark = "=" if left == right else "≠"
+            if mark == "=":
+                lines.append(f"    = {name}: {_shown(left)}")
+            else:
+                lines.append(f"    ≠ {name}:")
+                lines.append(f"        service {a.service}: {_shown(left)}")
+                lines.append(f"        service {b.service}: {_shown(right)}")
+        for label, step in ((a.service, sa), (b.service, sb)):
+            for problem in step.problems:
+                lines.append(f"    ! service {label}: {problem}")
+    return differs, "\n".join(lines)
+

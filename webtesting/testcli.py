@@ -3,6 +3,7 @@
 WebTesting, from a terminal or CI.
 
     WEBTESTING_PASSWORD=… webtesting-test run --url http://host:2019 --user NAME --service 1 cases/*.yaml
+    WEBTESTING_PASSWORD=… webtesting-test compare --url … --user NAME --service 1 --against 2 cases/*.yaml
 
 Prints each case and step as it passes or fails, with what was expected
 against what came; writes a JUnit XML report with ``--junit``; runs
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
 
-from webtesting.cases import Case, CaseError, CaseResult, describe, load_file, run_case
+from webtesting.cases import Case, CaseError, CaseResult, compare, describe, load_file, run_case
 from webtesting.client import Client, ClientError
 
 
@@ -65,16 +66,43 @@ def junit(results: list[CaseResult]) -> ET.ElementTree:
     return ET.ElementTree(root)
 
 
-async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
+async def _connect(reactor: Any, args: argparse.Namespace) -> tuple[Client, Any]:
     client = Client(args.url, reactor=reactor, timeout=args.timeout)
+    token = _token(args)
+    if token:
+        client.use_token(token)
+        await client.whoami()
+    else:
+        await client.login(args.user, _password(args))
+    return client, await client.connect()
+
+
+async def compare_services(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
+    """Each case on --service and --against at once; both side by side; 1 if either fails the case."""
     try:
-        token = _token(args)
-        if token:
-            client.use_token(token)
-            await client.whoami()
-        else:
-            await client.login(args.user, _password(args))
-        connection = await client.connect()
+        client, first = await _connect(reactor, args)
+        second = await client.connect()
+    except ClientError as e:
+        print(f"webtesting-test: {e}", file=sys.stderr)
+        return 2
+    differing = 0
+    for case in cases:
+        a, b = await gatherResults([
+            ensureDeferred(run_case(case, first, args.service, read_state=True)),
+            ensureDeferred(run_case(case, second, args.against, read_state=True)),
+        ])
+        differs, report = compare(a, b)
+        differing += differs
+        print(report, flush=True)
+    await first.close()
+    await second.close()
+    print(f"\n{len(cases) - differing} the same, {differing} differing beyond what the cases allow")
+    return 1 if differing else 0
+
+
+async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
+    try:
+        client, connection = await _connect(reactor, args)
     except ClientError as e:
         print(f"webtesting-test: {e}", file=sys.stderr)
         return 2
@@ -123,6 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--junit", help="write a JUnit XML report here")
     run_parser.add_argument("--parallel", type=int, default=1, help="cases run at once (default 1)")
     run_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
+    compare_parser = commands.add_parser("compare", help="run cases on two services at once, side by side")
+    compare_parser.add_argument("cases", nargs="+", help="case files (YAML)")
+    compare_parser.add_argument("--url", required=True, help="the web server, e.g. http://127.0.0.1:2019")
+    compare_parser.add_argument("--user", help="the account to run as (with its password)")
+    compare_parser.add_argument("--token-file", help="an API token instead of --user and a password")
+    compare_parser.add_argument("--password-file", help="a file whose first line is the password")
+    compare_parser.add_argument("--service", type=int, required=True, help="one service id")
+    compare_parser.add_argument("--against", type=int, required=True, help="the other service id")
+    compare_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
     args = parser.parse_args(argv)
     if not args.user and not _token(args):
         parser.error("give --user (with a password) or an API token (--token-file or $WEBTESTING_TOKEN)")
@@ -136,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code: list[int] = []
 
     async def go(reactor: Any) -> None:
-        code.append(await run(reactor, args, cases))
+        command = compare_services if args.command == "compare" else run
+        code.append(await command(reactor, args, cases))
 
     try:
         task.react(lambda reactor: ensureDeferred(go(reactor)))

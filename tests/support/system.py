@@ -40,13 +40,15 @@ FAST_BACKOFF = Backoff(initial=0.1, maximum=0.4, jitter=0.0)
 class Bot:
     """The reference bot on a fixed loopback port."""
 
-    def __init__(self, testcase: Any, cluster_nodes: list[tuple[str, int]], database: str) -> None:
+    def __init__(self, testcase: Any, cluster_nodes: list[tuple[str, int]], database: str,
+                 bot: dict[str, Any] | None = None) -> None:
+        """C{bot}: the bot's rule settings (etc/wxsim.yaml ``bot``), e.g. another followup_delay."""
         self.port = free_port()
         self.config = from_mapping(WxsimConfig, {
             "mysql": {"host": mariadb.HOST, "port": mariadb.PORT, "user": mariadb.USER,
                       "password": mariadb.PASSWORD, "database": database},
             "redis": {"nodes": [{"host": h, "port": p} for h, p in cluster_nodes], "retry_interval": 0.2},
-            "bot": {"followup_delay": FOLLOWUP_DELAY},
+            "bot": {"followup_delay": FOLLOWUP_DELAY, **(bot or {})},
         })
         self.service: Any = None
         testcase.addCleanup(self.stop)
