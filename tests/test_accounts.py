@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from webtesting.config import RegistryConfig

@@ -18,7 +18,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from webtesting.config import RegistryConfig
-from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory

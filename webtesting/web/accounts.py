@@ -26,7 +26,6 @@ import functools
 import getpass
 import hashlib
 import hmac
-import json
 import os
 import sys
 import time
