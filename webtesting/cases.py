@@ -420,9 +420,9 @@ def compare(a: CaseResult, b: CaseResult) -> tuple[bool, str]:
     status = lambda r: "PASS" if r.passed else "FAIL"  # noqa: E731
     lines = [f"{'DIFF' if differs else 'SAME' if a.passed else 'FAIL'}  {a.case.name}  "
              f"(service {a.service}: {status(a)}, service {b.service}: {status(b)})"]
-    for label, result in (("service %d" % a.service, a), ("service %d" % b.service, b)):
+    for result in (a, b):
         if result.error:
-            lines.append(f"  {label}: {result.error}")
+            lines.append(f"  service {result.service}: {result.error}")
     for sa, sb in zip(a.steps, b.steps):
         what = f"say {sa.say!r}" if sa.say is not None else "wait"
         lines.append(f"  step {sa.index + 1}: {what}")
@@ -436,8 +436,8 @@ def compare(a: CaseResult, b: CaseResult) -> tuple[bool, str]:
                 lines.append(f"    ≠ {name}:")
                 lines.append(f"        service {a.service}: {_shown(left)}")
                 lines.append(f"        service {b.service}: {_shown(right)}")
-        for label, step in ((a.service, sa), (b.service, sb)):
+        for service, step in ((a.service, sa), (b.service, sb)):
             for problem in step.problems:
-                lines.append(f"    ! service {label}: {problem}")
+                lines.append(f"    ! service {service}: {problem}")
     return differs, "\n".join(lines)
 

@@ -126,7 +126,8 @@ class Client:
             producer = _Body(json.dumps(body).encode())
         try:
             response = await _timeout(
-                self._agent.request(method.encode(), f"{self.url}/{path}".encode(), headers, producer),
+                self._agent.request(method.encode(), f"{self.url}/{path}".encode(), headers,
+                                    producer),  # type: ignore[arg-type]  # _Body provides IBodyProducer
                 self.timeout, self.reactor, f"answer to {method} {path}")
             raw = await _timeout(readBody(response), self.timeout, self.reactor, f"body of {path}")
         except WaitTimeout:
@@ -382,7 +383,7 @@ class _Protocol(WebSocketClientProtocol):
 
 
 class _Factory(WebSocketClientFactory):
-    protocol = _Protocol
+    protocol = _Protocol  # type: ignore[assignment]
     client: Client
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
