@@ -91,3 +91,16 @@ class ClientTests(unittest.TestCase):
         ended: Any = bot.ended
         self.assertEqual((ended["code"], ended["msg"]), ("logged_in_elsewhere", "logged in elsewhere by tom"))
         self.assertNotIn(self.sid, first.logins)
+
+
+class PushOrderTests(unittest.TestCase):
+    async def test_a_push_that_came_first_is_not_missed(self) -> None:
+        """next_push returns a matching push that arrived before the call, each push once, oldest first."""
+        from webtesting.client import BotUser
+
+        bot = BotUser(None, 1, "1.00002", "alice")  # type: ignore[arg-type]  # nothing here waits
+        for n in (1, 2, 3):
+            bot._push({"n": n, "memory": {"new": [{"key": "name"}] if n > 1 else []}})
+        first = await bot.next_push(lambda m: bool(m["memory"]["new"]))
+        self.assertEqual(first["n"], 2)
+        self.assertEqual((await bot.next_push())["n"], 3)

@@ -211,6 +211,7 @@ class BotUser:
     status: int = 1  # servStatus: 1 up, 0 down
     ended: dict[str, Any] | None = None  # the unprompted logoutResp that ended it, if any
     _unread: deque[dict[str, Any]] = field(default_factory=deque)  # unprompted replies not read yet
+    _push_read: int = 0  # pushes before this index were looked at by next_push
     _reply_waiters: list[Deferred[dict[str, Any]]] = field(default_factory=list)
     _push_waiters: list[tuple[Callable[[dict[str, Any]], bool], Deferred[dict[str, Any]]]] = field(
         default_factory=list)
@@ -237,7 +238,16 @@ class BotUser:
 
     async def next_push(self, match: Callable[[dict[str, Any]], bool] = lambda m: True,
                         timeout: float | None = None) -> dict[str, Any]:
-        """The next state push (from now on) that C{match}es."""
+        """
+        The next state push that C{match}es, oldest first among those no
+        earlier call returned (a push may arrive before the call that waits
+        for it), else the next to come.
+        """
+        for i in range(self._push_read, len(self.pushes)):
+            if match(self.pushes[i]):
+                self._push_read = i + 1
+                return self.pushes[i]
+        self._push_read = len(self.pushes)
         d: Deferred[dict[str, Any]] = Deferred()
         self._push_waiters.append((match, d))
         seconds = timeout if timeout is not None else self.connection.client.timeout
@@ -265,6 +275,7 @@ class BotUser:
             match, d = waiter
             if not d.called and match(message):
                 self._push_waiters.remove(waiter)
+                self._push_read = len(self.pushes)
                 d.callback(message)
 
 
