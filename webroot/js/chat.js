@@ -5,7 +5,7 @@ import { byId } from "./dom.js";
 import { t } from "./i18n.js";
 import { reasonNode, reasonOf } from "./reasons.js";
 import { startPage } from "./shell.js";
-import { ChatSocket } from "./chat/socket.js";
+import { ChatSocket } from "./client.js";
 import { ChatPanel } from "./chat/panel.js";
 
 const SERVICE_REFRESH_MS = 5000;

@@ -1,4 +1,16 @@
-// The one browser WebSocket of the chat page, shared by every panel.
+// WebTesting's browser client: the chat WebSocket, as the chat page uses it.
+// Served at a stable URL, /WebTesting/js/client.js (an ES module with no
+// imports), for other pages and tools in the browser; docs/client.md.
+//
+//   import { ChatSocket } from "/WebTesting/js/client.js";
+//   const { wsAddr } = await (await fetch("/WebTesting/Service/getServiceList")).json();
+//   const socket = new ChatSocket(wsAddr);
+//   socket.route(1, (message) => console.log(message));   // everything about service 1
+//   socket.addEventListener("open", () => socket.send({method: "loginReq", serviceId: 1,
+//                                                       appid: "1.00002", uname: "alice"}));
+//   socket.connect();
+//
+// One WebSocket, shared by every panel of the chat page.
 //
 // Messages are routed by serviceId to whoever subscribed to that service;
 // the rest (errors about a frame that could not be read) go to "unrouted"
