@@ -42,6 +42,10 @@ class ClientTests(unittest.TestCase):
         self.addCleanup(conn.close)
         bot = await conn.login(self.sid, "1.00002", "alice")
         self.assertTrue(bot.uid)
+        # The first state after login: its diffs are empty, whatever it holds. Waiting for it makes the
+        # next push the one that tells what the chat changed (else the first read may already see it).
+        first = await bot.next_push()
+        self.assertEqual(first["memory"]["new"], [])
         reply = await bot.chat("my name is Alice")
         self.assertIn("Alice", reply["content"])
         pushed = await bot.next_push(lambda m: any(e["key"] == "name" for e in m["memory"]["new"]))
