@@ -44,3 +44,17 @@ CREATE TABLE IF NOT EXISTS `tb_session` (
   UNIQUE KEY `publicId` (`publicId`),
   KEY `username` (`username`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Conversation history (webtesting/web/history.py).
+CREATE TABLE IF NOT EXISTS `tb_history` (
+  `id` bigint NOT NULL AUTO_INCREMENT,
+  `serviceId` int NOT NULL,
+  `appid` varchar(32) NOT NULL,
+  `uname` varchar(64) NOT NULL,
+  `account` varchar(64) NOT NULL COMMENT 'the WebTesting user who was logged in',
+  `kind` varchar(8) NOT NULL COMMENT 'say, reply, state, login, logout',
+  `at` bigint NOT NULL COMMENT 'Unix epoch milliseconds',
+  `body` mediumtext NOT NULL COMMENT 'JSON',
+  PRIMARY KEY (`id`),
+  KEY `botUser` (`serviceId`, `appid`, `uname`, `id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -192,6 +192,43 @@ class ChatPageTests(PageTestCase):
         await self.step(chat)
         await self.assert_no_page_errors(page)
 
+    async def test_history_after_reload_and_restart(self) -> None:
+        """A reload, and a web server restart, lose no turn: logging in again shows the earlier ones."""
+        sid = await self.system.add_service(description="reference bot")
+        page = await self.page_as(TESTER, "chat.html")
+
+        def chat() -> None:
+            p = log_in_panel(page, 1, sid, "1.00002", "hana")
+            say(p, "my name is Hana")
+            bot_says(p, "Nice to meet you, Hana!")
+            page.reload()
+            p = log_in_panel(page, 1, sid, "1.00002", "hana")
+            earlier = p.locator(".msg-earlier")
+            expect(earlier.locator(".msg-text")).to_have_text(["my name is Hana", "Nice to meet you, Hana!"])
+            expect(p.locator(".history-end")).to_have_count(1)
+            say(p, "call me Hanako")
+            bot_says(p, "Hanako")
+
+        await self.step(chat)
+        await self.system.restart_web()
+
+        def after_restart() -> None:
+            page.reload()
+            expect(page).to_have_url(re.compile(r".*/chat\.html$"))  # the login session is in the database too
+            p = log_in_panel(page, 1, sid, "1.00002", "hana")
+            expect(p.locator(".msg-earlier .msg-text")).to_have_text(
+                ["my name is Hana", "Nice to meet you, Hana!", "call me Hanako", re.compile("Hanako")])
+
+        await self.step(after_restart)
+        other = await self.page_as(ADMIN, "chat.html")
+
+        def admin_sees_all() -> None:
+            p = log_in_panel(other, 1, sid, "1.00002", "hana")
+            expect(p.locator(".msg-earlier.msg-me .msg-text")).to_have_count(2)
+
+        await self.step(admin_sees_all)
+        await self.assert_no_page_errors(page)
+
     async def test_two_bots_side_by_side(self) -> None:
         """Two panels hold two logins on two services over one WebSocket; each sees only its own bot."""
         first = await self.system.add_service(description="first bot")

@@ -173,6 +173,21 @@ class Client:
         self.ws_addr = answer["wsAddr"]
         return list(answer["serviceLists"])
 
+    async def history(self, service_id: int, appid: str, uname: str, *, turns: int | None = None,
+                      account: str | None = None) -> list[dict[str, Any]]:
+        """
+        A bot user's last turns, oldest first (History/get): events with
+        C{kind} say, reply, state, login or logout. Yours; an admin's are
+        everyone's, or one C{account}'s.
+        """
+        body: dict[str, Any] = {"serviceId": service_id, "appid": appid, "uname": uname}
+        if turns is not None:
+            body["turns"] = turns
+        if account is not None:
+            body["account"] = account
+        answer = await self.call("POST", "History/get", body)
+        return list(answer["events"])
+
     async def connect(self) -> "Connection":
         """Open the chat WebSocket with this account's session."""
         if not self.ws_addr:

@@ -348,6 +348,19 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The conversation history (webtesting/web/history.py)."""
+
+    # Turns kept per bot user (service, appid, uname); a turn starts with a chat.
+    turns: int = number_field(200, 1, 100_000)
+    # Recorded events are written this often (seconds), or as soon as `batch` wait.
+    flush_interval: float = number_field(1.0, 0.01, 60)
+    batch: int = number_field(500, 1, 100_000)
+    # Events kept in memory while the database is away; the oldest go beyond.
+    max_buffer: int = number_field(20000, 100, 10_000_000)
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """Everything ``twistd webtesting-web`` reads; see etc/web.yaml."""
 
@@ -355,6 +368,7 @@ class WebConfig:
     websocket: BrowserWebSocketConfig = BrowserWebSocketConfig()
     registry: RegistryConfig = RegistryConfig()
     agents: AgentLinksConfig = AgentLinksConfig()
+    history: HistoryConfig = HistoryConfig()
 
 
 @dataclass(frozen=True)

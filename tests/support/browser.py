@@ -182,8 +182,17 @@ class PagesSystem(BotBackends):
         await self.bot.start()
         self.agent.start()
         self.web.startService()
-        self.testcase.addCleanup(self.web.stopService)
+        # Whichever web server runs at the end (restart_web makes a new one).
+        self.testcase.addCleanup(lambda: self.web.stopService() if self.web.running else None)
         await eventually(lambda: _answers(self.http_port) and _answers(self.ws_port), what="the web server listening")
+
+    async def restart_web(self) -> None:
+        """Stop the web server as SIGTERM would, and start a new one from the same configuration."""
+        await self.web.stopService()
+        self.web = tap.makeService(self.options, reactor)
+        self.web.startService()
+        await eventually(lambda: _answers(self.http_port) and _answers(self.ws_port), what="the web server listening")
+        assert await self.web.getServiceNamed("store").getServiceNamed("registry").ready(), "the registry is away"
 
     async def drop_browser_websocket(self) -> None:
         """Stop the browsers' WebSocket listener and drop every open connection, as when it dies."""

@@ -14,6 +14,9 @@ from functools import partial
 from typing import Any, Awaitable, Callable
 
 from klein import Klein
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.protocols.policies import WrappingFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
@@ -31,7 +34,10 @@ from webtesting.protocol import (
     InvalidInput,
     NotJSON,
     Result,
+    MAX_UNAME,
     parse_json,
+    require_appid,
+    require_int,
     require_object,
     require_str,
     tester_reason,
@@ -47,6 +53,7 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
+from webtesting.web.history import History
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
 from webtesting.web.throttle import LoginThrottle, Throttled
@@ -54,6 +61,7 @@ from webtesting.web.throttle import LoginThrottle, Throttled
 PREFIX = "/WebTesting"
 SERVICE = f"{PREFIX}/Service"
 ACCOUNT = f"{PREFIX}/Account"
+HISTORY = f"{PREFIX}/History"
 # The login throttle's device cookie (webtesting.web.throttle): a year.
 DEVICE_COOKIE = "wt_device"
 DEVICE_LIFETIME = 365 * 86400
@@ -89,6 +97,24 @@ class LimitedRequest(Request):
             self.body_too_large = True
         if not self.body_too_large:
             super().handleContentChunk(data)
+
+
+class HTTPListener(StreamServerEndpointService):
+    """
+    The HTTP port. Stopping it also closes the connections it accepted: a
+    closed listening port leaves a browser's keep-alive connection talking
+    to a server that has stopped.
+    """
+
+    def __init__(self, endpoint: Any, site: Site) -> None:
+        self.connections = WrappingFactory(site)
+        super().__init__(endpoint, self.connections)
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()  # type: ignore[assignment]
+        for connection in list(self.connections.protocols):
+            connection.transport.loseConnection()
+        return stopped
 
 
 def make_site(resource: Resource, max_body: int) -> Site:
@@ -264,6 +290,7 @@ class RegistryAPI:
         device: DeviceSigner | None = None,
         origins: Origins | None = None,
         public_url: str | None = None,
+        history: History | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -294,6 +321,8 @@ class RegistryAPI:
         self.codes = codes
         # Who holds which bot user, asked of every agent (AgentLinks.list_logins).
         self.logins = logins
+        # The conversations (webtesting.web.history); None: not kept.
+        self.history = history
 
     # -- who is asking ----------------------------------------------------------
 
@@ -467,6 +496,50 @@ class RegistryAPI:
     async def me(self, request: Any) -> bytes:
         session = await self._session(request)
         return ok(request, username=session.username, role=session.role)
+
+    # -- history ----------------------------------------------------------------
+
+    def _history(self) -> History:
+        if self.history is None:
+            raise HTTPError(Result.NOT_FOUND, "this server keeps no history")
+        return self.history
+
+    @app.route(f"{HISTORY}/get", methods=["POST"])
+    async def get_history(self, request: Any) -> bytes:
+        """
+        One bot user's last turns, oldest first: a tester's own, or (an admin)
+        everyone's or one ``account``'s.
+        """
+        session = await self._session(request)
+        history = self._history()
+        body = require_object(self._json_body(request), "")
+        service_id = require_int(body.get("serviceId"), "serviceId", 1, 2**31 - 1)
+        appid = require_appid(body.get("appid"), "appid")
+        uname = require_str(body.get("uname"), "uname", MAX_UNAME)
+        turns = require_int(body["turns"], "turns", 1, history.turns) if "turns" in body else None
+        before = require_int(body["before"], "before", 1, 2**63 - 1) if "before" in body else None
+        if "account" in body:
+            account: str | None = check_username(body["account"], "account")
+            if account != session.username and not session.is_admin:
+                raise HTTPError(Result.FORBIDDEN, "only an admin may read another account's history")
+        else:
+            account = None if session.is_admin else session.username
+        events = await history.read(service_id, appid, uname, account=account, turns=turns, before=before)
+        return ok(request, serviceId=service_id, appid=appid, uname=uname, events=events)
+
+    @app.route(f"{HISTORY}/list", methods=["GET"])
+    async def list_history(self, request: Any) -> bytes:
+        """The bot users the caller has history with (an admin: everyone's), the latest first."""
+        session = await self._session(request)
+        users = await self._history().bot_users(None if session.is_admin else session.username)
+        return ok(request, botUsers=users)
+
+    @app.route(f"{HISTORY}/<path:rest>")
+    def history_fallback(self, request: Any, rest: str) -> bytes:
+        allowed = {"get": "POST", "list": "GET"}.get(rest)
+        if allowed is None:
+            raise NotFound()
+        raise MethodNotAllowed(valid_methods=[allowed])
 
     @app.route(f"{SERVICE}/<path:rest>")
     def service_fallback(self, request: Any, rest: str) -> bytes:

@@ -26,6 +26,7 @@ from webtesting.web.accounts import (
     USER_SCHEMA_MYSQL,
     USER_SCHEMA_SQLITE,
 )
+from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
 from webtesting.protocol import (
     PASSWORD_MASK,
     InvalidInput,
@@ -100,8 +101,9 @@ class _Dialect:
         return statement if self.name == "mysql" else statement.replace("%s", "?")
 
 
-MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL), " FOR UPDATE")
-SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE), "")
+MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL), " FOR UPDATE")
+SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
+                             HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:

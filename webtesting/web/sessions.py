@@ -197,6 +197,8 @@ class Relay:
         self._pending: deque[Pending] = deque()
         self._live = 0  # how many of them still wait
         self._sweep: Any = None
+        # Where each turn is recorded (webtesting.web.history.History), if anywhere.
+        self.history: Any = None
 
     # -- browser side -------------------------------------------------------
 
@@ -315,6 +317,8 @@ class Relay:
         message["uuid"] = session.uuid
         # Waiting before sending: an answer may come back within send().
         self._expect(session, login, service_id, answer)
+        if method == "aichatReq" and self.history is not None:
+            self.history.record(service_id, login.appid, login.uname, session.account, "say", message["content"])
         link.send(message)
 
     # -- deadlines ------------------------------------------------------------
@@ -380,6 +384,7 @@ class Relay:
                 waiting.popleft()
         _answer(session.deliver, pending.answer, result, msg, code,
                 serviceId=pending.service_id, appid=pending.appid)
+        self._record_error(session, pending.service_id, login, pending.answer, result, code, msg)
         if pending.answer == "loginResp" and login is not None and not login.active:
             # A login that was never confirmed is over: the browser may try again.
             self._forget_login(session, pending.service_id)
@@ -396,6 +401,7 @@ class Relay:
                     self._done(pending)
                     _answer(session.deliver, pending.answer, Result.UNAVAILABLE, msg, code,
                             serviceId=service_id, appid=pending.appid)
+                    self._record_error(session, service_id, login, pending.answer, Result.UNAVAILABLE, code, msg)
 
     def stop(self) -> None:
         """The server stops: no more deadline timers."""
@@ -420,8 +426,12 @@ class Relay:
             frame = self._for_testers(service_id, frame)
         mark = frame[UUID_LEN:UUID_LEN + 1]
         login = session.logins.get(service_id)
-        if login is not None and login.pending:
-            self._answered(login, frame_method(frame))
+        if login is not None and (login.pending or self.history is not None):
+            method = frame_method(frame)
+            if login.pending:
+                self._answered(login, method)
+            if self.history is not None:
+                self._record(session, service_id, login, mark, method, frame)
         if login is not None and login.restoring and mark == LOGGED_OUT and frame_method(frame) == b"loginResp":
             # The page did not ask for this login again: tell it its login is over.
             self._restore_refused(session, service_id, login, frame)
@@ -447,6 +457,27 @@ class Relay:
             self._fail_login(session, service_id, login, "login_ended",
                              f"the login to service {service_id} ended before the answer came")
             self._forget_login(session, service_id)
+
+    def _record(self, session: BrowserSession, service_id: int, login: Login, mark: bytes, method: bytes,
+                frame: bytes) -> None:
+        """Hand a frame to history: replies and states as they came (decoded when written)."""
+        kind = {b"aichatResp": "reply", b"getUserStatusResp": "state"}.get(method)
+        if kind is not None:
+            body: Any = frame[UUID_LEN + 1:]
+        elif mark == LOGGED_IN and not login.restoring:
+            kind, body = "login", {}
+        elif mark == LOGGED_IN:
+            kind, body = "login", {"restored": True}
+        else:
+            return  # a logout is recorded when the login is forgotten, however it ended
+        self.history.record(service_id, login.appid, login.uname, session.account, kind, body)
+
+    def _record_error(self, session: BrowserSession, service_id: int, login: Login | None, answer: str,
+                      result: Result, code: str, msg: str) -> None:
+        """A chat answered here with an error is part of the conversation too."""
+        if answer == "aichatResp" and login is not None and self.history is not None:
+            self.history.record(service_id, login.appid, login.uname, session.account, "reply",
+                                {"result": int(result), "code": code, "msg": msg})
 
     def _for_testers(self, service_id: int, frame: bytes) -> bytes:
         try:
@@ -551,7 +582,10 @@ class Relay:
             self._forget_login(session, service_id)
 
     def _forget_login(self, session: BrowserSession, service_id: int) -> None:
-        if session.logins.pop(service_id, None) is not None:
+        login = session.logins.pop(service_id, None)
+        if login is not None and self.history is not None and (login.active or login.restoring):
+            self.history.record(service_id, login.appid, login.uname, session.account, "logout", {})
+        if login is not None:
             held = self._account_logins.get(session.account, 0) - 1
             if held > 0:
                 self._account_logins[session.account] = held

@@ -2,7 +2,9 @@
 ``twistd webtesting-web``: the service tree of the web server.
 
     MultiService
-    ├── Database          the registry's connection pool and reconnect timer
+    ├── store             stops its children in turn, the last first:
+    │   ├── Database      the registry's connection pool and reconnect timer
+    │   └── History       records every turn, written in batches to the registry database
     ├── AgentLinks        one WebSocket link per service; registry sync timer
     ├── HTTP listener     Klein: registry API (SPEC §2) and pages
     └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay;
@@ -11,17 +13,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generator
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.config import ConfigError, WebConfig, default_webroot, load
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
-from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.history import History
+from webtesting.web.http import HTTPListener, RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.origins import Origins, public_urls
 from webtesting.web.registry import open_registry
@@ -51,6 +56,21 @@ class Options(usage.Options):
             raise usage.UsageError(f"configuration errors:\n{e}") from None
 
 
+class StopInTurn(MultiService):
+    """A MultiService whose children stop one after another, the last started first."""
+
+    _log = Logger()
+
+    @inlineCallbacks
+    def stopService(self) -> Generator[Any, Any, None]:
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield child.stopService()
+            except Exception:
+                self._log.failure("stopping {child}", child=child)
+
+
 def ws_addr_for(config: WebConfig) -> Any:
     """
     How getServiceList tells browsers where the WebSocket is: the configured
@@ -77,10 +97,22 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = MultiService()
 
     registry = open_registry(config.registry, reactor)
-    registry.db.setServiceParent(top)
+    # The database and what writes to it in the background stop in turn:
+    # history writes what waits, then the database closes.
+    store = StopInTurn()
+    store.setName("store")
+    store.setServiceParent(top)
+    registry.db.setName("registry")
+    registry.db.setServiceParent(store)
 
     relay = Relay({}, clock=reactor, deadline=config.websocket.request_deadline,
                   max_logins_per_account=config.websocket.max_logins_per_account)
+    h = config.history
+    history = History(registry.db, registry.dialect_name, reactor, turns=h.turns, flush_interval=h.flush_interval,
+                      batch=h.batch, max_buffer=h.max_buffer)
+    history.setName("history")
+    history.setServiceParent(store)
+    relay.history = history
     agents = config.agents
     links = AgentLinks(
         registry, relay, reactor,
@@ -113,9 +145,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         origins=origins_for(config),
         public_url=public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                config.websocket.public_url, config.websocket.path)[0],
+        history=history,
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
-    http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
+    http = HTTPListener(serverFromString(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
 

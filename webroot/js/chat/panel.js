@@ -8,6 +8,7 @@
 // code, said in plain words, with the raw msg behind a "details" toggle
 // (../reasons.js).
 
+import { request as apiRequest } from "../api.js";
 import { h, uid } from "../dom.js";
 import { applyI18n, getLang, t } from "../i18n.js";
 import { detailsNode, entryText, reasonNode, reasonOf } from "../reasons.js";
@@ -17,6 +18,9 @@ import { StateView } from "./state.js";
 const IDLE = "idle";
 const LOGGING_IN = "loggingIn";
 const ACTIVE = "active";
+
+// Earlier turns shown when a panel logs in.
+const HISTORY_TURNS = 50;
 
 // What the banner says about a reason of each kind.
 const REASON_TEMPLATES = {
@@ -300,7 +304,43 @@ export class ChatPanel {
     // A new login starts with pushes on; keep the person's choice.
     if (!this.pushes) this.request("setStatusPushReq", { enabled: false });
     this.paint();
-    if (first) this.ui.content.focus();
+    if (first) {
+      this.ui.content.focus();
+      this.showHistory();
+    }
+  }
+
+  // The earlier turns with this bot user (the server keeps them: a reload
+  // loses nothing), shown above this login's messages.
+  async showHistory() {
+    const key = { serviceId: this.serviceId, appid: this.appid, uname: this.uname };
+    let events;
+    try {
+      ({ events } = await apiRequest("POST", "History/get", { body: { ...key, turns: HISTORY_TURNS } }));
+    } catch {
+      return; // history is a convenience: the chat goes on without it
+    }
+    if (this.serviceId !== key.serviceId || this.uname !== key.uname || this.status === IDLE) return;
+    // This login's own events are on the page already.
+    const logins = events.filter((e) => e.kind === "login" && !e.restored);
+    const cut = logins.length ? logins[logins.length - 1].id : Infinity;
+    const earlier = events.filter((e) => e.id < cut);
+    this.history = events.filter((e) => e.id >= cut);
+    if (!earlier.some((e) => e.kind === "say" || e.kind === "reply")) return;
+    const items = [];
+    for (const e of earlier) {
+      if (e.kind === "say") items.push(this.message("me", e.content, "", true));
+      else if (e.kind === "reply" && e.result === undefined) items.push(this.message("bot", e.content, e.action, true));
+      else if (e.kind === "reply") items.push(h("li", { className: "msg msg-error msg-earlier" }, e.msg));
+      else if (e.kind === "login" && !e.restored) {
+        items.push(h("li", { className: "msg msg-system msg-earlier" }, new Date(e.at).toLocaleString()));
+      }
+    }
+    items.push(h("li", { className: "msg msg-system history-end", dataset: { i18n: "chat.historyEnd" } },
+      t("chat.historyEnd")));
+    const list = this.ui.messages;
+    list.prepend(...items);
+    list.scrollTop = list.scrollHeight;
   }
 
   onServStatus(message) {
@@ -373,11 +413,15 @@ export class ChatPanel {
   }
 
   say(who, content, action) {
+    this.append(this.message(who, content, action, false));
+  }
+
+  message(who, content, action, earlier) {
     const key = who === "me" ? "chat.you" : "chat.bot";
-    this.append(h("li", { className: `msg msg-${who}` },
+    return h("li", { className: `msg msg-${who}${earlier ? " msg-earlier" : ""}` },
       h("span", { className: "msg-who", dataset: { i18n: key } }, t(key)),
       h("span", { className: "msg-text" }, content),
-      action ? h("span", { className: "msg-action", title: "action" }, action) : null));
+      action ? h("span", { className: "msg-action", title: "action" }, action) : null);
   }
 
   system(text, isError = false) {
