@@ -52,9 +52,10 @@ CREATE TABLE IF NOT EXISTS `tb_history` (
   `appid` varchar(32) NOT NULL,
   `uname` varchar(64) NOT NULL,
   `account` varchar(64) NOT NULL COMMENT 'the WebTesting user who was logged in',
-  `kind` varchar(8) NOT NULL COMMENT 'say, reply, state, login, logout',
-  `at` bigint NOT NULL COMMENT 'Unix epoch milliseconds',
-  `body` mediumtext NOT NULL COMMENT 'JSON',
+  `turns` int NOT NULL COMMENT 'how many of the events are chats (say)',
+  `at` bigint NOT NULL COMMENT 'the last event''s time, Unix epoch milliseconds',
+  `events` mediumtext NOT NULL COMMENT 'JSON [[kind, at, body], ...] in order',
   PRIMARY KEY (`id`),
-  KEY `botUser` (`serviceId`, `appid`, `uname`, `id`)
+  KEY `botUser` (`serviceId`, `appid`, `uname`, `id`),
+  KEY `account` (`account`, `id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

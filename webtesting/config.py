@@ -355,9 +355,9 @@ class HistoryConfig:
     turns: int = number_field(200, 1, 100_000)
     # Recorded events are written this often (seconds), or as soon as `batch` wait.
     flush_interval: float = number_field(1.0, 0.01, 60)
-    batch: int = number_field(500, 1, 100_000)
+    batch: int = number_field(10000, 1, 1_000_000)
     # Events kept in memory while the database is away; the oldest go beyond.
-    max_buffer: int = number_field(20000, 100, 10_000_000)
+    max_buffer: int = number_field(50000, 100, 10_000_000)
 
 
 @dataclass(frozen=True)

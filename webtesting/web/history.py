@@ -7,8 +7,13 @@ chat (C{say}), a bot reply (C{reply}, the agent's frame as it came), a state
 push (C{state}, likewise), a login and a logout. Recording is an append to a
 list; nothing is decoded or written on the way. A timer flushes the list
 every C{flush_interval} seconds (sooner when C{batch} events wait) in one
-transaction on the database's thread pool, where the frames are decoded and
-cut to what history keeps:
+transaction on the database's thread pool.
+
+A flush writes one row per bot user (a I{chunk}: that user's events of the
+flush, in order, as one JSON array), not one per event: a row costs the
+database far more than its bytes. Chats and replies go in as they came and
+are cut when read; state pushes are decoded on the pool's thread and cut to
+what history keeps:
 
 - C{reply}: C{content} and C{action}, or C{result}/C{code}/C{msg} of an
   error answer (a timeout, the link lost);
@@ -16,18 +21,18 @@ cut to what history keeps:
   and the current topic, kept only when something changed; the first state
   after a login is kept whole (C{cur}), the user's starting state.
 
-A key keeps its last C{turns} turns (a turn starts with a C{say}); older
-rows are deleted as new turns come, a few turns at a time. While the
-database is away, events wait in memory up to C{max_buffer}, the oldest
-dropped beyond that (and counted in the log). A read flushes first, so a page
-reloaded right after a chat sees it.
+An event's id is its row's id times L{PER_ROW} plus its place in the row.
+A bot user keeps its last C{turns} turns (a turn starts with a C{say}; each
+row counts its own); older rows are deleted as new turns come, a few turns
+at a time. While the database is away, events wait in memory up to
+C{max_buffer}, the oldest dropped beyond that (and counted in the log). A
+read flushes first, so a page reloaded right after a chat sees it.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
@@ -44,11 +49,12 @@ CREATE TABLE IF NOT EXISTS `tb_history` (
   `appid` varchar(32) NOT NULL,
   `uname` varchar(64) NOT NULL,
   `account` varchar(64) NOT NULL COMMENT 'the WebTesting user who was logged in',
-  `kind` varchar(8) NOT NULL COMMENT 'say, reply, state, login, logout',
-  `at` bigint NOT NULL COMMENT 'Unix epoch milliseconds',
-  `body` mediumtext NOT NULL COMMENT 'JSON',
+  `turns` int NOT NULL COMMENT 'how many of the events are chats (say)',
+  `at` bigint NOT NULL COMMENT 'the last event''s time, Unix epoch milliseconds',
+  `events` mediumtext NOT NULL COMMENT 'JSON [[kind, at, body], ...] in order',
   PRIMARY KEY (`id`),
-  KEY `botUser` (`serviceId`, `appid`, `uname`, `id`)
+  KEY `botUser` (`serviceId`, `appid`, `uname`, `id`),
+  KEY `account` (`account`, `id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 
@@ -59,13 +65,16 @@ CREATE TABLE IF NOT EXISTS tb_history (
   appid TEXT NOT NULL,
   uname TEXT NOT NULL,
   account TEXT NOT NULL,
-  kind TEXT NOT NULL,
+  turns INTEGER NOT NULL,
   at INTEGER NOT NULL,
-  body TEXT NOT NULL
+  events TEXT NOT NULL
 )
 """
 
 HISTORY_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_history_bot_user ON tb_history (serviceId, appid, uname, id)"
+
+# Events in one row at most; an event's id is its row's id * PER_ROW + its place.
+PER_ROW = 1000
 
 KINDS = ("say", "reply", "state", "login", "logout")
 
@@ -129,7 +138,7 @@ class History(service.Service):
     _log = Logger()
 
     def __init__(self, db: Any, dialect_name: str, clock: Any = None, *, turns: int = 200,
-                 flush_interval: float = 1.0, batch: int = 500, max_buffer: int = 20000) -> None:
+                 flush_interval: float = 1.0, batch: int = 10000, max_buffer: int = 50000) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.db = db
@@ -152,10 +161,10 @@ class History(service.Service):
         self._topic: dict[tuple[int, str, str], Any] = {}
         self._since_trim: dict[tuple[int, str, str], int] = {}
         self._first: set[tuple[int, str, str]] = set()
-        self._insert = _sql(dialect_name, f"INSERT INTO {TABLE} (serviceId, appid, uname, account, kind, at, body) "
+        self._insert = _sql(dialect_name, f"INSERT INTO {TABLE} (serviceId, appid, uname, account, turns, at, events) "
                                           "VALUES (%s, %s, %s, %s, %s, %s, %s)")
-        self._nth_turn = _sql(dialect_name, f"SELECT id FROM {TABLE} WHERE serviceId = %s AND appid = %s "
-                                            "AND uname = %s AND kind = 'say' ORDER BY id DESC LIMIT 1 OFFSET %s")
+        self._rows_back = _sql(dialect_name, f"SELECT id, turns FROM {TABLE} WHERE serviceId = %s AND appid = %s "
+                                             "AND uname = %s AND turns > 0 ORDER BY id DESC LIMIT %s")
         self._trim = _sql(dialect_name, f"DELETE FROM {TABLE} WHERE serviceId = %s AND appid = %s "
                                         "AND uname = %s AND id < %s")
 
@@ -231,49 +240,72 @@ class History(service.Service):
             waiter.callback(None)
 
     def _write(self, cursor: Any, events: list[Event]) -> None:
-        """On the database's thread: decode, cut, insert, trim."""
-        rows = []
+        """On the database's thread: cut the states, one row per bot user and account, trim."""
+        # (user, account) -> [turns, last at, events]; a user's events stay in order
+        # (a new row whenever the account changes, which a takeover does).
+        chunks: list[tuple[tuple[int, str, str], str, list[Any]]] = []
+        last: dict[tuple[int, str, str], tuple[str, list[Any]]] = {}
         turns: dict[tuple[int, str, str], int] = {}
         for service_id, appid, uname, account, kind, at, body in events:
             user = (service_id, appid, uname)
             if kind == "say":
-                kept: dict[str, Any] | None = {"content": body}
                 turns[user] = turns.get(user, 0) + 1
+                kept: Any = body
             elif kind == "reply":
-                kept = reply_body(body)
+                kept = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
             elif kind == "state":
                 first = user in self._first
                 kept = state_body(body, first)
-                if kept is not None:
-                    self._first.discard(user)
-                    topic = kept["curTopic"]
-                    if not first and topic == self._topic.get(user) and not _changed(kept):
-                        kept = None  # nothing moved
-                    self._topic[user] = topic
-            elif kind == "login":
-                kept = body if isinstance(body, dict) else {}
-                self._first.add(user)
-                self._topic.pop(user, None)
-            else:  # logout
-                kept = body if isinstance(body, dict) else {}
+                if kept is None:
+                    continue
                 self._first.discard(user)
+                topic = kept["curTopic"]
+                if not first and topic == self._topic.get(user) and not _changed(kept):
+                    continue  # nothing moved
+                self._topic[user] = topic
+            else:  # login, logout
+                kept = body if isinstance(body, dict) else {}
+                if kind == "login":
+                    self._first.add(user)
+                else:
+                    self._first.discard(user)
                 self._topic.pop(user, None)
-            if kept is not None:
-                rows.append((service_id, appid, uname, account, kind, at,
-                             json.dumps(kept, ensure_ascii=False, separators=(",", ":"))))
+            held = last.get(user)
+            if held is None or held[0] != account or len(held[1]) >= PER_ROW:
+                held = (account, [])
+                last[user] = held
+                chunks.append((user, account, held[1]))
+            held[1].append((kind, at, kept))
+        rows = []
+        for user, account, chunk in chunks:
+            said = 0
+            parts = []
+            for kind, at, kept in chunk:
+                if kind == "reply" and isinstance(kept, str) and kept.startswith("{"):
+                    # The agent's frame is JSON already (the relay forwards it to pages as it is): not escaped again.
+                    parts.append(f'["reply",{at},{kept}]')
+                    continue
+                said += kind == "say"
+                parts.append(json.dumps([kind, at, kept], ensure_ascii=False))
+            rows.append((*user, account, said, chunk[-1][1], "[" + ",".join(parts) + "]"))
         if rows:
             cursor.executemany(self._insert, rows)
-        every = max(1, self.turns // 10)
+        # Trimming reads the user's rows back: once every `turns` turns, so a user
+        # holds between `turns` and twice that (a read cuts to `turns`).
+        every = self.turns
         for user, count in turns.items():
             since = self._since_trim.get(user, 0) + count
             if since < every:
                 self._since_trim[user] = since
                 continue
             self._since_trim.pop(user, None)
-            cursor.execute(self._nth_turn, [*user, self.turns - 1])
-            row = cursor.fetchone()
-            if row is not None:
-                cursor.execute(self._trim, [*user, row[0]])
+            cursor.execute(self._rows_back, [*user, self.turns])
+            kept_turns = 0
+            for row_id, row_turns in cursor.fetchall():
+                kept_turns += row_turns
+                if kept_turns >= self.turns:
+                    cursor.execute(self._trim, [*user, row_id])
+                    break
 
     # -- reading ------------------------------------------------------------------
 
@@ -291,20 +323,39 @@ class History(service.Service):
             where += " AND account = %s"
             params.append(account)
         if before is not None:
-            where += " AND id < %s"
-            params.append(before)
-        nth = _sql(self._dialect, f"SELECT id FROM {TABLE} WHERE {where} AND kind = 'say' "
-                                  "ORDER BY id DESC LIMIT 1 OFFSET %s")
-        select = _sql(self._dialect, f"SELECT id, account, kind, at, body FROM {TABLE} WHERE {where} "
-                                     "AND id >= %s ORDER BY id")
+            where += " AND id <= %s"
+            params.append(before // PER_ROW)
+        select = _sql(self._dialect, f"SELECT id, account, turns, events FROM {TABLE} WHERE {where} "
+                                     "ORDER BY id DESC LIMIT 50 OFFSET %s")
 
-        def work(cursor: Any) -> list[dict[str, Any]]:
-            cursor.execute(nth, [*params, turns - 1])
-            row = cursor.fetchone()
-            cursor.execute(select, [*params, row[0] if row is not None else 0])
-            return [_event(r) for r in cursor.fetchall()]
+        def work(cursor: Any) -> list[Any]:
+            rows: list[Any] = []
+            said = 0
+            while said < turns:
+                cursor.execute(select, [*params, len(rows)])
+                page = cursor.fetchall()
+                rows += page
+                said += sum(r[2] for r in page)
+                if len(page) < 50:
+                    break
+            return rows
 
-        return await self.db.run(work)
+        rows = await self.db.run(work)
+        found: list[dict[str, Any]] = []
+        for row_id, row_account, _turns, text in reversed(rows):
+            try:
+                chunk = json.loads(text)
+            except ValueError:
+                self._log.warn("history: row {row_id} is not JSON; left out", row_id=row_id)
+                continue
+            for place, (kind, at, body) in enumerate(chunk):
+                event_id = row_id * PER_ROW + place
+                if before is None or event_id < before:
+                    found.append(_event(event_id, row_account, kind, at, body))
+        says = [i for i, e in enumerate(found) if e["kind"] == "say"]
+        if len(says) > turns:
+            found = found[says[-turns]:]
+        return found
 
     async def bot_users(self, account: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The bot users with history (of C{account}, unless None), the latest first."""
@@ -344,10 +395,12 @@ def _changed(kept: dict[str, Any]) -> bool:
     return any(kept[part][new] or kept[part][deleted] for part, new, deleted in _DIFFS)
 
 
-def _event(row: Sequence[Any]) -> dict[str, Any]:
-    event_id, account, kind, at, body = row
-    try:
-        fields = json.loads(body)
-    except ValueError:
-        fields = {}
-    return {"id": event_id, "account": account, "kind": kind, "at": at, **(fields if isinstance(fields, dict) else {})}
+def _event(event_id: int, account: str, kind: str, at: int, body: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"id": event_id, "account": account, "kind": kind, "at": at}
+    if kind == "say":
+        event["content"] = body
+    elif kind == "reply":
+        event.update(reply_body(body) or {})
+    elif isinstance(body, dict):
+        event.update(body)
+    return event

@@ -121,6 +121,9 @@ class BrowserSession:
 MAX_IN_FLIGHT = 64
 
 
+# The frames history keeps, by method, and the kind of event each is.
+_RECORDED = {b"aichatResp": "reply", b"getUserStatusResp": "state"}
+
 _SERVICE_KEY = b'"serviceId":'
 _CODE_KEY = b'"code":'
 
@@ -461,7 +464,7 @@ class Relay:
     def _record(self, session: BrowserSession, service_id: int, login: Login, mark: bytes, method: bytes,
                 frame: bytes) -> None:
         """Hand a frame to history: replies and states as they came (decoded when written)."""
-        kind = {b"aichatResp": "reply", b"getUserStatusResp": "state"}.get(method)
+        kind = _RECORDED.get(method)
         if kind is not None:
             body: Any = frame[UUID_LEN + 1:]
         elif mark == LOGGED_IN and not login.restoring:
