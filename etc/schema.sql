@@ -14,7 +14,11 @@ CREATE TABLE IF NOT EXISTS `tb_service_info` (
   `agentAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:2021/WebTesting/Agent',
   `allowedAppids` varchar(1024) DEFAULT NULL COMMENT 'JSON ["1.00002","1.00003"]',
   `description` varchar(1024) DEFAULT NULL,
+  `allowStateWrites` tinyint(1) NOT NULL DEFAULT '0' COMMENT 'testers may write users'' state (test cases'' given)',
   `status` int(11) DEFAULT '1' COMMENT '1 ok, 0 down; written by the web server',
+  `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4; written by the web server',
   `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
   PRIMARY KEY (`id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -13,12 +13,14 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from webtesting.cases import CaseError, load, reply_problems, run_case, state_problems
-from webtesting.client import Client
+from webtesting.client import Client, ServerError
 from tests.support.browser import PASSWORD, PagesSystem
+from tests.support.wait import eventually
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "reference-bot", "*.yaml")))
@@ -99,7 +101,7 @@ class RunTests(unittest.TestCase):
         self.system = PagesSystem(self)
         await self.system.start()
         self.system.add_user("tess", "tester")
-        self.sid = await self.system.add_service()
+        self.sid = await self.system.add_service(allowStateWrites=True)
         await self.system.wait_status(self.sid, 1)
         self.url = f"http://127.0.0.1:{self.system.http_port}"
 
@@ -157,6 +159,67 @@ class RunTests(unittest.TestCase):
         self.assertEqual(code, 2, (out + err).decode())
         self.assertIn("not_logged_in", err.decode())
 
+    async def test_given_state(self) -> None:
+        """
+        A case's given state is written into the bot's Redis only where the
+        registry allows it: refused elsewhere with a clear reason; once allowed,
+        it starts the case from that state whatever earlier runs left, and the
+        agent logs the write with the account.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        closed = await self.system.add_service(description="no state writes")
+        await self.system.wait_status(closed, 1)
+        client = Client(self.url)
+        await client.login("tess", PASSWORD)
+        [listed] = [s for s in await client.services() if s["serviceId"] == closed]
+        self.assertIs(listed["allowStateWrites"], False)
+        conn = await client.connect()
+        self.addCleanup(conn.close)
+        known = next(p for p in EXAMPLES if "known-user" in p)
+        with open(known, encoding="utf-8") as f:
+            case = load(f.read(), known)
+        case.uname = "known-user"
+        refused = await run_case(case, conn, closed)
+        self.assertFalse(refused.passed)
+        self.assertIn("state_writes_off", refused.error or "")
+        self.assertIn("allowStateWrites", refused.error or "")
+        # Earlier runs left another name; the given state replaces it.
+        bot = await conn.login(self.sid, "1.00002", "known-user")
+        await bot.chat("my name is Carol")
+        await bot.logout()
+        result = await run_case(case, conn, self.sid)
+        self.assertTrue(result.passed, [s.problems for s in result.steps] + [result.error])
+        self.assertTrue(any("tess wrote the state of 1.00002/known-user" in line
+                            and "memory keys ['city', 'name']" in line for line in lines), lines[-20:])
+        self.assertFalse(any("Lisbon" in line for line in lines))  # values stay out of the log
+        # A state the bot kept is replaced only where the case says reset.
+        await self.system.update_service(closed, allowStateWrites=True)
+        await eventually(lambda: self.system.web.getServiceNamed("agent-links").links[closed].record
+                         ["allowStateWrites"], what="the setting reaching the link")
+        bot = await conn.login(closed, "1.00002", "known-user")
+        with self.assertRaises(ServerError) as bad:
+            await bot.set_state({"memory": {"name": 5}})
+        self.assertEqual((bad.exception.result, bad.exception.code), (400, "bad_request"))
+        for _ in range(50):  # the agent hears of the change right after the web server
+            try:
+                await bot.set_state({"memory": {"name": "Dora"}})
+                break
+            except ServerError as e:
+                self.assertEqual(e.code, "state_writes_off")
+                await deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("the agent never allowed the write")
+        await bot.logout()
+        bot = await conn.login(closed, "1.00002", "known-user")
+        reply = await bot.chat("what's my name?")
+        self.assertEqual(reply["content"], "Your name is Dora.")
+        await bot.logout()
+
     async def test_api_token(self) -> None:
         """An API token (webtesting-account token) runs the command without a password, and ending it stops it."""
         from webtesting.web.accounts import make_token_sync
@@ -201,9 +264,10 @@ class CompareTests(unittest.TestCase):
         system.add_user("tess", "tester")
         slow = Bot(self, list(system.cluster.nodes), system.database, bot={"followup_delay": 10})
         await slow.start()
-        first = await system.add_service(description="today's bot")
-        changed = await system.add_service(description="the bot with a slower follow-up", wxServiceAddr=slow.url)
-        same = await system.add_service(description="today's bot again")
+        first = await system.add_service(description="today's bot", allowStateWrites=True)
+        changed = await system.add_service(description="the bot with a slower follow-up", wxServiceAddr=slow.url,
+                                           allowStateWrites=True)
+        same = await system.add_service(description="today's bot again", allowStateWrites=True)
         for sid in (first, changed, same):
             await system.wait_status(sid, 1)
         url = f"http://127.0.0.1:{system.http_port}"

@@ -685,9 +685,11 @@ class AdminPageTests(PageTestCase):
             page.click("#save-service")
             expect(new_row.locator(".badge")).to_have_text("up", timeout=20_000)
 
-            # Another edit leaves the masked password alone: still up.
+            # Another edit leaves the masked password alone: still up. It also lets test cases write state.
             new_row.locator("button.edit").click()
             expect(page.locator("#f-mysqlPwd")).to_have_value("********")
+            expect(page.locator("#f-allowStateWrites")).not_to_be_checked()
+            page.check("#f-allowStateWrites")
             page.fill("#f-description", "new bot, edited")
             page.click("#save-service")
             expect(new_row).to_contain_text("new bot, edited")
@@ -697,6 +699,8 @@ class AdminPageTests(PageTestCase):
         await self.step(add)
         sid = max(s["serviceId"] for s in await self.system.services())
         self.assertEqual(self.stored_password(sid), password)
+        [stored] = [s for s in await self.system.services() if s["serviceId"] == sid]
+        self.assertIs(stored["allowStateWrites"], True)
 
         def delete() -> None:
             page.once("dialog", lambda dialog: dialog.accept())

@@ -313,8 +313,9 @@ class RegistryAPITestsMixin:
         self.assertEqual(answer["wsAddr"], "ws://example.test:2020/WebTesting")
         [service] = answer["serviceLists"]
         self.assertEqual(
-            sorted(service), ["allowedAppids", "code", "description", "msg", "serviceId", "status"]
+            sorted(service), ["allowStateWrites", "allowedAppids", "code", "description", "msg", "serviceId", "status"]
         )
+        self.assertIs(service["allowStateWrites"], False)  # off unless an admin turns it on
         self.assertEqual((service["status"], service["code"]), (0, "unavailable"))  # no agent link here
         text = json.dumps(answer)
         for secret in ("s3cret-pw", "127.0.0.2", "1443", "2021", "tesdb001"):

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from webtesting.givenstate import check_given
+from webtesting.protocol import InvalidInput
 from twisted.internet.defer import Deferred
 
 from webtesting.client import ClientError, Connection, WaitTimeout
@@ -119,6 +122,7 @@ class Case:
     steps: list[Step]
     service: int | None = None
     source: str = ""
+    given: dict[str, Any] | None = None  # the user's starting state (webtesting.givenstate)
 
 
 def load(text: str, source: str = "<case>") -> Case:
@@ -129,7 +133,7 @@ def load(text: str, source: str = "<case>") -> Case:
         raise CaseError(f"{source}: not YAML: {e}") from None
     if not isinstance(data, dict):
         raise CaseError(f"{source}: a case is a mapping with name, appid and steps")
-    unknown = set(data) - {"name", "service", "appid", "uname", "steps"}
+    unknown = set(data) - {"name", "service", "appid", "uname", "given", "steps"}
     if unknown:
         raise CaseError(f"{source}: unknown keys {sorted(unknown)}")
     for key in ("name", "appid"):
@@ -141,6 +145,12 @@ def load(text: str, source: str = "<case>") -> Case:
     uname = data.get("uname", "wt-{run}")
     if not isinstance(uname, str) or not uname:
         raise CaseError(f"{source}: uname: must be text (a template; {{run}} is unique per run)")
+    given = None
+    if "given" in data:
+        try:
+            given = check_given(data["given"], "given")
+        except InvalidInput as e:
+            raise CaseError(f"{source}: {e}") from None
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or not steps_data:
         raise CaseError(f"{source}: steps: is required (a list)")
@@ -166,7 +176,7 @@ def load(text: str, source: str = "<case>") -> Case:
             replies=_check_replies(expect["replies"], f"{path}.expect.replies") if "replies" in expect else None,
             state=_check_state(expect["state"], f"{path}.expect.state") if "state" in expect else None,
         ))
-    return Case(str(data["name"]), str(data["appid"]), uname, steps, service, source)
+    return Case(str(data["name"]), str(data["appid"]), uname, steps, service, source, given)
 
 
 def load_file(path: str) -> Case:
@@ -310,6 +320,21 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
     except ClientError as e:
         result.error = f"login as {uname!r} failed: {e}"
         return result
+    if case.given is not None:
+        # The bot user's uid is known once logged in; the state is written then, and the
+        # user logs in again so that a bot which reads its state at login finds it.
+        try:
+            await bot.set_state(case.given)
+            await bot.logout(timeout=5)
+            bot = await connection.login(service, case.appid, uname)
+        except ClientError as e:
+            result.error = f"writing the given state failed: {e}"
+            if bot.ended is None and service in connection.logins:
+                try:
+                    await bot.logout(timeout=5)
+                except ClientError:
+                    pass
+            return result
     try:
         for index, step in enumerate(case.steps):
             step_result = StepResult(index, step.say)

@@ -268,6 +268,15 @@ class BotUser:
         seconds = timeout if timeout is not None else self.connection.client.timeout
         return await _timeout(d, seconds, self.connection.client.reactor, "state push")
 
+    async def set_state(self, given: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """
+        Write this user's state into the bot's store (setUserStateReq; see
+        L{webtesting.givenstate}): only on a service whose record allows it,
+        else L{ServerError} with code C{state_writes_off}. A bot that reads its
+        state at login sees it after logging in again.
+        """
+        return await self._request("setUserStateReq", {"given": given}, timeout)
+
     async def set_push(self, enabled: bool, timeout: float | None = None) -> dict[str, Any]:
         return await self._request("setStatusPushReq", {"enabled": enabled}, timeout)
 

@@ -178,6 +178,8 @@ class Demo:
             "agentAddr": f"ws://127.0.0.1:{self.ports.agent}/WebTesting/Agent",
             "allowedAppids": ["1.00002", "1.00003"],
             "description": DEMO_DESCRIPTION,
+            # The demo's bot is a test bot: test cases may set its users' starting state.
+            "allowStateWrites": True,
         }
 
     def config(self, name: str) -> str:

@@ -80,7 +80,12 @@ SERVICE_FIELDS = (
     "agentAddr",
     "allowedAppids",
     "description",
+    "allowStateWrites",
 )
+# Fields a new service may leave out, and what they then are. allowStateWrites:
+# whether testers may write a user's state into the bot's store (a test case's
+# "given"); off unless an admin turns it on.
+OPTIONAL_FIELDS = {"allowStateWrites": False}
 # Written by the web server, shown by getServices; ignored when sent back.
 READ_ONLY_FIELDS = ("status", "msg", "code")
 
@@ -250,6 +255,10 @@ def _check_field(name: str, value: Any, where: str) -> Any:
         return name_
     elif name in ("wxServiceAddr", "agentAddr"):
         return require_ws_url(value, where, limit)
+    elif name == "allowStateWrites":
+        if not isinstance(value, bool):
+            raise InvalidInput(where, f"must be true or false, got {_kind(value)}")
+        return value
     else:  # mysqlUser, description
         return require_str(value, where, limit)
     # Arrays are stored as JSON text in columns of a fixed size.
@@ -282,6 +291,8 @@ def validate_service(raw: Any, where: str, *, with_id: bool) -> dict[str, Any]:
     for name in SERVICE_FIELDS:
         if name in obj:
             out[name] = _check_field(name, obj[name], _join(where, name))
+        elif not with_id and name in OPTIONAL_FIELDS:
+            out[name] = OPTIONAL_FIELDS[name]
         elif not with_id:
             raise InvalidInput(_join(where, name), "is required")
     if with_id and len(out) == 1:
@@ -402,6 +413,7 @@ BROWSER_REQUESTS = {
     "aichatReq": "aichatResp",
     "getUserStatusReq": "getUserStatusResp",
     "setStatusPushReq": "setStatusPushResp",
+    "setUserStateReq": "setUserStateResp",
 }
 # Sent by the web server to an agent when a browser session goes away.
 SESSION_CLOSED = "sessionClosed"
@@ -604,6 +616,12 @@ def check_browser_request(message: dict[str, Any]) -> None:
     elif method == "setStatusPushReq":
         if not isinstance(message.get("enabled"), bool):
             raise InvalidInput("enabled", "is required (true or false)")
+    elif method == "setUserStateReq":
+        from webtesting.givenstate import check_given
+
+        if "given" not in message:
+            raise InvalidInput("given", "is required")
+        message["given"] = check_given(message["given"])
 
 
 def validate_agent_info(message: dict[str, Any]) -> dict[str, Any]:
@@ -614,6 +632,9 @@ def validate_agent_info(message: dict[str, Any]) -> dict[str, Any]:
     out["serviceId"] = require_int(message["serviceId"], "serviceId", 1, 2**31 - 1)
     for name in SERVICE_FIELDS:
         if name == "agentAddr":
+            continue
+        if name not in message and name in OPTIONAL_FIELDS:
+            out[name] = OPTIONAL_FIELDS[name]
             continue
         if name not in message:
             raise InvalidInput(name, "is required")

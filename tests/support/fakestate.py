@@ -50,6 +50,10 @@ class FakeStateSource:
     def current(self, key: str) -> Deferred[Any]:
         return defer.succeed(StatusUpdate({}))
 
+    def pipeline(self, commands: Any) -> Deferred[list[Any]]:
+        self.written = list(commands)
+        return defer.succeed([1 for _ in commands])
+
     def close(self) -> Deferred[None]:
         self.closed = True
         return defer.succeed(None)

@@ -30,6 +30,8 @@ from webtesting.agent.wxservice import LinkSettings
 from webtesting import linkauth
 from webtesting.lifecycle import Health
 from webtesting.handshake import BoundedHandshake
+from webtesting.givenstate import commands as given_commands
+from webtesting.givenstate import describe as given_describe
 from webtesting.protocol import (
     BROWSER_REQUESTS,
     ROUTE,
@@ -65,6 +67,9 @@ class StateSource(Protocol):
     def set_auto(self, key: str, auto: bool) -> None: ...
 
     def current(self, key: str) -> Deferred[Any]: ...
+
+    def pipeline(self, commands: Any) -> Deferred[list[Any]]:
+        """Run Redis commands on the service's cluster: one entry per command, its reply or its error."""
 
     def check(self, wx_url: str) -> Deferred[Sequence[Finding]]:
         """One round of health checks: the WxService at C{wx_url}, every Redis master, MySQL."""
@@ -372,6 +377,52 @@ class WebLink:
                         code="bot_unreachable")
             return
         self._send_current(user)
+
+    def _setUserStateReq(self, uuid: str, message: dict[str, Any]) -> None:
+        """
+        Write a user's state into the bot's Redis (a test case's given), if
+        the service's record allows it; every write is logged with its account.
+        """
+        user = self._user(uuid, message, "setUserStateResp")
+        if user is None:
+            return
+        assert self.service is not None
+        if not self.service.get("allowStateWrites"):
+            user.answer("setUserStateResp", Result.FORBIDDEN,
+                        "this service does not allow writing a user's state; an admin can turn on "
+                        "allowStateWrites in its registry record", code="state_writes_off")
+            return
+        if user.uid is None or self.source is None:
+            user.answer("setUserStateResp", Result.UNAVAILABLE, "not logged in to the bot right now",
+                        code="bot_unreachable")
+            return
+        holder = self.holders.get((user.service_id, user.appid, user.uname))
+        account = holder.account if holder is not None else ""
+        given = message["given"]
+        commands = given_commands(self._settings.layout, user.appid, user.uid, given, int(time.time() * 1000))
+        d = self.source.pipeline(commands)
+
+        def written(results: list[Any]) -> None:
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                self._log.warn("service {service_id}: writing the state of {appid}/{uname} for {account} "
+                               "failed: {why}", service_id=user.service_id, appid=user.appid, uname=user.uname,
+                               account=account or "someone", why=str(failed[0]))
+                user.answer("setUserStateResp", Result.UNAVAILABLE,
+                            f"the bot's Redis did not take the state: {self.scrub(str(failed[0]))}",
+                            code="redis_unreachable")
+                return
+            self._log.info("service {service_id}: {account} wrote the state of {appid}/{uname} (uid {uid}): "
+                           "{what}", service_id=user.service_id, account=account or "someone", appid=user.appid,
+                           uname=user.uname, uid=user.uid, what=given_describe(given))
+            user.answer("setUserStateResp", Result.OK, "ok")
+
+        def failed(failure: Any) -> None:
+            user.answer("setUserStateResp", Result.UNAVAILABLE,
+                        f"the bot's Redis is unreachable: {self.scrub(failure.getErrorMessage())}",
+                        code="redis_unreachable")
+
+        d.addCallbacks(written, failed)
 
     # -- UserHost -----------------------------------------------------------------
 

@@ -226,7 +226,7 @@ def tester_service(service: dict[str, Any], code: str) -> dict[str, Any]:
     not even inside the reason it is down, which is only its code's sentence
     (admins see the details in getServices).
     """
-    shown = {k: service[k] for k in ("serviceId", "allowedAppids", "description", "status", "msg")}
+    shown = {k: service[k] for k in ("serviceId", "allowedAppids", "description", "allowStateWrites", "status", "msg")}
     shown["msg"] = "ok" if service["status"] == 1 else tester_reason(code, str(shown["msg"]), service)
     shown["code"] = code
     return shown

@@ -28,6 +28,7 @@ from webtesting.web.accounts import (
 )
 from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
 from webtesting.protocol import (
+    OPTIONAL_FIELDS,
     PASSWORD_MASK,
     InvalidInput,
     SERVICE_FIELDS,
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS `tb_service_info` (
   `agentAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:2021/WebTesting/Agent',
   `allowedAppids` varchar(1024) DEFAULT NULL COMMENT 'JSON ["1.00002","1.00003"]',
   `description` varchar(1024) DEFAULT NULL,
+  `allowStateWrites` tinyint(1) NOT NULL DEFAULT '0' COMMENT 'testers may write users'' state (test cases'' given)',
   `status` int(11) DEFAULT '1' COMMENT '1 ok, 0 down; written by the web server',
   `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
   PRIMARY KEY (`id`)
@@ -73,6 +75,7 @@ CREATE TABLE IF NOT EXISTS tb_service_info (
   agentAddr TEXT,
   allowedAppids TEXT,
   description TEXT,
+  allowStateWrites INTEGER NOT NULL DEFAULT 0,
   status INTEGER DEFAULT 1,
   msg TEXT DEFAULT 'ok'
 )
@@ -111,7 +114,11 @@ def _placeholders(n: int) -> str:
 
 
 def _to_row(service: dict[str, Any], fields: Sequence[str]) -> list[Any]:
-    return [json_text(service[f]) if f in _JSON_FIELDS else service[f] for f in fields]
+    row = []
+    for f in fields:
+        value = service[f] if f in service or f not in OPTIONAL_FIELDS else OPTIONAL_FIELDS[f]
+        row.append(json_text(value) if f in _JSON_FIELDS else int(value) if f == "allowStateWrites" else value)
+    return row
 
 
 def _from_row(row: Sequence[Any]) -> dict[str, Any]:
@@ -128,6 +135,8 @@ def _from_row(row: Sequence[Any]) -> dict[str, Any]:
                     service_id=service["serviceId"], column=f,
                 )
                 value = []
+        elif f == "allowStateWrites":
+            value = bool(value)
         service[f] = value
     service["status"] = record["status"]
     service["msg"] = record["msg"]
@@ -300,11 +309,32 @@ def _connector(config: RegistryConfig) -> tuple[dbpool.Connect, _Dialect, str]:
     return connect, MYSQL, f"registry (mysql {m.host}:{m.port}/{m.database})"
 
 
+# Columns added since the first release: (column, its definition per dialect).
+_ADDED_COLUMNS = (
+    ("allowStateWrites", {"mysql": "tinyint(1) NOT NULL DEFAULT '0'", "sqlite": "INTEGER NOT NULL DEFAULT 0"}),
+)
+
+
+def _columns(cursor: Any, dialect: _Dialect) -> set[str]:
+    if dialect.name == "mysql":
+        cursor.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                       "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", [TABLE])
+        return {row[0] for row in cursor.fetchall()}
+    cursor.execute(f"PRAGMA table_info({TABLE})")
+    return {row[1] for row in cursor.fetchall()}
+
+
 def _prepare(dialect: _Dialect) -> Any:
     def prepare(cursor: Any) -> None:
         # Runs on every reconnect: the tables may have been dropped meanwhile.
         for statement in dialect.schema:
             cursor.execute(statement)
+        # A registry made by an older release gets the columns added since.
+        have = _columns(cursor, dialect)
+        for column, definition in _ADDED_COLUMNS:
+            if column not in have:
+                _log.info("registry: adding column {column} to {table}", column=column, table=TABLE)
+                cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {definition[dialect.name]}")
 
     return prepare
 

@@ -6,7 +6,7 @@ import { t } from "../i18n.js";
 
 export const FIELDS = [
   "description", "allowedAppids", "wxServiceAddr", "agentAddr", "redisCluster",
-  "mysqlAddr", "mysqlPort", "mysqlUser", "mysqlPwd", "mysqlDbname",
+  "mysqlAddr", "mysqlPort", "mysqlUser", "mysqlPwd", "mysqlDbname", "allowStateWrites",
 ];
 
 export class FieldError extends Error {
@@ -24,6 +24,10 @@ export function fill(service) {
     let value = service ? service[name] : "";
     if (name === "allowedAppids") value = (value || []).join(", ");
     if (name === "redisCluster") value = (value || []).map((n) => `${n.host}:${n.port}`).join(", ");
+    if (name === "allowStateWrites") {
+      input(name).checked = Boolean(value); // off unless an admin turns it on
+      continue;
+    }
     // The stored password comes masked; sent back unchanged it keeps the stored one.
     input(name).value = value ?? "";
   }
@@ -58,6 +62,7 @@ export function read() {
     mysqlUser: value("mysqlUser"),
     mysqlPwd: value("mysqlPwd"),
     mysqlDbname: value("mysqlDbname").trim(),
+    allowStateWrites: input("allowStateWrites").checked,
   };
 }
 
