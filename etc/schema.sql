@@ -63,3 +63,16 @@ CREATE TABLE IF NOT EXISTS `tb_history` (
   KEY `botUser` (`serviceId`, `appid`, `uname`, `id`),
   KEY `account` (`account`, `id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Saved test cases (webtesting/web/testruns.py).
+CREATE TABLE IF NOT EXISTS `tb_case` (
+  `id` int NOT NULL AUTO_INCREMENT,
+  `owner` varchar(64) NOT NULL COMMENT 'the account that saved it',
+  `name` varchar(256) NOT NULL,
+  `shared` tinyint(1) NOT NULL DEFAULT '0' COMMENT 'every account sees it',
+  `yaml` mediumtext NOT NULL,
+  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
+  `updatedAt` bigint NOT NULL COMMENT 'Unix seconds',
+  PRIMARY KEY (`id`),
+  KEY `owner` (`owner`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

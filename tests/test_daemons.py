@@ -17,6 +17,7 @@ from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
 from webtesting.web.accounts import SESSION_SCHEMA_MYSQL, USER_SCHEMA_MYSQL
 from webtesting.web.history import HISTORY_SCHEMA_MYSQL
+from webtesting.web.testruns import CASE_SCHEMA_MYSQL
 from webtesting.web.registry import MYSQL_SCHEMA
 from tests.support.wait import free_port
 
@@ -87,6 +88,7 @@ class SchemaFileTests(unittest.TestCase):
         self.assertIn(USER_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn(SESSION_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn(HISTORY_SCHEMA_MYSQL.rstrip() + ";", text)
+        self.assertIn(CASE_SCHEMA_MYSQL.rstrip() + ";", text)
         self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
 
 

@@ -305,15 +305,18 @@ def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
 
 
 async def run_case(case: Case, connection: Connection, service: int, run_id: str | None = None,
-                   *, read_state: bool = False) -> CaseResult:
+                   *, read_state: bool = False, progress: CaseResult | None = None) -> CaseResult:
     """
     Run C{case} on C{service} through an open L{Connection}; never raises for
     a failing bot. With C{read_state}, the state is read after every step
-    (for comparing two services), not only where the case checks it.
+    (for comparing two services), not only where the case checks it. Steps
+    are added to C{progress} (a new L{CaseResult} if None) as they run, so
+    that a watcher sees them.
     """
     reactor = connection.client.reactor
     uname = case.uname.replace("{run}", run_id or uuidlib.uuid4().hex[:10])
-    result = CaseResult(case, service, uname)
+    result = progress if progress is not None else CaseResult(case, service, uname)
+    result.uname = uname
     started = time.monotonic()
     try:
         bot = await connection.login(service, case.appid, uname)

@@ -9,6 +9,7 @@ import { applyI18n, mountLangSwitch, t } from "./i18n.js";
 const LINKS = [
   ["index.html", "nav.home", null],
   ["chat.html", "nav.chat", null],
+  ["tests.html", "nav.tests", null],
   ["admin.html", "nav.admin", "admin"],
 ];
 

@@ -38,6 +38,7 @@ from webtesting.protocol import (
     parse_json,
     require_appid,
     require_int,
+    require_list,
     require_object,
     require_str,
     tester_reason,
@@ -53,7 +54,9 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
+from webtesting.cases import CaseError
 from webtesting.web.history import History
+from webtesting.web.testruns import MAX_YAML, CaseStore, NoSuchCase, TestRuns, TooManyRuns, check_case_text, describe_run
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
 from webtesting.web.throttle import LoginThrottle, Throttled
@@ -62,6 +65,7 @@ PREFIX = "/WebTesting"
 SERVICE = f"{PREFIX}/Service"
 ACCOUNT = f"{PREFIX}/Account"
 HISTORY = f"{PREFIX}/History"
+CASES = f"{PREFIX}/Cases"
 # The login throttle's device cookie (webtesting.web.throttle): a year.
 DEVICE_COOKIE = "wt_device"
 DEVICE_LIFETIME = 365 * 86400
@@ -291,6 +295,7 @@ class RegistryAPI:
         origins: Origins | None = None,
         public_url: str | None = None,
         history: History | None = None,
+        runs: TestRuns | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -323,6 +328,9 @@ class RegistryAPI:
         self.logins = logins
         # The conversations (webtesting.web.history); None: not kept.
         self.history = history
+        # Saved test cases, and runs of them started from the Tests page.
+        self.cases = CaseStore(registry.db, registry.dialect_name)
+        self.runs = runs
 
     # -- who is asking ----------------------------------------------------------
 
@@ -534,6 +542,113 @@ class RegistryAPI:
         users = await self._history().bot_users(None if session.is_admin else session.username)
         return ok(request, botUsers=users)
 
+    # -- saved test cases and runs -------------------------------------------------
+
+    def _case_id(self, body: dict[str, Any], name: str = "id") -> int:
+        return require_int(body.get(name), name, 1, 2**31 - 1)
+
+    @app.route(f"{CASES}/list", methods=["GET"])
+    async def list_cases(self, request: Any) -> bytes:
+        """The caller's cases and those shared with the team."""
+        session = await self._session(request)
+        return ok(request, cases=await self.cases.list(session.username))
+
+    @app.route(f"{CASES}/get", methods=["POST"])
+    async def get_case(self, request: Any) -> bytes:
+        session = await self._session(request)
+        body = require_object(self._json_body(request), "")
+        case = await self.cases.get(self._case_id(body), session.username, session.is_admin)
+        return ok(request, case=case)
+
+    @app.route(f"{CASES}/save", methods=["POST"])
+    async def save_case(self, request: Any) -> bytes:
+        """Save a case (YAML, checked as webtesting-test reads it): a new one, or one of the caller's by id."""
+        session = await self._session(request)
+        body = require_object(self._json_body(request), "")
+        text = require_str(body.get("yaml"), "yaml", MAX_YAML)
+        try:
+            case = check_case_text(text)
+        except CaseError as e:
+            raise InvalidInput("yaml", str(e)) from None
+        shared = body.get("shared", False)
+        if not isinstance(shared, bool):
+            raise InvalidInput("shared", "must be true or false")
+        case_id = self._case_id(body) if "id" in body else None
+        try:
+            saved = await self.cases.save(session.username, case.name[:256], text, shared, case_id, session.is_admin)
+        except ValueError as e:
+            raise HTTPError(Result.TOO_MANY_REQUESTS, str(e)) from None
+        self._log.info("{account} saved test case {case_id} ({name})", account=session.username, case_id=saved,
+                       name=case.name)
+        return ok(request, id=saved, name=case.name)
+
+    @app.route(f"{CASES}/delete", methods=["POST"])
+    async def delete_case(self, request: Any) -> bytes:
+        session = await self._session(request)
+        body = require_object(self._json_body(request), "")
+        await self.cases.delete(self._case_id(body), session.username, session.is_admin)
+        return ok(request)
+
+    @app.route(f"{CASES}/download/<int:case_id>", methods=["GET"])
+    async def download_case(self, request: Any, case_id: int) -> bytes:
+        """A case as a YAML file, for webtesting-test."""
+        session = await self._session(request)
+        case = await self.cases.get(case_id, session.username, session.is_admin)
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in case["name"]).strip("-")[:64] or "case"
+        request.setHeader(b"Content-Type", b"application/yaml; charset=utf-8")
+        request.setHeader(b"Content-Disposition", f'attachment; filename="{safe}.yaml"'.encode())
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return str(case["yaml"]).encode("utf-8")
+
+    @app.route(f"{CASES}/run", methods=["POST"])
+    async def run_cases(self, request: Any) -> bytes:
+        """Run saved cases on a service (and, with C{against}, on a second one at once, to compare)."""
+        session = await self._session(request)
+        if self.runs is None:
+            raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
+        body = require_object(self._json_body(request), "")
+        ids = [require_int(i, f"caseIds[{n}]", 1, 2**31 - 1)
+               for n, i in enumerate(require_list(body.get("caseIds"), "caseIds", self.runs.MAX_CASES))]
+        service_id = require_int(body.get("serviceId"), "serviceId", 1, 2**31 - 1)
+        against = require_int(body["against"], "against", 1, 2**31 - 1) if body.get("against") is not None else None
+        if against == service_id:
+            raise InvalidInput("against", "must be another service than serviceId")
+        known = {s["serviceId"] for s in await self.registry.list_services()}
+        for name, sid in (("serviceId", service_id), ("against", against)):
+            if sid is not None and sid not in known:
+                raise InvalidInput(name, f"no such service: {sid}")
+        cases = []
+        for case_id in ids:
+            saved = await self.cases.get(case_id, session.username, session.is_admin)
+            try:
+                cases.append((case_id, check_case_text(saved["yaml"])))
+            except CaseError as e:
+                raise InvalidInput(f"caseIds: case {case_id}", str(e)) from None
+        token = cookie_value(request.getHeader(b"cookie")) or ""
+        try:
+            run = self.runs.start(session.username, token, cases, service_id, against)
+        except TooManyRuns as e:
+            raise HTTPError(Result.TOO_MANY_REQUESTS, str(e)) from None
+        self._log.info("{account} runs cases {ids} on service {service_id}{against}", account=session.username,
+                       ids=ids, service_id=service_id, against=f" against {against}" if against else "")
+        return ok(request, runId=run.id)
+
+    @app.route(f"{CASES}/run/<run_id>", methods=["GET"])
+    async def run_status(self, request: Any, run_id: str) -> bytes:
+        session = await self._session(request)
+        run = self.runs.runs.get(run_id) if self.runs is not None else None
+        if run is None or not (run.account == session.username or session.is_admin):
+            raise HTTPError(Result.NOT_FOUND, f"no such run: {run_id[:40]}")
+        return ok(request, run=describe_run(run))
+
+    @app.route(f"{CASES}/<path:rest>")
+    def cases_fallback(self, request: Any, rest: str) -> bytes:
+        allowed = {"list": "GET", "get": "POST", "save": "POST", "delete": "POST", "run": "POST"}.get(rest)
+        if allowed is None:
+            raise NotFound()
+        raise MethodNotAllowed(valid_methods=[allowed])
+
     @app.route(f"{HISTORY}/<path:rest>")
     def history_fallback(self, request: Any, rest: str) -> bytes:
         allowed = {"get": "POST", "list": "GET"}.get(rest)
@@ -584,6 +699,11 @@ class RegistryAPI:
     @app.handle_errors(InvalidInput)
     def _invalid(self, request: Any, failure: Failure) -> bytes:
         return _answer(request, 400, {"result": int(Result.BAD_REQUEST), "msg": str(failure.value)})
+
+    @app.handle_errors(NoSuchCase)
+    def _no_case(self, request: Any, failure: Failure) -> bytes:
+        return _answer(request, 404, {"result": int(Result.NOT_FOUND),
+                                      "msg": f"no such case that you may see or change: {failure.value}"})
 
     @app.handle_errors(UnknownServices)
     def _unknown(self, request: Any, failure: Failure) -> bytes:

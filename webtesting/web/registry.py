@@ -27,6 +27,7 @@ from webtesting.web.accounts import (
     USER_SCHEMA_SQLITE,
 )
 from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
+from webtesting.web.testruns import CASE_SCHEMA_MYSQL, CASE_SCHEMA_SQLITE
 from webtesting.protocol import (
     OPTIONAL_FIELDS,
     PASSWORD_MASK,
@@ -104,9 +105,10 @@ class _Dialect:
         return statement if self.name == "mysql" else statement.replace("%s", "?")
 
 
-MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL), " FOR UPDATE")
+MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,
+                           CASE_SCHEMA_MYSQL), " FOR UPDATE")
 SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
-                             HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE), "")
+                             HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE, CASE_SCHEMA_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:

@@ -26,6 +26,7 @@ from webtesting.config import ConfigError, WebConfig, default_webroot, load
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.history import History
+from webtesting.web.testruns import TestRuns
 from webtesting.web.http import HTTPListener, RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.origins import Origins, public_urls
@@ -146,6 +147,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         public_url=public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                config.websocket.public_url, config.websocket.path)[0],
         history=history,
+        runs=TestRuns(public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
+                                  config.websocket.public_url, config.websocket.path)[0], reactor),
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = HTTPListener(serverFromString(reactor, config.http.listen), site)

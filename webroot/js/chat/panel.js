@@ -12,6 +12,7 @@ import { request as apiRequest } from "../api.js";
 import { h, uid } from "../dom.js";
 import { applyI18n, getLang, t } from "../i18n.js";
 import { detailsNode, entryText, reasonNode, reasonOf } from "../reasons.js";
+import { SaveDialog } from "./save.js";
 import { StateView } from "./state.js";
 
 // idle: choosing a service; loggingIn: waiting for loginResp; active: logged in
@@ -64,6 +65,8 @@ export class ChatPanel {
       session: $(".session"),
       sessionText: $(".session-text"),
       logout: $("button.logout"),
+      saveCase: $("button.save-case"),
+      savePanel: $(".save-panel"),
       banner: $(".service-banner"),
       messages: $(".messages"),
       sendForm: $(".send-form"),
@@ -93,6 +96,13 @@ export class ChatPanel {
       this.login();
     });
     ui.logout.addEventListener("click", () => this.logout());
+    ui.saveCase.addEventListener("click", () => {
+      ui.saveCase.disabled = true;
+      new SaveDialog(ui.savePanel, {
+        serviceId: this.serviceId, appid: this.appid, uname: this.uname,
+        onClose: () => { ui.saveCase.disabled = false; },
+      }).open();
+    });
     ui.close.addEventListener("click", () => this.close());
     ui.sendForm.addEventListener("submit", (event) => {
       event.preventDefault();
