@@ -23,6 +23,17 @@ from tests.support.browser import PASSWORD, PagesSystem
 from tests.support.wait import eventually
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JUNIT_XSD = os.path.join(ROOT, "tests", "support", "junit.xsd")
+
+
+def validate_junit(path: str) -> None:
+    """The report validates against the strict JUnit schema (Ant's form, tests/support/junit.xsd)."""
+    from lxml import etree
+
+    schema = etree.XMLSchema(etree.parse(JUNIT_XSD))
+    document = etree.parse(path)
+    if not schema.validate(document):
+        raise AssertionError(f"{path} is not a valid JUnit report: {schema.error_log}")
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "reference-bot", "*.yaml")))
 
 STATE = {
@@ -32,6 +43,17 @@ STATE = {
     "curTopicList": {"curTopics": [{"id": 10001, "desc": "greetings / 问候"}, {"id": 10002, "desc": "weather / 天气"}]},
     "memory": {"cur": [{"key": "name", "value": "Alice"}]},
 }
+
+
+class JUnitSchemaTests(unittest.TestCase):
+    def test_the_schema_refuses_what_ci_readers_do_not_take(self) -> None:
+        """The schema is strict enough to fail: a report without its required parts does not validate."""
+        path = self.mktemp() + ".xml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('<testsuites><testsuite name="x" tests="1"><testcase name="a"/></testsuite></testsuites>')
+        with self.assertRaises(AssertionError) as refused:
+            validate_junit(path)
+        self.assertIn("not a valid JUnit report", str(refused.exception))
 
 
 class FormatTests(unittest.TestCase):
@@ -135,6 +157,7 @@ class RunTests(unittest.TestCase):
             env=env, path=ROOT, reactor=reactor)
         self.assertEqual(code, 0, (out + err).decode())
         self.assertIn(f"{len(EXAMPLES)} passed, 0 failed", out.decode())
+        validate_junit(report)
         suite = ET.parse(report).getroot().find("testsuite")
         assert suite is not None
         self.assertEqual((suite.get("tests"), suite.get("failures"), suite.get("errors")), (str(len(EXAMPLES)), "0", "0"))
@@ -151,6 +174,7 @@ class RunTests(unittest.TestCase):
         self.assertIn("FAIL  expects the wrong name", text)
         self.assertIn("text: expected 'Your name is Bob.'", text)
         self.assertIn("0 passed, 1 failed", text)
+        validate_junit(report)
         failure: Any = ET.parse(report).getroot().find("testsuite/testcase/failure")
         self.assertIn("step 1", failure.get("message"))
         out, err, code = await getProcessOutputAndValue(

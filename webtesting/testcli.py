@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import socket
+import time
 import xml.etree.ElementTree as ET
 from typing import Any, Sequence
 
@@ -42,25 +44,37 @@ def _password(args: argparse.Namespace) -> str:
     return password
 
 
-def junit(results: list[CaseResult]) -> ET.ElementTree:
-    """A JUnit XML report: one testsuite, one testcase per case, a failure naming each failed step."""
+def junit(results: list[CaseResult], url: str = "") -> ET.ElementTree:
+    """
+    A JUnit XML report as Ant writes it (the strict form every CI reader
+    takes): one testsuite, one testcase per case, a failure naming the first
+    failed step (the whole step-by-step report in its text), an error for a
+    case that could not run.
+    """
     failures = sum(1 for r in results if not r.passed and not r.error)
     errors = sum(1 for r in results if r.error)
     suite = ET.Element("testsuite", {
-        "name": "webtesting", "tests": str(len(results)), "failures": str(failures), "errors": str(errors),
+        "name": "webtesting", "package": "webtesting", "id": "0",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "hostname": socket.gethostname() or "localhost",
+        "tests": str(len(results)), "failures": str(failures), "errors": str(errors),
         "skipped": "0", "time": f"{sum(r.seconds for r in results):.3f}",
     })
+    properties = ET.SubElement(suite, "properties")
+    if url:
+        ET.SubElement(properties, "property", {"name": "webtesting.url", "value": url})
     for result in results:
         case = ET.SubElement(suite, "testcase", {
             "classname": f"webtesting.service{result.service}", "name": result.case.name,
             "time": f"{result.seconds:.3f}",
         })
         if result.error:
-            ET.SubElement(case, "error", {"message": result.error}).text = describe(result)
+            ET.SubElement(case, "error", {"message": result.error, "type": "error"}).text = describe(result)
         elif not result.passed:
             first = next(step for step in result.steps if not step.passed)
-            ET.SubElement(case, "failure", {"message": f"step {first.index + 1}: {first.problems[0]}"}).text = \
-                describe(result)
+            ET.SubElement(case, "failure", {"message": f"step {first.index + 1}: {first.problems[0]}",
+                                            "type": "expectation"}).text = describe(result)
+    ET.SubElement(suite, "system-out").text = "\n\n".join(describe(r) for r in results)
+    ET.SubElement(suite, "system-err").text = ""
     root = ET.Element("testsuites")
     root.append(suite)
     return ET.ElementTree(root)
@@ -132,7 +146,7 @@ async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
     passed = sum(1 for r in results if r.passed)
     print(f"\n{passed} passed, {len(results) - passed} failed")
     if args.junit:
-        junit(results).write(args.junit, encoding="utf-8", xml_declaration=True)
+        junit(results, args.url).write(args.junit, encoding="utf-8", xml_declaration=True)
     return 0 if passed == len(results) == len(cases) else 1
 
 
