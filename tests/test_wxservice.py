@@ -176,12 +176,19 @@ class WxServiceTests(TestCase):
     async def test_follow_up_dropped_at_logout(self) -> None:
         """An unprompted message still pending when the user logs out is never sent."""
         await self.start_bot(bot={"followup_delay": 0.3})
+        # The bot's timers run on a Clock, so the logout surely comes first
+        # however slow the machine is.
+        clock = task.Clock()
+        self.bot.getServiceNamed("websocket")._factory.clock = clock  # type: ignore[attr-defined]
         conn, recorder = await self.connect()
         await conn.login("1.00002", "rae")
         conn.chat("why is the sky blue?")
         await wait_until(lambda: recorder.messages != [], "the answer")
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [0.3], "the follow-up is pending")
         await conn.logout()
-        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(clock.getDelayedCalls(), [], "logout cancels the follow-up")
+        clock.advance(1)
+        await task.deferLater(reactor, 0.2, lambda: None)
         self.assertEqual([a for _, a in recorder.messages], ["answer"])
 
     async def test_uid_stable(self) -> None:
