@@ -14,7 +14,7 @@ import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -278,6 +278,8 @@ class StepResult:
     state: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    answered_in: float | None = None  # seconds from saying to the bot's answer (a say step)
+    error: str = ""  # the say got no answer (an error answer, a timeout, the connection lost)
 
     @property
     def passed(self) -> bool:
@@ -305,13 +307,14 @@ def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
 
 
 async def run_case(case: Case, connection: Connection, service: int, run_id: str | None = None,
-                   *, read_state: bool = False, progress: CaseResult | None = None) -> CaseResult:
+                   *, read_state: bool = False, progress: CaseResult | None = None,
+                   on_step: Callable[[StepResult], None] | None = None) -> CaseResult:
     """
     Run C{case} on C{service} through an open L{Connection}; never raises for
     a failing bot. With C{read_state}, the state is read after every step
     (for comparing two services), not only where the case checks it. Steps
     are added to C{progress} (a new L{CaseResult} if None) as they run, so
-    that a watcher sees them.
+    that a watcher sees them, and each is given to C{on_step} when it ends.
     """
     reactor = connection.client.reactor
     uname = case.uname.replace("{run}", run_id or uuidlib.uuid4().hex[:10])
@@ -347,7 +350,9 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
             if step.say is not None:
                 try:
                     await bot.chat(step.say, timeout=max(step.within, 1.0))
+                    step_result.answered_in = time.monotonic() - step_started
                 except ClientError as e:
+                    step_result.error = str(e)
                     step_result.problems.append(f"say: {e}")
             wanted = step.replies or {}
             needed = max(len(wanted.get("each", [])), wanted.get("count") or 0)
@@ -381,6 +386,8 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
             if bot.ended is not None:
                 step_result.problems.append(f"the login ended: {bot.ended.get('code')}: {bot.ended.get('msg')}")
             step_result.seconds = time.monotonic() - step_started
+            if on_step is not None:
+                on_step(step_result)
             if bot.ended is not None:
                 break
     finally:

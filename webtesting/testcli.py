@@ -4,11 +4,14 @@ WebTesting, from a terminal or CI.
 
     WEBTESTING_PASSWORD=… webtesting-test run --url http://host:2019 --user NAME --service 1 cases/*.yaml
     WEBTESTING_PASSWORD=… webtesting-test compare --url … --user NAME --service 1 --against 2 cases/*.yaml
+    WEBTESTING_PASSWORD=… webtesting-test load --url … --user NAME --service 1 --users 200 --ramp 30 \
+        --duration 120 --max-p99 2s --max-errors 1% case.yaml
 
 Prints each case and step as it passes or fails, with what was expected
 against what came; writes a JUnit XML report with ``--junit``; runs
 ``--parallel N`` cases at once; exits 1 if any case failed, 2 on a usage or
-login error.
+login error. ``load`` runs simulated testers (webtesting.loadtest) and exits
+1 when a threshold is not met.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResu
 
 from webtesting.cases import Case, CaseError, CaseResult, compare, describe, load_file, run_case
 from webtesting.client import Client, ClientError
+from webtesting import loadtest
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -150,6 +154,48 @@ async def run(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
     return 0 if passed == len(results) == len(cases) else 1
 
 
+async def load(reactor: Any, args: argparse.Namespace, cases: list[Case]) -> int:
+    """Simulated testers following one case; live lines, a report, and the thresholds' verdict."""
+    if len(cases) != 1:
+        print("webtesting-test load: give exactly one case", file=sys.stderr)
+        return 2
+    try:
+        settings = loadtest.LoadSettings(
+            service=args.service, users=args.users, ramp=loadtest.parse_seconds(args.ramp),
+            duration=loadtest.parse_seconds(args.duration),
+            max_p99=loadtest.parse_seconds(args.max_p99) if args.max_p99 else None,
+            max_errors=loadtest.parse_fraction(args.max_errors) if args.max_errors else None)
+        settings.check()
+        client, connection = await _connect(reactor, args)
+        await connection.close()  # each simulated tester opens its own
+        run = loadtest.LoadRun(client, cases[0], settings)
+        await run.check_target()
+    except (loadtest.LoadError, ClientError) as e:
+        print(f"webtesting-test load: {e}", file=sys.stderr)
+        return 2
+    print(f"load: {settings.users} users over {settings.ramp:g} s, for {settings.duration:g} s, "
+          f"case {cases[0].name!r} on service {settings.service}", flush=True)
+    started = time.monotonic()
+
+    def tick() -> None:
+        if not done.called:
+            print(loadtest.progress_line(run.stats.window(), time.monotonic() - started), flush=True)
+            reactor.callLater(1.0, tick)
+
+    done = ensureDeferred(run.run())
+    reactor.callLater(1.0, tick)
+    try:
+        summary = await done
+    except (loadtest.LoadError, ClientError) as e:
+        print(f"webtesting-test load: {e}", file=sys.stderr)
+        return 2
+    print(loadtest.summary_text(summary), flush=True)
+    prefix = args.report or time.strftime("webtesting-load-%Y%m%d-%H%M%S")
+    paths = loadtest.write_report(summary, prefix, f"Load: {cases[0].name} on service {settings.service}")
+    print("report: " + ", ".join(paths), flush=True)
+    return 0 if summary["passed"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="webtesting-test", description=__doc__.split("\n\n")[0].strip())
     commands = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +220,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_parser.add_argument("--service", type=int, required=True, help="one service id")
     compare_parser.add_argument("--against", type=int, required=True, help="the other service id")
     compare_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
+    load_parser = commands.add_parser("load", help="simulated testers following a case; thresholds decide the exit code")
+    load_parser.add_argument("cases", nargs=1, help="the case file (YAML)")
+    load_parser.add_argument("--url", required=True, help="the web server, e.g. http://127.0.0.1:2019")
+    load_parser.add_argument("--user", help="the account to run as (with its password)")
+    load_parser.add_argument("--token-file", help="an API token instead of --user and a password")
+    load_parser.add_argument("--password-file", help="a file whose first line is the password")
+    load_parser.add_argument("--service", type=int, required=True, help="the registered service to load")
+    load_parser.add_argument("--users", type=int, default=10,
+                             help=f"simulated testers (default 10, at most {loadtest.MAX_USERS})")
+    load_parser.add_argument("--ramp", default="0", help="seconds over which they start (default 0)")
+    load_parser.add_argument("--duration", default="60", help="seconds the run lasts (default 60)")
+    load_parser.add_argument("--max-p99", help="fail if the p99 round trip is over this (e.g. 2s, 500ms)")
+    load_parser.add_argument("--max-errors", help="fail if errors and failed checks are over this share of "
+                                                   "the steps (e.g. 1%%)")
+    load_parser.add_argument("--report", help="write PREFIX.json and PREFIX.html (default webtesting-load-<time>)")
+    load_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
     args = parser.parse_args(argv)
     if not args.user and not _token(args):
         parser.error("give --user (with a password) or an API token (--token-file or $WEBTESTING_TOKEN)")
@@ -187,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code: list[int] = []
 
     async def go(reactor: Any) -> None:
-        command = compare_services if args.command == "compare" else run
+        command = {"compare": compare_services, "load": load}.get(args.command, run)
         code.append(await command(reactor, args, cases))
 
     try:
