@@ -37,7 +37,7 @@ CODES = [
     "bot_not_responding", "redis_unreachable", "redis_partial", "mysql_unreachable", "registry_unavailable",
     "appid_revoked", "service_deleted", "login_ended", "relogin_refused",
     "bad_request", "unknown_method", "too_large", "not_logged_in", "forbidden", "unavailable", "timeout",
-    "internal", "bot_refused",
+    "internal", "bot_refused", "state_writes_off",
 ]
 REVOKED = "This appid is no longer allowed on the service."
 DELETED = "The service was removed from the registry."

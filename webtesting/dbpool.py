@@ -42,6 +42,7 @@ read/write timeouts; the deadline only stops callers from waiting for it.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Protocol, TypeVar
 
 from twisted.application import service
@@ -569,7 +570,20 @@ def sqlite_connector(path: str, busy_timeout: float) -> Connect:
         # transaction's cost), and readers never wait for the writer. With
         # synchronous=NORMAL a commit is synced at checkpoints: a power cut
         # may lose the last transactions, never corrupt the file.
-        conn.execute("PRAGMA journal_mode=WAL")
+        # The mode is kept in the file, so only the first connection ever
+        # changes it; that change needs the file to itself, and fails at once
+        # ("database is locked") while another process (the web server, when
+        # webtesting-account runs) is using it, so it is tried a few times.
+        for attempt in range(20):
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                break
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 

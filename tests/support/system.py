@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
 
 from webtesting.agent.backend import state_source_factory
@@ -75,6 +76,9 @@ class Bot:
         for proto in list(getattr(factory, "connections", ())):
             proto.dropConnection(abort=True)
         await service.stopService()
+        # An aborted connection ends on the next reactor turn (abortConnection
+        # schedules its connectionLost); let those run before trial looks.
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 class BotBackends:

@@ -235,6 +235,7 @@ const STRINGS = {
     "reason.too_many_websockets": "This account has too many pages open.",
     "reason.too_many_logins": "This account holds too many bot logins; log out of some first.",
     "reason.origin_refused": "Requests from this page's address are not allowed.",
+    "reason.state_writes_off": "This service does not allow writing a user's state; an admin can turn it on.",
   },
   zh: {
     "app.name": "WebTesting",
@@ -465,6 +466,7 @@ const STRINGS = {
     "reason.too_many_websockets": "该账号打开的页面太多。",
     "reason.too_many_logins": "该账号登录的机器人用户太多，请先退出一些。",
     "reason.origin_refused": "不允许来自该页面地址的请求。",
+    "reason.state_writes_off": "该服务不允许写入用户状态，需要管理员开启。",
   },
 };
 

@@ -352,12 +352,11 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
             self._log.failure("wxservice onConnect")
             raise ConnectionDeny(500, "internal error") from None
 
-    def onOpen(self) -> None:
-        try:
-            self.factory.connections.add(self)
-        except Exception:
-            self._log.failure("wxservice onOpen")
-            self._answer("error", Result.INTERNAL, "internal error")
+    def connectionMade(self) -> None:
+        # Counted from the TCP connection on, so that stopping the bot also
+        # ends a connection still in its opening handshake.
+        super().connectionMade()
+        self.factory.connections.add(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
@@ -653,6 +652,9 @@ class WxServiceServerFactory(WebSocketServerFactory):
         d: Deferred[None] = Deferred()
         self._waiting_for_close.append(d)
         for protocol in list(self.connections):
+            if protocol.state != WebSocketServerProtocol.STATE_OPEN:
+                protocol.dropConnection(abort=True)  # still shaking hands
+                continue
             try:
                 # Autobahn lets an application send only 1000 or 3000-4999.
                 protocol.sendClose(code=1000, reason="the bot is stopping")
