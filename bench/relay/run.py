@@ -1,0 +1,449 @@
+"""
+``bench/relay/run``: one load, four relays, one run.
+
+It starts an echo bot that speaks the WxService protocol (echobot.py) and
+puts the same closed-loop chat load (node/load.js: N users, each sending a
+~100-byte chat and waiting for the answer) through each target in turn:
+
+- ``bot``: the bot alone (the load speaks WxService to it);
+- ``bare``: a bare Autobahn three-hop relay (bare.py: web, agent, bot);
+- ``webtesting``: the product: ``twistd webtesting-web`` and
+  ``webtesting-agent`` with the shipped etc/*.yaml (ports, secrets, paths and
+  the per-account limits changed), the registry on embedded SQLite, a real
+  3-master Redis Cluster and MariaDB behind the registered service;
+- ``node``: the same three-hop relay in Node's ``ws`` (node/relay.js).
+
+The servers are pinned to CPU 0 and the load to CPU 1 (when there are two),
+as in issue 11's figures. For each target and N it prints round trips per
+second, p50/p99/p99.9 latency and each server process's CPU time per round
+trip (user + system from /proc, every thread), as a table and as JSON.
+
+Options: ``--users 1,100,1000 --seconds 10 --warmup 2 --targets
+bot,bare,webtesting,node --json FILE``. ``--url http://host:2019 --service
+N`` (token in ``$WEBTESTING_TOKEN``) measures a running WebTesting instead of
+starting one (no CPU figures then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+import yaml  # noqa: E402
+
+from tests.support import mariadb  # noqa: E402
+from tests.support.rediscluster import free_ports, start_cluster  # noqa: E402
+
+APPID = "1.00002"
+TARGETS = ("bot", "bare", "webtesting", "node")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(text: str) -> None:
+    print(f"[bench/relay] {text}", file=sys.stderr, flush=True)
+
+
+def _child_setup(cpu: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # The bench opens thousands of sockets per process (10,000 sessions).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:  # die with the bench, whatever kills it
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except OSError:
+            pass
+    return setup
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: str
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.popen.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.popen.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def tail(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+
+class Bench:
+    def __init__(self, folder: str, pin: bool) -> None:
+        self.folder = folder
+        cpus = sorted(os.sched_getaffinity(0))
+        self.server_cpu = cpus[0] if pin and len(cpus) > 1 else None
+        self.load_cpu = cpus[1] if pin and len(cpus) > 1 else None
+        self.procs: list[Proc] = []
+        self.cleanups: list[Callable[[], None]] = []
+
+    def start(self, name: str, argv: list[str], port: int | None = None, *, cpu: Any = "server") -> Proc:
+        log = os.path.join(self.folder, f"{name}.log")
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(argv, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT,
+                                     preexec_fn=_child_setup(self.server_cpu if cpu == "server" else cpu))
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        if port is not None:
+            wait_port(port, proc)
+        return proc
+
+    def stop(self, procs: list[Proc]) -> None:
+        for proc in procs:
+            proc.stop()
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def close(self) -> None:
+        self.stop(list(self.procs))
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception as e:  # noqa: BLE001 - a bench's teardown says and goes on
+                say(f"cleanup: {e}")
+
+
+def wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.popen.poll() is not None:
+            raise SystemExit(f"{proc.name} exited at start:\n{proc.tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{proc.name} did not listen on {port} within {timeout} s:\n{proc.tail()}")
+            time.sleep(0.05)
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    mode: str  # "bot" or "browser"
+    procs: list[Proc] = field(default_factory=list)
+    cookie: str = ""
+    origin: str = ""
+    service_id: int = 1
+    stop: Callable[[], None] = lambda: None
+
+
+# -- the targets ---------------------------------------------------------------
+
+def python() -> str:
+    return sys.executable
+
+
+def start_bot(bench: Bench) -> tuple[Proc, int]:
+    [port] = free_ports(1)
+    return bench.start("echobot", [python(), os.path.join(HERE, "echobot.py"), str(port)], port), port
+
+
+def bot_target(bench: Bench, bot: Proc, bot_port: int) -> Target:
+    return Target("bot", f"ws://127.0.0.1:{bot_port}/5.00034", "bot", [bot])
+
+
+def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: int) -> Target:
+    agent_port, web_port = free_ports(2)
+    agent = bench.start(f"{name}-agent", argv + ["agent", str(agent_port), str(bot_port)], agent_port)
+    web = bench.start(f"{name}-web", argv + ["web", str(web_port), str(agent_port)], web_port)
+    return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot],
+                  stop=lambda: bench.stop([web, agent]))
+
+
+def _config(bench: Bench, name: str, changes: dict[str, Any]) -> str:
+    with open(os.path.join(ROOT, "etc", f"{name}.yaml"), encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+
+    def merge(into: dict[str, Any], what: dict[str, Any]) -> None:
+        for key, value in what.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(data, changes)
+    path = os.path.join(bench.folder, f"{name}.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, allow_unicode=True)
+    return path
+
+
+def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}/WebTesting/{path}", data=data, method=method, headers={
+        "Cookie": f"wt_session={token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) -> Target:
+    cluster = start_cluster()
+    bench.cleanups.append(cluster.stop)
+    database = f"wt_bench_relay_{os.getpid()}"
+    with mariadb.connect() as conn, conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{database}`")
+
+    def drop() -> None:
+        with mariadb.connect() as conn, conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+    bench.cleanups.append(drop)
+    # The agent reads tag and topic texts from the bot's MySQL dictionary tables.
+    for table in ("tb_tag_dict", "tb_topic_dict"):
+        mariadb.execute(database, f"CREATE TABLE {table} (id INT PRIMARY KEY, content VARCHAR(255))")
+
+    http_port, ws_port, agent_port = free_ports(3)
+    secret = "bench-agent-secret-" + os.urandom(8).hex()
+    limits = max(100, max_users * 2)
+    web_config = _config(bench, "web", {
+        "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1", "webroot": os.path.join(ROOT, "webroot"),
+                 "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""}},
+        "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1", "max_per_account": limits,
+                      "max_logins_per_account": limits},
+        "agents": {"auth": {"secret": secret, "secret_file": ""}},
+        "registry": {"sqlite_path": os.path.join(bench.folder, "registry.sqlite3")},
+    })
+    agent_config = _config(bench, "agent", {
+        "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
+        "auth": {"secret": secret, "secret_file": ""},
+    })
+    bindir = os.path.dirname(sys.executable)
+    tokens = {}
+    for user, role in (("bench-admin", "admin"), ("bench-tester", "tester")):
+        account = [os.path.join(bindir, "webtesting-account"), "--config", web_config]
+        subprocess.run(account + ["add", user, "--role", role, "--password-stdin"],
+                       input=os.urandom(12).hex().encode() + b"\n", check=True, cwd=bench.folder,
+                       capture_output=True)
+        made = subprocess.run(account + ["token", user, "--label", "bench"], check=True, cwd=bench.folder,
+                              capture_output=True)
+        tokens[role] = made.stdout.decode().strip().splitlines()[-1]
+    twistd = os.path.join(bindir, "twistd")
+    agent = bench.start("webtesting-agent", [twistd, "-n", "--pidfile=", "--logfile",
+                                             os.path.join(bench.folder, "agent.twistd.log"),
+                                             "webtesting-agent", "--config", agent_config], agent_port)
+    web = bench.start("webtesting-web", [twistd, "-n", "--pidfile=", "--logfile",
+                                         os.path.join(bench.folder, "web.twistd.log"),
+                                         "webtesting-web", "--config", web_config], http_port)
+    base = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            answer = _api(base, tokens["admin"], "PUT", "Service/addServices", [{
+                "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes],
+                "mysqlAddr": mariadb.HOST, "mysqlPort": mariadb.PORT, "mysqlUser": mariadb.USER,
+                "mysqlPwd": mariadb.PASSWORD, "mysqlDbname": database,
+                "wxServiceAddr": f"ws://127.0.0.1:{bot_port}/5.00034",
+                "agentAddr": f"ws://127.0.0.1:{agent_port}/WebTesting/Agent",
+                "allowedAppids": [APPID], "description": "bench/relay echo bot",
+            }])
+            break
+        except OSError as e:  # 503 while the registry database opens
+            if time.monotonic() > deadline:
+                raise SystemExit(f"addServices: {e}")
+            time.sleep(0.2)
+    assert answer.get("result") == 1, answer
+    services = _api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]
+    service_id = max(s["serviceId"] for s in services)
+    deadline = time.monotonic() + 30
+    while not any(s["serviceId"] == service_id and s["status"] == 1
+                  for s in _api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
+        time.sleep(0.2)
+    return Target("webtesting", f"ws://127.0.0.1:{ws_port}/WebTesting", "browser", [web, agent, bot],
+                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id,
+                  stop=lambda: bench.stop([web, agent]))
+
+
+def running_target(url: str, service_id: int) -> Target:
+    token = os.environ.get("WEBTESTING_TOKEN", "")
+    if not token:
+        raise SystemExit("--url needs an API token in $WEBTESTING_TOKEN (webtesting-account token NAME)")
+    services = _api(url.rstrip("/"), token, "GET", "Service/getServiceList")
+    ws_addr = services["wsAddr"]
+    return Target("webtesting", ws_addr, "browser", [], cookie=f"wt_session={token}", origin=url.rstrip("/"),
+                  service_id=service_id)
+
+
+# -- the load ------------------------------------------------------------------
+
+def _profile(bench: Bench, proc: Proc, folder: str, label: str, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy on a server process for the measured seconds: a flame graph (SVG)."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    out = os.path.join(folder, f"{label}-{proc.name}.svg")
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(proc.popen.pid), "--duration", str(int(seconds)), "--rate", "200",
+         "--nonblocking", "--format", "flamegraph", "--output", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_child_setup(bench.load_cpu))
+
+
+def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: float,
+             profile: str = "") -> dict[str, Any]:
+    options = {"url": target.url, "mode": target.mode, "users": users, "warmup": warmup, "duration": seconds,
+               "cookie": target.cookie, "origin": target.origin, "serviceId": target.service_id,
+               "appid": APPID, "inFlight": 200}
+    process = subprocess.Popen(["node", os.path.join(HERE, "node", "load.js"), json.dumps(options)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
+                               preexec_fn=_child_setup(bench.load_cpu))
+    assert process.stdout is not None
+    result: dict[str, Any] = {"target": target.name, "users": users}
+    before: dict[str, float] = {}
+    profilers: list[subprocess.Popen[bytes]] = []
+    for line in iter(process.stdout.readline, b""):
+        event = json.loads(line)
+        if event["event"] == "ready":
+            result["loginSeconds"] = round(event["loginSeconds"], 2)
+            result["loginFailures"] = event["failed"]
+            if event["failed"]:
+                say(f"{target.name} N={users}: {event['failed']} logins failed, e.g. {event['errors']}")
+        elif event["event"] == "start":
+            before = {p.name: p.cpu_seconds() for p in target.procs}
+            if profile:
+                profilers = [_profile(bench, p, profile, f"{target.name}-N{users}", seconds)
+                             for p in target.procs if p.name != "echobot" and not p.name.startswith("node")]
+        elif event["event"] == "end":
+            after = {p.name: p.cpu_seconds() for p in target.procs}
+            count = event["roundTrips"]
+            result.update({
+                "rtPerSecond": round(event["rtPerSecond"]),
+                "p50": event["p50"], "p99": event["p99"], "p999": event["p999"], "errors": event["errors"],
+                "cpuMicrosPerRT": {name: round((after[name] - before[name]) * 1e6 / count) if count else None
+                                   for name in before},
+                "rssKiB": {p.name: p.rss_kib() for p in target.procs},
+            })
+    process.wait()
+    for profiler in profilers:
+        profiler.wait()
+    if "rtPerSecond" not in result:
+        raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+    return result
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "node": node,
+            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d")}
+
+
+def table(results: list[dict[str, Any]]) -> Iterator[str]:
+    yield "| target | N | RT/s | p50 ms | p99 ms | p99.9 ms | CPU µs per RT (process: µs) | errors |"
+    yield "|---|---|---|---|---|---|---|---|"
+    for r in results:
+        cpu = ", ".join(f"{name}: {us}" for name, us in r.get("cpuMicrosPerRT", {}).items())
+        yield (f"| {r['target']} | {r['users']} | {r['rtPerSecond']:,} | {r['p50']:.2f} | {r['p99']:.2f} "
+               f"| {r['p999']:.2f} | {cpu} | {r['errors'] + r.get('loginFailures', 0)} |")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/relay/run", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--users", default="1,100,1000", help="comma-separated N (default 1,100,1000)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per N (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"default {','.join(TARGETS)}")
+    parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load to CPU 1")
+    parser.add_argument("--profile", default="", help="py-spy the Python relays while measuring; "
+                        "a flame graph (SVG) per process and N goes to this folder")
+    parser.add_argument("--url", default="", help="measure this running WebTesting instead of starting one")
+    parser.add_argument("--service", type=int, default=1, help="with --url: the service to chat with")
+    args = parser.parse_args(argv)
+    users = [int(n) for n in args.users.split(",")]
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if not shutil.which("node"):
+        raise SystemExit("bench/relay needs node (the load generator is node/load.js)")
+    if not os.path.isdir(os.path.join(HERE, "node", "node_modules", "ws")):
+        say("npm install (ws) in bench/relay/node")
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=os.path.join(HERE, "node"),
+                       check=True)
+    folder = tempfile.mkdtemp(prefix="wt-bench-relay-")
+    bench = Bench(folder, pin=not args.no_pin)
+    results: list[dict[str, Any]] = []
+    try:
+        bot, bot_port = start_bot(bench)
+        for name in targets:
+            say(f"starting {name}")
+            if name == "bot":
+                target = bot_target(bench, bot, bot_port)
+            elif name == "bare":
+                target = hop_target(bench, "bare", [python(), os.path.join(HERE, "bare.py")], bot, bot_port)
+            elif name == "node":
+                target = hop_target(bench, "node", ["node", os.path.join(HERE, "node", "relay.js")], bot, bot_port)
+            elif args.url:
+                target = running_target(args.url, args.service)
+            else:
+                target = webtesting_target(bench, bot, bot_port, max(users))
+            try:
+                for n in users:
+                    say(f"{name}: N={n}")
+                    results.append(run_load(bench, target, n, args.warmup, args.seconds, args.profile))
+                    time.sleep(1.0)  # let the relays forget the last round's users
+            finally:
+                target.stop()
+    finally:
+        bench.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    report = {"machine": machine(), "seconds": args.seconds, "results": results}
+    print("\n".join(table(results)))
+    print(json.dumps(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
