@@ -107,9 +107,9 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     def __init__(
         self, dialer: "WebSocketDialer", url: str, *, reactor: Any, backoff: Backoff,
-        headers: dict[str, str], options: dict[str, Any],
+        headers: dict[str, str], options: dict[str, Any], protocols: list[str] | None = None,
     ) -> None:
-        WebSocketClientFactory.__init__(self, url, reactor=reactor, headers=headers)
+        WebSocketClientFactory.__init__(self, url, reactor=reactor, headers=headers, protocols=protocols)
         self.setProtocolOptions(**options)
         self.clock = reactor
         self.noisy = False  # the lifecycle logs what matters, once
@@ -273,6 +273,7 @@ class WebSocketDialer:
     @param url: gives the current address (it may change between dials).
     @param headers: gives the handshake headers for each dial.
     @param options: Autobahn protocol options (ping/pong, sizes, timeouts).
+    @param protocols: WebSocket subprotocols to offer (the peer may take one).
     """
 
     _log = Logger()
@@ -290,6 +291,7 @@ class WebSocketDialer:
         connect_timeout: float = 5.0,
         options: dict[str, Any] | None = None,
         tls: Callable[[str], Any] = optionsForClientTLS,
+        protocols: list[str] | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.owner = owner
@@ -302,6 +304,7 @@ class WebSocketDialer:
         self._options = dict(options or {})
         self._options.setdefault("openHandshakeTimeout", connect_timeout)
         self._tls = tls
+        self._protocols = protocols  # WebSocket subprotocols offered, best first
         self.factory: LinkFactory | None = None
         self._timer: Any = None
         lifecycle.dialer = self
@@ -315,7 +318,7 @@ class WebSocketDialer:
         try:
             secure, host, _port, _resource, _path, _params = parse_url(url)
             factory = LinkFactory(self, url, reactor=self._reactor, backoff=self._backoff,
-                                  headers=self._headers(), options=self._options)
+                                  headers=self._headers(), options=self._options, protocols=self._protocols)
             context = self._tls(host) if secure else None
         except Exception as e:  # noqa: BLE001 - autobahn and IDNA raise plain exceptions
             self.lifecycle.fail(Reason(n.address_invalid, f"{n.what} address {url!r} is not usable: {e}",

@@ -315,10 +315,12 @@ def running_target(url: str, service_id: int) -> Target:
 def _profile(bench: Bench, proc: Proc, folder: str, label: str, seconds: float) -> subprocess.Popen[bytes]:
     """py-spy on a server process for the measured seconds: a flame graph (SVG)."""
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-    out = os.path.join(folder, f"{label}-{proc.name}.svg")
+    # WT_PYSPY_FORMAT=raw: collapsed stacks (one line per stack and count), for scripts.
+    form = os.environ.get("WT_PYSPY_FORMAT", "flamegraph")
+    out = os.path.join(folder, f"{label}-{proc.name}.{'svg' if form == 'flamegraph' else 'txt'}")
     return subprocess.Popen(
         [spy, "record", "--pid", str(proc.popen.pid), "--duration", str(int(seconds)), "--rate", "200",
-         "--nonblocking", "--format", "flamegraph", "--output", out],
+         "--nonblocking", "--format", form, "--output", out],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_child_setup(bench.load_cpu))
 
 

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from webtesting.agent.health import Finding, HealthMonitor
 from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
-from webtesting import linkauth
+from webtesting import framebatch, linkauth
 from webtesting.lifecycle import Health
 from webtesting.handshake import BoundedHandshake
 from webtesting.givenstate import commands as given_commands
@@ -531,10 +531,16 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
 
     _auth: linkauth.AgentSide | None = None
     _auth_timer: Any = None
+    _batched = False  # the web server sends and takes several messages per frame
+    _batch: framebatch.Batcher | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> str | None:
         if request.path != self.factory.path:
             raise ConnectionDeny(404, "not found")
+        if self.factory.batch_frames and framebatch.SUBPROTOCOL in request.protocols:
+            self._batched = True
+            return framebatch.SUBPROTOCOL
+        return None
 
     def onOpen(self) -> None:
         # Nothing but authReq is read until the web server has proved it knows the secret.
@@ -562,8 +568,10 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
         self._auth = None
         self._cancel_auth_timer()
         self._log.info("web server link from {peer} for service {service_id}", peer=self.peer, service_id=service_id)
-        self.link = self.factory.new_link(self._deliver, service_id)
         self._deliver(json.dumps(answer).encode())
+        if self._batched:
+            self._batch = framebatch.Batcher(self.factory.reactor, self._send_now)
+        self.link = self.factory.new_link(self._deliver, service_id)
 
     def _refuse(self, why: str) -> None:
         """Close the link unauthenticated; the peer hears only that it failed."""
@@ -581,23 +589,33 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
         self._auth_timer = None
 
     def _deliver(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.add(data)
+        elif self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
+
+    def _send_now(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             self.sendMessage(data, isBinary=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._auth is not None:
-            self._authenticate(payload)
-            return
-        if self.link is None:
-            return
-        try:
-            self.link.handle(payload)
-        except Exception:
-            self._log.failure("handling a frame from the web server")
+        for message in framebatch.split(payload) if self._batched else (payload,):
+            if self._auth is not None:
+                self._authenticate(message)
+                continue
+            if self.link is None:
+                return
+            try:
+                self.link.handle(message)
+            except Exception:
+                self._log.failure("handling a frame from the web server")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_auth_timer()
         self._auth = None
+        if self._batch is not None:
+            self._batch.drop()
+            self._batch = None
         self.factory.open_links.discard(self)
         if self.link is None:
             return
@@ -630,6 +648,9 @@ class AgentFactory(WebSocketServerFactory):
         self.settings = settings
         self.path = path
         self.open_links: set[AgentProtocol] = set()
+        # Take the web server's offer of several messages per frame (webtesting.framebatch);
+        # off, the agent speaks as agents before it did.
+        self.batch_frames = True
         # One login per (service, appid, uname) over every link, as seed 001 does for devices.
         self.holders: Holders = {}
         self.setProtocolOptions(

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from webtesting import linkauth
+from webtesting import framebatch, linkauth
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.lifecycle import Backoff, Fault, Health, Lifecycle, Reason
 from webtesting.protocol import SERVICE_FIELDS, tester_reason
@@ -97,9 +97,11 @@ class AgentLink:
                 "maxMessagePayloadSize": max_message,
                 "maxFramePayloadSize": max_message,
             },
+            protocols=[framebatch.SUBPROTOCOL],
             **({"tls": tls} if tls is not None else {}),
         )
         self._proto: LinkProtocol | None = None
+        self._batch: framebatch.Batcher | None = None  # the agent takes several messages per frame
         self._auth: linkauth.WebSide | None = None  # set while the agent has not proved itself
         self._auth_timer: Any = None
         self._asked: dict[int, Deferred[list[dict[str, Any]]]] = {}  # listLoginsReq waiting, by reqId
@@ -136,7 +138,15 @@ class AgentLink:
 
     def send(self, message: dict[str, Any]) -> None:
         if self._proto is not None and self._proto.state == LinkProtocol.STATE_OPEN:
-            self._proto.sendMessage(json.dumps(message, ensure_ascii=False).encode())
+            data = json.dumps(message, ensure_ascii=False).encode()
+            if self._batch is not None:
+                self._batch.add(data)
+            else:
+                self._proto.sendMessage(data)
+
+    def _send_now(self, data: bytes) -> None:
+        if self._proto is not None and self._proto.state == LinkProtocol.STATE_OPEN:
+            self._proto.sendMessage(data)
 
     # -- life ------------------------------------------------------------------
 
@@ -167,6 +177,10 @@ class AgentLink:
     def link_opened(self, proto: LinkProtocol) -> None:
         # Open, but not up: the agent must prove it knows the secret first.
         self._proto = proto
+        if self._batch is not None:
+            self._batch.drop()
+        self._batch = (framebatch.Batcher(self._reactor, self._send_now)
+                       if proto.websocket_protocol_in_use == framebatch.SUBPROTOCOL else None)
         self._answered = False
         self._refused = None
         self._agent_status = Health(True, "ok", "ok")
@@ -220,6 +234,14 @@ class AgentLink:
     def link_frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
         if proto is not self._proto:
             return
+        if self._batch is not None:
+            for part in framebatch.split(payload):
+                if proto is self._proto:
+                    self._link_message(proto, part)
+            return
+        self._link_message(proto, payload)
+
+    def _link_message(self, proto: LinkProtocol, payload: bytes) -> None:
         if self._auth is not None:
             self._authenticate(proto, payload)
             return
