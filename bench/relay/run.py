@@ -82,9 +82,14 @@ class Proc:
     log: str
 
     def cpu_seconds(self) -> float:
+        user, system = self.cpu_split()
+        return user + system
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) seconds of CPU so far, every thread."""
         with open(f"/proc/{self.popen.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.popen.pid}/status") as f:
@@ -169,7 +174,6 @@ class Target:
     cookie: str = ""
     origin: str = ""
     service_id: int = 1
-    stop: Callable[[], None] = lambda: None
 
 
 # -- the targets ---------------------------------------------------------------
@@ -191,8 +195,7 @@ def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: in
     agent_port, web_port = free_ports(2)
     agent = bench.start(f"{name}-agent", argv + ["agent", str(agent_port), str(bot_port)], agent_port)
     web = bench.start(f"{name}-web", argv + ["web", str(web_port), str(agent_port)], web_port)
-    return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot],
-                  stop=lambda: bench.stop([web, agent]))
+    return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot])
 
 
 def _config(bench: Bench, name: str, changes: dict[str, Any]) -> str:
@@ -296,8 +299,7 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) ->
             raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
         time.sleep(0.2)
     return Target("webtesting", f"ws://127.0.0.1:{ws_port}/WebTesting", "browser", [web, agent, bot],
-                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id,
-                  stop=lambda: bench.stop([web, agent]))
+                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id)
 
 
 def running_target(url: str, service_id: int) -> Target:
@@ -335,6 +337,7 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
     assert process.stdout is not None
     result: dict[str, Any] = {"target": target.name, "users": users}
     before: dict[str, float] = {}
+    before_system: dict[str, float] = {}
     profilers: list[subprocess.Popen[bytes]] = []
     for line in iter(process.stdout.readline, b""):
         event = json.loads(line)
@@ -345,17 +348,21 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
                 say(f"{target.name} N={users}: {event['failed']} logins failed, e.g. {event['errors']}")
         elif event["event"] == "start":
             before = {p.name: p.cpu_seconds() for p in target.procs}
+            before_system = {p.name: p.cpu_split()[1] for p in target.procs}
             if profile:
                 profilers = [_profile(bench, p, profile, f"{target.name}-N{users}", seconds)
                              for p in target.procs if p.name != "echobot" and not p.name.startswith("node")]
         elif event["event"] == "end":
             after = {p.name: p.cpu_seconds() for p in target.procs}
+            after_system = {p.name: p.cpu_split()[1] for p in target.procs}
             count = event["roundTrips"]
             result.update({
                 "rtPerSecond": round(event["rtPerSecond"]),
                 "p50": event["p50"], "p99": event["p99"], "p999": event["p999"], "errors": event["errors"],
                 "cpuMicrosPerRT": {name: round((after[name] - before[name]) * 1e6 / count) if count else None
                                    for name in before},
+                "systemMicrosPerRT": {name: round((after_system[name] - before_system[name]) * 1e6 / count)
+                                      if count else None for name in before},
                 "rssKiB": {p.name: p.rss_kib() for p in target.procs},
             })
     process.wait()
@@ -364,6 +371,14 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
     if "rtPerSecond" not in result:
         raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
     return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's and N's runs: the run with the median RT/s, and the range over all runs."""
+    ordered = sorted(runs, key=lambda r: r["rtPerSecond"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["rtPerSecondRange"] = [ordered[0]["rtPerSecond"], ordered[-1]["rtPerSecond"]]
+    return middle
 
 
 def machine() -> dict[str, Any]:
@@ -379,11 +394,13 @@ def machine() -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> Iterator[str]:
-    yield "| target | N | RT/s | p50 ms | p99 ms | p99.9 ms | CPU µs per RT (process: µs) | errors |"
+    yield "| target | N | RT/s (range) | p50 ms | p99 ms | p99.9 ms | CPU µs per RT (process: µs) | errors |"
     yield "|---|---|---|---|---|---|---|---|"
     for r in results:
         cpu = ", ".join(f"{name}: {us}" for name, us in r.get("cpuMicrosPerRT", {}).items())
-        yield (f"| {r['target']} | {r['users']} | {r['rtPerSecond']:,} | {r['p50']:.2f} | {r['p99']:.2f} "
+        low, high = r.get("rtPerSecondRange", [r["rtPerSecond"]] * 2)
+        spread = f" ({low:,}–{high:,})" if low != high else ""
+        yield (f"| {r['target']} | {r['users']} | {r['rtPerSecond']:,}{spread} | {r['p50']:.2f} | {r['p99']:.2f} "
                f"| {r['p999']:.2f} | {cpu} | {r['errors'] + r.get('loginFailures', 0)} |")
 
 
@@ -393,6 +410,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per N (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"default {','.join(TARGETS)}")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each target and N this many times, "
+                        "in turn; medians are reported (default 1)")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load to CPU 1")
     parser.add_argument("--profile", default="", help="py-spy the Python relays while measuring; "
@@ -413,32 +432,37 @@ def main(argv: list[str]) -> int:
                        check=True)
     folder = tempfile.mkdtemp(prefix="wt-bench-relay-")
     bench = Bench(folder, pin=not args.no_pin)
-    results: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     try:
         bot, bot_port = start_bot(bench)
+        started: list[Target] = []
         for name in targets:
             say(f"starting {name}")
             if name == "bot":
-                target = bot_target(bench, bot, bot_port)
+                started.append(bot_target(bench, bot, bot_port))
             elif name == "bare":
-                target = hop_target(bench, "bare", [python(), os.path.join(HERE, "bare.py")], bot, bot_port)
+                started.append(hop_target(bench, "bare", [python(), os.path.join(HERE, "bare.py")], bot, bot_port))
             elif name == "node":
-                target = hop_target(bench, "node", ["node", os.path.join(HERE, "node", "relay.js")], bot, bot_port)
+                started.append(hop_target(bench, "node", ["node", os.path.join(HERE, "node", "relay.js")], bot,
+                                          bot_port))
             elif args.url:
-                target = running_target(args.url, args.service)
+                started.append(running_target(args.url, args.service))
             else:
-                target = webtesting_target(bench, bot, bot_port, max(users))
-            try:
+                started.append(webtesting_target(bench, bot, bot_port, max(users)))
+        # Rounds go through every target in turn, so that a slow spell of the
+        # machine does not fall on one target only; the medians are reported.
+        for round_ in range(args.rounds):
+            for target in started:
                 for n in users:
-                    say(f"{name}: N={n}")
-                    results.append(run_load(bench, target, n, args.warmup, args.seconds, args.profile))
+                    say(f"round {round_ + 1}/{args.rounds}: {target.name}, N={n}")
+                    runs.append(run_load(bench, target, n, args.warmup, args.seconds, args.profile))
                     time.sleep(1.0)  # let the relays forget the last round's users
-            finally:
-                target.stop()
     finally:
         bench.close()
         shutil.rmtree(folder, ignore_errors=True)
-    report = {"machine": machine(), "seconds": args.seconds, "results": results}
+    results = [median_of([r for r in runs if (r["target"], r["users"]) == key])
+               for key in dict.fromkeys((r["target"], r["users"]) for r in runs)]
+    report = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "results": results, "runs": runs}
     print("\n".join(table(results)))
     print(json.dumps(report))
     if args.json:
