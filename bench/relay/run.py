@@ -27,142 +27,29 @@ starting one (no CPU figures then).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-import yaml  # noqa: E402
-
 from tests.support import mariadb  # noqa: E402
 from tests.support.rediscluster import free_ports, start_cluster  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(HERE))
+from harness import Bench, Proc, api, child_setup, say, start_webtesting  # noqa: E402
+
 APPID = "1.00002"
 TARGETS = ("bot", "bare", "webtesting", "node")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def say(text: str) -> None:
-    print(f"[bench/relay] {text}", file=sys.stderr, flush=True)
-
-
-def _child_setup(cpu: int | None) -> Callable[[], None]:
-    def setup() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        # The bench opens thousands of sockets per process (10,000 sessions).
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        try:  # die with the bench, whatever kills it
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-        except OSError:
-            pass
-    return setup
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: str
-
-    def cpu_seconds(self) -> float:
-        user, system = self.cpu_split()
-        return user + system
-
-    def cpu_split(self) -> tuple[float, float]:
-        """(user, system) seconds of CPU so far, every thread."""
-        with open(f"/proc/{self.popen.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.popen.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def tail(self) -> str:
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
-
-
-class Bench:
-    def __init__(self, folder: str, pin: bool) -> None:
-        self.folder = folder
-        cpus = sorted(os.sched_getaffinity(0))
-        self.server_cpu = cpus[0] if pin and len(cpus) > 1 else None
-        self.load_cpu = cpus[1] if pin and len(cpus) > 1 else None
-        self.procs: list[Proc] = []
-        self.cleanups: list[Callable[[], None]] = []
-
-    def start(self, name: str, argv: list[str], port: int | None = None, *, cpu: Any = "server") -> Proc:
-        log = os.path.join(self.folder, f"{name}.log")
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(argv, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT,
-                                     preexec_fn=_child_setup(self.server_cpu if cpu == "server" else cpu))
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        if port is not None:
-            wait_port(port, proc)
-        return proc
-
-    def stop(self, procs: list[Proc]) -> None:
-        for proc in procs:
-            proc.stop()
-            if proc in self.procs:
-                self.procs.remove(proc)
-
-    def close(self) -> None:
-        self.stop(list(self.procs))
-        for cleanup in reversed(self.cleanups):
-            try:
-                cleanup()
-            except Exception as e:  # noqa: BLE001 - a bench's teardown says and goes on
-                say(f"cleanup: {e}")
-
-
-def wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.popen.poll() is not None:
-            raise SystemExit(f"{proc.name} exited at start:\n{proc.tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{proc.name} did not listen on {port} within {timeout} s:\n{proc.tail()}")
-            time.sleep(0.05)
 
 
 @dataclass
@@ -198,32 +85,6 @@ def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: in
     return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot])
 
 
-def _config(bench: Bench, name: str, changes: dict[str, Any]) -> str:
-    with open(os.path.join(ROOT, "etc", f"{name}.yaml"), encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-
-    def merge(into: dict[str, Any], what: dict[str, Any]) -> None:
-        for key, value in what.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    merge(data, changes)
-    path = os.path.join(bench.folder, f"{name}.yaml")
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(data, f, allow_unicode=True)
-    return path
-
-
-def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}/WebTesting/{path}", data=data, method=method, headers={
-        "Cookie": f"wt_session={token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) -> Target:
     cluster = start_cluster()
     bench.cleanups.append(cluster.stop)
@@ -240,65 +101,28 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) ->
     for table in ("tb_tag_dict", "tb_topic_dict"):
         mariadb.execute(database, f"CREATE TABLE {table} (id INT PRIMARY KEY, content VARCHAR(255))")
 
-    http_port, ws_port, agent_port = free_ports(3)
-    secret = "bench-agent-secret-" + os.urandom(8).hex()
     limits = max(100, max_users * 2)
-    web_config = _config(bench, "web", {
-        "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1", "webroot": os.path.join(ROOT, "webroot"),
-                 "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""}},
-        "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1", "max_per_account": limits,
-                      "max_logins_per_account": limits},
-        "agents": {"auth": {"secret": secret, "secret_file": ""}},
-        "registry": {"sqlite_path": os.path.join(bench.folder, "registry.sqlite3")},
-    })
-    agent_config = _config(bench, "agent", {
-        "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
-        "auth": {"secret": secret, "secret_file": ""},
-    })
-    bindir = os.path.dirname(sys.executable)
-    tokens = {}
-    for user, role in (("bench-admin", "admin"), ("bench-tester", "tester")):
-        account = [os.path.join(bindir, "webtesting-account"), "--config", web_config]
-        subprocess.run(account + ["add", user, "--role", role, "--password-stdin"],
-                       input=os.urandom(12).hex().encode() + b"\n", check=True, cwd=bench.folder,
-                       capture_output=True)
-        made = subprocess.run(account + ["token", user, "--label", "bench"], check=True, cwd=bench.folder,
-                              capture_output=True)
-        tokens[role] = made.stdout.decode().strip().splitlines()[-1]
-    twistd = os.path.join(bindir, "twistd")
-    agent = bench.start("webtesting-agent", [twistd, "-n", "--pidfile=", "--logfile",
-                                             os.path.join(bench.folder, "agent.twistd.log"),
-                                             "webtesting-agent", "--config", agent_config], agent_port)
-    web = bench.start("webtesting-web", [twistd, "-n", "--pidfile=", "--logfile",
-                                         os.path.join(bench.folder, "web.twistd.log"),
-                                         "webtesting-web", "--config", web_config], http_port)
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            answer = _api(base, tokens["admin"], "PUT", "Service/addServices", [{
-                "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes],
-                "mysqlAddr": mariadb.HOST, "mysqlPort": mariadb.PORT, "mysqlUser": mariadb.USER,
-                "mysqlPwd": mariadb.PASSWORD, "mysqlDbname": database,
-                "wxServiceAddr": f"ws://127.0.0.1:{bot_port}/5.00034",
-                "agentAddr": f"ws://127.0.0.1:{agent_port}/WebTesting/Agent",
-                "allowedAppids": [APPID], "description": "bench/relay echo bot",
-            }])
-            break
-        except OSError as e:  # 503 while the registry database opens
-            if time.monotonic() > deadline:
-                raise SystemExit(f"addServices: {e}")
-            time.sleep(0.2)
+    wt = start_webtesting(bench, web_changes={"websocket": {"max_per_account": limits,
+                                                            "max_logins_per_account": limits}})
+    web, agent, tokens, base, agent_port = wt.web, wt.agent, wt.tokens, wt.base, wt.agent_port
+    answer = api(base, tokens["admin"], "PUT", "Service/addServices", [{
+        "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes],
+        "mysqlAddr": mariadb.HOST, "mysqlPort": mariadb.PORT, "mysqlUser": mariadb.USER,
+        "mysqlPwd": mariadb.PASSWORD, "mysqlDbname": database,
+        "wxServiceAddr": f"ws://127.0.0.1:{bot_port}/5.00034",
+        "agentAddr": f"ws://127.0.0.1:{agent_port}/WebTesting/Agent",
+        "allowedAppids": [APPID], "description": "bench/relay echo bot",
+    }])
     assert answer.get("result") == 1, answer
-    services = _api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]
+    services = api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]
     service_id = max(s["serviceId"] for s in services)
     deadline = time.monotonic() + 30
     while not any(s["serviceId"] == service_id and s["status"] == 1
-                  for s in _api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]):
+                  for s in api(base, tokens["admin"], "GET", "Service/getServices")["servicdLists"]):
         if time.monotonic() > deadline:
             raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
         time.sleep(0.2)
-    return Target("webtesting", f"ws://127.0.0.1:{ws_port}/WebTesting", "browser", [web, agent, bot],
+    return Target("webtesting", f"ws://127.0.0.1:{wt.ws_port}/WebTesting", "browser", [web, agent, bot],
                   cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id)
 
 
@@ -306,7 +130,7 @@ def running_target(url: str, service_id: int) -> Target:
     token = os.environ.get("WEBTESTING_TOKEN", "")
     if not token:
         raise SystemExit("--url needs an API token in $WEBTESTING_TOKEN (webtesting-account token NAME)")
-    services = _api(url.rstrip("/"), token, "GET", "Service/getServiceList")
+    services = api(url.rstrip("/"), token, "GET", "Service/getServiceList")
     ws_addr = services["wsAddr"]
     return Target("webtesting", ws_addr, "browser", [], cookie=f"wt_session={token}", origin=url.rstrip("/"),
                   service_id=service_id)
@@ -323,7 +147,7 @@ def _profile(bench: Bench, proc: Proc, folder: str, label: str, seconds: float) 
     return subprocess.Popen(
         [spy, "record", "--pid", str(proc.popen.pid), "--duration", str(int(seconds)), "--rate", "200",
          "--nonblocking", "--format", form, "--output", out],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_child_setup(bench.load_cpu))
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_setup(bench.load_cpu))
 
 
 def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: float,
@@ -333,7 +157,7 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
                "appid": APPID, "inFlight": 200}
     process = subprocess.Popen(["node", os.path.join(HERE, "node", "load.js"), json.dumps(options)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
-                               preexec_fn=_child_setup(bench.load_cpu))
+                               preexec_fn=child_setup(bench.load_cpu))
     assert process.stdout is not None
     result: dict[str, Any] = {"target": target.name, "users": users}
     before: dict[str, float] = {}
