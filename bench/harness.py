@@ -31,7 +31,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def say(text: str) -> None:
-    print(f"[bench/relay] {text}", file=sys.stderr, flush=True)
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
 def child_setup(cpu: int | None) -> Callable[[], None]:

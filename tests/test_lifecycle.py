@@ -210,6 +210,14 @@ class BackoffTests(unittest.TestCase):
         self.assertAlmostEqual(b.delay(10, lambda: 0.5), 4.0)
         self.assertAlmostEqual(b.longest(lambda: 0.5), 4.0)
 
+    def test_slow_after_many_failures(self) -> None:
+        """After slow_after failures in a row the longest delay is slow_maximum; 0 never slows."""
+        b = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.0, slow_after=5, slow_maximum=15.0)
+        self.assertEqual([b.delay(n) for n in range(7)], [1.0, 2.0, 4.0, 4.0, 4.0, 15.0, 15.0])
+        self.assertEqual((b.longest(failures=4), b.longest(failures=5)), (4.0, 15.0))
+        never = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.0)
+        self.assertEqual(never.delay(1000), 4.0)
+
 
 class ReentrancyTests(unittest.TestCase):
     def test_stop_from_the_health_listener_leaves_no_retry(self) -> None:

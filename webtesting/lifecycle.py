@@ -89,13 +89,25 @@ class Backoff:
     maximum: float = 60.0
     factor: float = 2.0
     jitter: float = 0.1
+    # After this many failed attempts in a row (0: never), the longest delay
+    # becomes C{slow_maximum}: a peer that has been away for a while is
+    # still noticed when it comes back, but a thousand such peers do not keep
+    # a core busy with attempts (issue 11).
+    slow_after: int = 0
+    slow_maximum: float = 0.0
+
+    def ceiling(self, failures: int) -> float:
+        """The longest delay after C{failures} failed attempts in a row."""
+        if self.slow_after and failures >= self.slow_after:
+            return max(self.maximum, self.slow_maximum)
+        return self.maximum
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.initial * self.factor ** min(attempt, 64), self.maximum)
+        base = min(self.initial * self.factor ** min(attempt, 64), self.ceiling(attempt))
         return self._spread(base, rand)
 
-    def longest(self, rand: Callable[[], float] = random.random) -> float:
-        return self._spread(self.maximum, rand)
+    def longest(self, rand: Callable[[], float] = random.random, failures: int = 0) -> float:
+        return self._spread(self.ceiling(failures), rand)
 
     def around(self, base: float, rand: Callable[[], float] = random.random) -> float:
         """C{base} spread by ±C{jitter}."""
@@ -152,6 +164,12 @@ class Lifecycle:
         # tenth attempt, not every retry.
         self.failures = 0
         self._logged_detail: str | None = None
+        # Automat makes a new function (copying its code object) each time an
+        # input is looked up on an instance; a thousand dead links look up two
+        # per attempt. Each lifecycle keeps its own, made once.
+        for name in ("start", "attempting", "connected", "failed", "lost", "changed", "stop",
+                     "_unusable_input"):
+            setattr(self, name, getattr(self, name))
 
     # -- states --------------------------------------------------------------
 
@@ -437,7 +455,8 @@ class DeferredDialer(Generic[T]):
     def redial(self, longest: bool) -> float:
         # The lifecycle counts the failures since it was last up.
         failures = self._lifecycle.failures
-        delay = self._backoff.longest(self._rand) if longest else self._backoff.delay(failures, self._rand)
+        delay = (self._backoff.longest(self._rand, failures) if longest
+                 else self._backoff.delay(failures, self._rand))
         self._timer = self._clock.callLater(delay, self._fire)
         return delay
 

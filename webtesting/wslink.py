@@ -128,10 +128,13 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     # -- the dialer's hooks --------------------------------------------------
 
-    def retry_after_backoff(self, longest: bool) -> float:
-        base = self.maxDelay if longest else self._base
+    def retry_after_backoff(self, longest: bool, failures: int = 0) -> float:
+        ceiling = self._backoff.ceiling(failures)
+        # The longest delay for a peer that is surely away, and the slow one
+        # once it has been away long (Backoff.slow_after).
+        base = ceiling if longest or ceiling > self.maxDelay else self._base
         self.delay = self._backoff.around(base)
-        self._base = min(base * self.factor, self.maxDelay)
+        self._base = min(base * self.factor, ceiling)
         self.continueTrying = True
         self.retry()
         call: Any = self._callID
@@ -330,10 +333,10 @@ class WebSocketDialer:
     def redial(self, longest: bool) -> float:
         if self.factory is None or self.factory.connector is None:
             # Nothing to redial (the address never parsed): dial afresh later.
-            delay = self._backoff.longest() if longest else self._backoff.initial
+            delay = self._backoff.longest(failures=self.lifecycle.failures) if longest else self._backoff.initial
             self._timer = self._reactor.callLater(delay, self._fresh)
             return delay
-        return self.factory.retry_after_backoff(longest)
+        return self.factory.retry_after_backoff(longest, self.lifecycle.failures)
 
     def _fresh(self) -> None:
         self._timer = None
