@@ -133,3 +133,60 @@ class TestCasePageTests(PageTestCase):
         self.assertEqual((unknown.exception.result, unknown.exception.msg), (400, "serviceId: no such service: 999"))
         await tess.call("POST", "Cases/delete", {"id": mine})
         self.assertEqual([c["name"] for c in (await tess.call("GET", "Cases/list"))["cases"]], ["team"])
+
+
+class LoadTabTests(PageTestCase):
+    async def test_load_from_the_tests_page(self) -> None:
+        """The Load tab: simulated testers on a saved case, live figures and chart, a verdict, a report; Stop ends a run."""
+        sid = await self.system.add_service()
+        url = f"http://127.0.0.1:{self.system.http_port}"
+        tess = Client(url)
+        await tess.login(TESTER, PASSWORD)
+        with open(os.path.join(ROOT, "examples", "reference-bot", "remembers-a-name.yaml"), encoding="utf-8") as f:
+            case_id = (await tess.call("POST", "Cases/save", {"yaml": f.read(), "shared": False}))["id"]
+        for body, problem in (({"users": 500}, "users: "), ({"serviceId": 999}, "serviceId: no such service")):
+            with self.assertRaises(ServerError) as refused:
+                await tess.call("POST", "Cases/load", {"caseId": case_id, "serviceId": sid, "users": 2,
+                                                       "duration": 2, **body})
+            self.assertEqual(refused.exception.result, 400)
+            self.assertIn(problem, refused.exception.msg)
+        page = await self.page_as(TESTER, "tests.html")
+
+        def load_and_stop() -> None:
+            page.click("#tab-load")
+            expect(page.locator("#load-panel")).to_be_visible()
+            expect(page.locator("#run-panel")).to_be_hidden()
+            page.select_option("#load-case", str(case_id))
+            page.select_option("#load-service", str(sid))
+            page.fill("#load-users", "3")
+            page.fill("#load-ramp", "1")
+            page.fill("#load-duration", "4")
+            page.fill("#load-max-p99", "5000")
+            page.fill("#load-max-errors", "0")
+            page.click("#load-start")
+            expect(page.locator("#load-live")).to_have_attribute("data-done", "false")
+            expect(page.locator("#load-chart")).to_be_visible(timeout=10_000)
+            expect(page.locator("#load-chart polyline.p99")).to_have_count(1)
+            verdict = page.locator(".verdict")
+            expect(verdict).to_have_attribute("data-passed", "true", timeout=30_000)
+            expect(page.locator("#load-now-users")).to_have_text("3")
+            expect(page.locator(".thresholds li.pass")).to_have_count(2)
+            expect(page.locator("#load-result")).to_contain_text("0 errors and 0 failed checks")
+            expect(page.locator("#load-result")).not_to_contain_text("null")
+            screenshot(page, self, "load.png")
+            report = page.locator("a.load-report").get_attribute("href")
+            answer = page.request.get(f"{self.system.base.rsplit('/WebTesting', 1)[0]}{report}")
+            assert answer.status == 200, answer.status
+            assert "<svg" in answer.text() and "p99 &lt;= 5000 ms" in answer.text(), answer.text()[:300]
+
+            # A long run stops when asked.
+            page.fill("#load-duration", "300")
+            page.click("#load-start")
+            expect(page.locator("#load-stop")).to_be_enabled()
+            page.wait_for_timeout(2000)
+            page.click("#load-stop")
+            expect(page.locator("#load-start")).to_be_enabled(timeout=20_000)
+            expect(page.locator(".verdict")).to_be_visible()
+
+        await self.step(load_and_stop)
+        await self.assert_no_page_errors(page)

@@ -1,6 +1,8 @@
 // The Tests page: saved cases (Cases/list), run on a service or on two at
 // once to compare them (Cases/run), each step turning green or red as the
-// server reports it (Cases/run/<id>, read every half second).
+// server reports it (Cases/run/<id>, read every half second); and the Load
+// tab: simulated testers following one case (Cases/load), its figures read
+// every second (Cases/load/<id>) and drawn as they come.
 
 import { api, request } from "./api.js";
 import { byId, h } from "./dom.js";
@@ -8,6 +10,8 @@ import { t } from "./i18n.js";
 import { startPage } from "./shell.js";
 
 const POLL_MS = 500;
+const LOAD_POLL_MS = 1000;
+const SVG = "http://www.w3.org/2000/svg";
 
 const user = await startPage();
 if (user) await main();
@@ -18,6 +22,7 @@ async function main() {
 
   async function loadCases() {
     ({ cases } = await request("GET", "Cases/list"));
+    byId("load-case").replaceChildren(...cases.map((c) => new Option(c.name, String(c.id))));
     byId("no-cases").hidden = cases.length > 0;
     byId("cases").replaceChildren(...cases.map((c) => h("li", { className: "case", dataset: { id: String(c.id) } },
       h("label", {}, h("input", { type: "checkbox", className: "case-pick", value: String(c.id) }), " ",
@@ -39,6 +44,57 @@ async function main() {
     byId("run-service").replaceChildren(...services.map((s) => new Option(label(s), String(s.serviceId))));
     byId("run-against").replaceChildren(new Option(t("tests.noCompare"), ""),
       ...services.map((s) => new Option(label(s), String(s.serviceId))));
+    byId("load-service").replaceChildren(...services.map((s) => new Option(label(s), String(s.serviceId))));
+  }
+
+  function showTab(which) {
+    for (const name of ["run", "load"]) {
+      byId(`tab-${name}`).setAttribute("aria-selected", String(name === which));
+      byId(`${name}-panel`).hidden = name !== which;
+    }
+  }
+  byId("tab-run").addEventListener("click", () => showTab("run"));
+  byId("tab-load").addEventListener("click", () => showTab("load"));
+
+  let loading = null; // the load run being followed
+  const number = (id) => (byId(id).value === "" ? null : Number(byId(id).value));
+  byId("load-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = byId("load-error");
+    error.textContent = "";
+    const body = {
+      caseId: Number(byId("load-case").value), serviceId: Number(byId("load-service").value),
+      users: number("load-users"), ramp: number("load-ramp") ?? 0, duration: number("load-duration"),
+    };
+    if (!body.caseId) return (error.textContent = t("tests.pickCases"));
+    if (number("load-max-p99") !== null) body.maxP99Ms = number("load-max-p99");
+    if (number("load-max-errors") !== null) body.maxErrorsPercent = number("load-max-errors");
+    byId("load-start").disabled = true;
+    try {
+      ({ loadId: loading } = await request("POST", "Cases/load", { body }));
+      byId("load-stop").disabled = false;
+      byId("load-result").replaceChildren();
+      await followLoad(loading);
+    } catch (e) {
+      error.textContent = e.message;
+    } finally {
+      loading = null;
+      byId("load-start").disabled = false;
+      byId("load-stop").disabled = true;
+    }
+    return undefined;
+  });
+  byId("load-stop").addEventListener("click", async () => {
+    if (loading) await request("POST", "Cases/loadStop", { body: { loadId: loading } });
+  });
+
+  async function followLoad(loadId) {
+    for (;;) {
+      const { load } = await request("GET", `Cases/load/${encodeURIComponent(loadId)}`);
+      paintLoad(load);
+      if (load.done) return;
+      await new Promise((resolve) => setTimeout(resolve, LOAD_POLL_MS));
+    }
   }
 
   byId("case-add").addEventListener("click", async () => {
@@ -134,4 +190,63 @@ function compared(c, run) {
       ...[[c.a.serviceId, sa], [c.b.serviceId, sb]].flatMap(([sid, s]) => (s ? s.problems : []).map((p) =>
         h("p", { className: "problem error" }, `#${sid}: ${p}`))));
   }));
+}
+
+const ms = (v) => (v === null || v === undefined ? "—" : `${Math.round(v)} ms`);
+
+function paintLoad(load) {
+  const now = load.summary.timeline.length ? load.now : { users: 0, roundTrips: 0, p50: null, p99: null,
+    errors: 0, failedChecks: 0 };
+  byId("load-live").hidden = false;
+  byId("load-live").dataset.done = String(load.done);
+  byId("load-now-users").textContent = String(load.done ? load.summary.peakUsers : now.users);
+  byId("load-now-rts").textContent = String(load.done ? load.summary.rtPerSecond : now.roundTrips);
+  byId("load-now-p50").textContent = ms(load.done ? load.summary.p50 : now.p50);
+  byId("load-now-p99").textContent = ms(load.done ? load.summary.p99 : now.p99);
+  byId("load-now-errors").textContent = String(load.summary.errors);
+  byId("load-now-failed").textContent = String(load.summary.failedChecks);
+  chart(load.summary.timeline);
+  if (!load.done) return;
+  const s = load.summary;
+  const result = byId("load-result");
+  if (load.error) {
+    result.replaceChildren(h("p", { className: "error" }, load.error));
+    return;
+  }
+  result.replaceChildren(...[
+    h("p", { className: `verdict ${s.passed ? "pass" : "fail"}`, dataset: { passed: String(s.passed) } },
+      t(s.passed ? "load.passed" : "load.failed")),
+    h("p", {}, t("load.summary", { ...s, errorPercent: (s.errorRate * 100).toFixed(2) })),
+    s.thresholds.length ? h("ul", { className: "thresholds" }, ...s.thresholds.map((v) => h("li",
+      { className: v.passed ? "pass" : "fail" }, `${v.passed ? "PASS" : "FAIL"} ${v.threshold}: ${v.got}`))) : null,
+    s.reasons.length ? h("ul", { className: "problems" }, ...s.reasons.map((r) => h("li", {}, `${r.count}× ${r.reason}`)))
+      : null,
+    h("a", { href: `/WebTesting/Cases/load/${encodeURIComponent(load.loadId)}/report.html`, target: "_blank",
+      className: "load-report" }, t("load.report")),
+  ].filter(Boolean));
+}
+
+// p50 and p99 per second as lines, round trips per second as bars.
+function chart(timeline) {
+  const svg = byId("load-chart");
+  // An SVG element has no "hidden" property: the attribute itself.
+  svg.toggleAttribute("hidden", timeline.length === 0);
+  const width = 600;
+  const height = 160;
+  const pad = 10;
+  const last = Math.max(1, ...timeline.map((r) => r.t));
+  const topMs = Math.max(1, ...timeline.map((r) => r.p99 || 0));
+  const topRt = Math.max(1, ...timeline.map((r) => r.roundTrips));
+  const x = (tt) => pad + ((width - 2 * pad) * tt) / last;
+  const y = (v, top) => height - pad - ((height - 2 * pad) * v) / top;
+  const el = (name, attrs) => {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  };
+  const bars = timeline.map((r) => el("rect", { class: "rt", x: x(r.t) - 1, y: y(r.roundTrips, topRt), width: 2,
+    height: height - pad - y(r.roundTrips, topRt) }));
+  const line = (key) => el("polyline", { class: key, points: timeline.filter((r) => r[key] !== null)
+    .map((r) => `${x(r.t).toFixed(1)},${y(r[key], topMs).toFixed(1)}`).join(" ") });
+  svg.replaceChildren(...bars, line("p50"), line("p99"));
 }

@@ -56,7 +56,10 @@ from webtesting.web.accounts import (
 )
 from webtesting.cases import CaseError
 from webtesting.web.history import History
-from webtesting.web.testruns import MAX_YAML, CaseStore, NoSuchCase, TestRuns, TooManyRuns, check_case_text, describe_run
+from webtesting.web.testruns import (
+    MAX_YAML, CaseStore, NoSuchCase, TestRuns, TooManyRuns, check_case_text, describe_load, describe_run,
+)
+from webtesting import loadtest
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
 from webtesting.web.throttle import LoginThrottle, Throttled
@@ -642,9 +645,80 @@ class RegistryAPI:
             raise HTTPError(Result.NOT_FOUND, f"no such run: {run_id[:40]}")
         return ok(request, run=describe_run(run))
 
+    @app.route(f"{CASES}/load", methods=["POST"])
+    async def start_load(self, request: Any) -> bytes:
+        """Simulated testers following one saved case on a registered service (the Tests page's Load tab)."""
+        session = await self._session(request)
+        if self.runs is None:
+            raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
+        body = require_object(self._json_body(request), "")
+        case_id = require_int(body.get("caseId"), "caseId", 1, 2**31 - 1)
+        service_id = require_int(body.get("serviceId"), "serviceId", 1, 2**31 - 1)
+        users = require_int(body.get("users"), "users", 1, self.runs.MAX_LOAD_USERS)
+        ramp = require_int(body.get("ramp", 0), "ramp", 0, int(self.runs.MAX_LOAD_SECONDS))
+        duration = require_int(body.get("duration"), "duration", 1, int(self.runs.MAX_LOAD_SECONDS))
+        max_p99 = body.get("maxP99Ms")
+        max_errors = body.get("maxErrorsPercent")
+        settings = loadtest.LoadSettings(
+            service=service_id, users=users, ramp=ramp, duration=duration,
+            max_p99=require_int(max_p99, "maxP99Ms", 1, 3_600_000) / 1000 if max_p99 is not None else None,
+            max_errors=require_int(max_errors, "maxErrorsPercent", 0, 100) / 100 if max_errors is not None else None)
+        if service_id not in {s["serviceId"] for s in await self.registry.list_services()}:
+            raise InvalidInput("serviceId", f"no such service: {service_id}")
+        saved = await self.cases.get(case_id, session.username, session.is_admin)
+        try:
+            case = check_case_text(saved["yaml"])
+        except CaseError as e:
+            raise InvalidInput(f"caseId: case {case_id}", str(e)) from None
+        token = cookie_value(request.getHeader(b"cookie")) or ""
+        try:
+            entry = self.runs.start_load(session.username, token, case_id, case, settings)
+        except loadtest.LoadError as e:
+            raise HTTPError(Result.BAD_REQUEST, str(e)) from None
+        except TooManyRuns as e:
+            raise HTTPError(Result.TOO_MANY_REQUESTS, str(e)) from None
+        self._log.info("{account} loads service {service_id} with case {case_id}: {users} users, {duration} s",
+                       account=session.username, service_id=service_id, case_id=case_id, users=users,
+                       duration=duration)
+        return ok(request, loadId=entry.id)
+
+    def _load_entry(self, session: Any, load_id: str) -> Any:
+        entry = self.runs.loads.get(load_id) if self.runs is not None else None
+        if entry is None or not (entry.account == session.username or session.is_admin):
+            raise HTTPError(Result.NOT_FOUND, f"no such load run: {load_id[:40]}")
+        return entry
+
+    @app.route(f"{CASES}/load/<load_id>", methods=["GET"])
+    async def load_status(self, request: Any, load_id: str) -> bytes:
+        session = await self._session(request)
+        return ok(request, load=describe_load(self._load_entry(session, load_id)))
+
+    @app.route(f"{CASES}/loadStop", methods=["POST"])
+    async def stop_load(self, request: Any) -> bytes:
+        session = await self._session(request)
+        body = require_object(self._json_body(request), "")
+        load_id = require_str(body.get("loadId"), "loadId", 64)
+        self._load_entry(session, load_id).run.stop()
+        return ok(request)
+
+    @app.route(f"{CASES}/load/<load_id>/report.html", methods=["GET"])
+    async def load_report(self, request: Any, load_id: str) -> bytes:
+        """The load's report as webtesting-test load writes it (a summary and a latency-over-time plot)."""
+        session = await self._session(request)
+        entry = self._load_entry(session, load_id)
+        summary = describe_load(entry)["summary"]
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        # A report runs nothing: its own style only.
+        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        return loadtest.report_html(summary, f"Load: {entry.case_name} on service {entry.run.settings.service}"
+                                    ).encode("utf-8")
+
     @app.route(f"{CASES}/<path:rest>")
     def cases_fallback(self, request: Any, rest: str) -> bytes:
-        allowed = {"list": "GET", "get": "POST", "save": "POST", "delete": "POST", "run": "POST"}.get(rest)
+        allowed = {"list": "GET", "get": "POST", "save": "POST", "delete": "POST", "run": "POST",
+                   "load": "POST", "loadStop": "POST"}.get(rest)
         if allowed is None:
             raise NotFound()
         raise MethodNotAllowed(valid_methods=[allowed])

@@ -12,6 +12,12 @@ the tester's session cookie, exactly as ``webtesting-test`` would; the page
 reads the run's progress (each step green or red as it ends) by polling.
 Runs live in memory: a bounded number per account, forgotten an hour after
 they end.
+
+L{TestRuns} also runs the load mode (L{webtesting.loadtest}) for the Tests
+page's Load tab: one saved case, simulated testers through this server's
+relay, its figures read by polling while it goes. Smaller bounds than the
+command line's (L{TestRuns.MAX_LOAD_USERS}, L{TestRuns.MAX_LOAD_SECONDS}),
+one load per account at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from twisted.logger import Logger
 
 from webtesting.cases import Case, CaseError, CaseResult, StepResult, load, run_case, state_summary
 from webtesting.client import Client, ClientError
+from webtesting.loadtest import LoadError, LoadRun, LoadSettings
 
 CASE_SCHEMA_MYSQL = """\
 CREATE TABLE IF NOT EXISTS `tb_case` (
@@ -235,6 +242,31 @@ class TooManyRuns(Exception):
     """The account has the most runs going that it may have."""
 
 
+@dataclass
+class LoadEntry:
+    """A load run started from the Tests page."""
+
+    id: str
+    account: str
+    case_id: int
+    case_name: str
+    run: LoadRun
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    error: str = ""
+    summary: dict[str, Any] | None = None
+
+
+def describe_load(entry: LoadEntry) -> dict[str, Any]:
+    """A load run as the page reads it: the last second's figures, and the run's so far (or its summary)."""
+    settings = entry.run.settings
+    summary = entry.summary if entry.summary is not None else entry.run.stats.summary(settings)
+    return {"loadId": entry.id, "caseId": entry.case_id, "caseName": entry.case_name,
+            "serviceId": settings.service, "account": entry.account, "done": entry.ended is not None,
+            "error": entry.error, "elapsed": round((entry.ended or time.time()) - entry.started, 1),
+            "now": entry.run.stats.window(), "summary": summary}
+
+
 class TestRuns:
     """Runs of saved cases, started from the Tests page (see the module's docstring)."""
 
@@ -244,11 +276,15 @@ class TestRuns:
     KEEP_PER_ACCOUNT = 20
     KEEP_SECONDS = 3600.0
 
+    MAX_LOAD_USERS = 200
+    MAX_LOAD_SECONDS = 600.0
+
     def __init__(self, url: str, reactor: Any, timeout: float = 15.0) -> None:
         self.url = url  # this web server's own address, as pages open it
         self._reactor = reactor
         self._timeout = timeout
         self.runs: dict[str, Run] = {}
+        self.loads: dict[str, LoadEntry] = {}
         self._counter = itertools.count(1)
 
     def _prune(self) -> None:
@@ -256,6 +292,36 @@ class TestRuns:
         for run_id, run in list(self.runs.items()):
             if run.ended is not None and now - run.ended > self.KEEP_SECONDS:
                 del self.runs[run_id]
+        for load_id, entry in list(self.loads.items()):
+            if entry.ended is not None and now - entry.ended > self.KEEP_SECONDS:
+                del self.loads[load_id]
+
+    def start_load(self, account: str, token: str, case_id: int, case: Case, settings: LoadSettings) -> LoadEntry:
+        """Start simulated testers on a registered service (checked by the run itself); L{LoadError} if refused."""
+        self._prune()
+        settings.check()
+        if settings.users > self.MAX_LOAD_USERS:
+            raise LoadError(f"users: at most {self.MAX_LOAD_USERS} from a page (webtesting-test load goes further)")
+        if settings.duration > self.MAX_LOAD_SECONDS:
+            raise LoadError(f"duration: at most {self.MAX_LOAD_SECONDS:g} s from a page")
+        if any(e.account == account and e.ended is None for e in self.loads.values()):
+            raise TooManyRuns("a load of this account is still going; stop it or wait for it")
+        client = Client(self.url, reactor=self._reactor, timeout=self._timeout)
+        client.use_token(token)
+        entry = LoadEntry(f"l{next(self._counter)}-{os.urandom(6).hex()}", account, case_id, case.name,
+                          LoadRun(client, case, settings))
+        self.loads[entry.id] = entry
+        ensureDeferred(self._load(entry)).addErrback(
+            lambda f: self._log.failure("load run {load_id}", f, load_id=entry.id))
+        return entry
+
+    async def _load(self, entry: LoadEntry) -> None:
+        try:
+            entry.summary = await entry.run.run()
+        except (LoadError, ClientError) as e:
+            entry.error = str(e)
+        finally:
+            entry.ended = time.time()
 
     def start(self, account: str, token: str, cases: list[tuple[int, Case]], service: int,
               against: int | None) -> Run:
