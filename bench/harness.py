@@ -148,12 +148,12 @@ def merge(into: dict[str, Any], what: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def write_config(bench: Bench, name: str, changes: dict[str, Any]) -> str:
+def write_config(bench: Bench, name: str, changes: dict[str, Any], suffix: str = "") -> str:
     """The shipped etc/<name>.yaml with C{changes} merged in, written to the bench's folder."""
     with open(os.path.join(ROOT, "etc", f"{name}.yaml"), encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     merge(data, changes)
-    path = os.path.join(bench.folder, f"{name}.yaml")
+    path = os.path.join(bench.folder, f"{name}{suffix}.yaml")
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(data, f, allow_unicode=True)
     return path
@@ -179,7 +179,7 @@ class WebTesting:
 
 
 def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
-                     agent_changes: dict[str, Any] | None = None) -> WebTesting:
+                     agent_changes: dict[str, Any] | None = None, name: str = "") -> WebTesting:
     """twistd webtesting-web (registry on SQLite) and webtesting-agent, with an admin and a tester."""
     http_port, ws_port, agent_port = free_ports(3)
     secret = "bench-agent-secret-" + os.urandom(8).hex()
@@ -188,14 +188,14 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
                  "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""}},
         "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1"},
         "agents": {"auth": {"secret": secret, "secret_file": ""}},
-        "registry": {"sqlite_path": os.path.join(bench.folder, "registry.sqlite3")},
+        "registry": {"sqlite_path": os.path.join(bench.folder, f"registry{name}.sqlite3")},
     }
     merge(changes, web_changes or {})
-    web_config = write_config(bench, "web", changes)
+    web_config = write_config(bench, "web", changes, name)
     agent_config = write_config(bench, "agent", merge({
         "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
         "auth": {"secret": secret, "secret_file": ""},
-    }, agent_changes or {}))
+    }, agent_changes or {}), name)
     bindir = os.path.dirname(sys.executable)
     tokens = {}
     for user, role in (("bench-admin", "admin"), ("bench-tester", "tester")):
@@ -207,12 +207,12 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
                               capture_output=True)
         tokens[role] = made.stdout.decode().strip().splitlines()[-1]
     twistd = os.path.join(bindir, "twistd")
-    agent = bench.start("webtesting-agent", [twistd, "-n", "--pidfile=", "--logfile",
-                                             os.path.join(bench.folder, "agent.twistd.log"),
-                                             "webtesting-agent", "--config", agent_config], agent_port)
-    web = bench.start("webtesting-web", [twistd, "-n", "--pidfile=", "--logfile",
-                                         os.path.join(bench.folder, "web.twistd.log"),
-                                         "webtesting-web", "--config", web_config], http_port)
+    agent = bench.start(f"webtesting{name}-agent", [twistd, "-n", "--pidfile=", "--logfile",
+                                                    os.path.join(bench.folder, f"agent{name}.twistd.log"),
+                                                    "webtesting-agent", "--config", agent_config], agent_port)
+    web = bench.start(f"webtesting{name}-web", [twistd, "-n", "--pidfile=", "--logfile",
+                                                os.path.join(bench.folder, f"web{name}.twistd.log"),
+                                                "webtesting-web", "--config", web_config], http_port)
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 30
     while True:  # 503 while the registry database opens

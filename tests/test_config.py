@@ -172,3 +172,21 @@ class PluginOptionsTests(unittest.TestCase):
         options.parseOptions(["--config", path])
         self.assertEqual(options.secret, "a-long-enough-secret")
         self.assertNotIn("a-long-enough-secret", repr(options.config))
+
+
+class HistoryRecordTests(unittest.TestCase):
+    def test_record_off_records_nothing(self) -> None:
+        """history.record false: the relay records nothing, and what was kept stays readable."""
+        for record in (True, False):
+            path = self.mktemp() + ".yaml"
+            with open(path, "w") as f:
+                f.write("agents:\n  auth:\n    secret: 0123456789abcdef0123\n"
+                        "http:\n  sessions:\n    secret: session-secret-0123456\n"
+                        f"registry:\n  sqlite_path: {self.mktemp()}.sqlite3\n"
+                        f"history:\n  record: {'true' if record else 'false'}\n")
+            options = web_tap.Options()
+            options.parseOptions(["--config", path])
+            top = web_tap.makeService(options)
+            history = top.getServiceNamed("store").getServiceNamed("history")
+            relay = top.getServiceNamed("websocket").factory.relay
+            self.assertIs(relay.history, history if record else None)

@@ -356,6 +356,8 @@ class RegistryConfig:
 class HistoryConfig:
     """The conversation history (webtesting/web/history.py)."""
 
+    # Record new turns (false: nothing is recorded; what was kept stays readable).
+    record: bool = True
     # Turns kept per bot user (service, appid, uname); a turn starts with a chat.
     turns: int = number_field(200, 1, 100_000)
     # Recorded events are written this often (seconds), or as soon as `batch` wait.

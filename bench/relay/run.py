@@ -50,6 +50,8 @@ from harness import Bench, Proc, api, child_setup, say, start_webtesting  # noqa
 
 APPID = "1.00002"
 TARGETS = ("bot", "bare", "webtesting", "node")
+# Not in the default run: WebTesting with history.record off, to measure what history costs.
+EXTRA_TARGETS = ("webtesting-nohistory",)
 
 
 @dataclass
@@ -85,10 +87,10 @@ def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: in
     return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot])
 
 
-def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) -> Target:
+def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, history: bool = True) -> Target:
     cluster = start_cluster()
     bench.cleanups.append(cluster.stop)
-    database = f"wt_bench_relay_{os.getpid()}"
+    database = f"wt_bench_relay_{os.getpid()}_{os.urandom(3).hex()}"
     with mariadb.connect() as conn, conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{database}`")
 
@@ -103,7 +105,9 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) ->
 
     limits = max(100, max_users * 2)
     wt = start_webtesting(bench, web_changes={"websocket": {"max_per_account": limits,
-                                                            "max_logins_per_account": limits}})
+                                                            "max_logins_per_account": limits},
+                                              "history": {"record": history}},
+                          name="" if history else "-nohistory")
     web, agent, tokens, base, agent_port = wt.web, wt.agent, wt.tokens, wt.base, wt.agent_port
     answer = api(base, tokens["admin"], "PUT", "Service/addServices", [{
         "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes],
@@ -122,7 +126,8 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int) ->
         if time.monotonic() > deadline:
             raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
         time.sleep(0.2)
-    return Target("webtesting", f"ws://127.0.0.1:{wt.ws_port}/WebTesting", "browser", [web, agent, bot],
+    return Target("webtesting" if history else "webtesting-nohistory", f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
+                  "browser", [web, agent, bot],
                   cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id)
 
 
@@ -233,7 +238,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", default="1,100,1000", help="comma-separated N (default 1,100,1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per N (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"default {','.join(TARGETS)}")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"default {','.join(TARGETS)}; also {','.join(EXTRA_TARGETS)}")
     parser.add_argument("--rounds", type=int, default=1, help="measure each target and N this many times, "
                         "in turn; medians are reported (default 1)")
     parser.add_argument("--json", default="", help="also write the results here")
@@ -245,7 +251,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     users = [int(n) for n in args.users.split(",")]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(targets) - set(TARGETS)
+    unknown = set(targets) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if not shutil.which("node"):
@@ -269,6 +275,8 @@ def main(argv: list[str]) -> int:
             elif name == "node":
                 started.append(hop_target(bench, "node", ["node", os.path.join(HERE, "node", "relay.js")], bot,
                                           bot_port))
+            elif name == "webtesting-nohistory":
+                started.append(webtesting_target(bench, bot, bot_port, max(users), history=False))
             elif args.url:
                 started.append(running_target(args.url, args.service))
             else:

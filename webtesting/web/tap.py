@@ -113,7 +113,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                       batch=h.batch, max_buffer=h.max_buffer)
     history.setName("history")
     history.setServiceParent(store)
-    relay.history = history
+    if h.record:
+        relay.history = history
     agents = config.agents
     links = AgentLinks(
         registry, relay, reactor,
