@@ -45,11 +45,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/bench_services.py", description=__doc__.split("\n\n")[1])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state measured (default 60)")
-    parser.add_argument("--settle", type=float, default=70.0,
+    parser.add_argument("--settle", type=float, default=75.0,
                         help="seconds after addServices before the steady state is measured: links failing "
-                             "for about a minute retry at agents.retry_slow_max (default 70)")
+                             "for agents.retry_slow_after (60 s) retry at agents.retry_slow_max (default 75)")
     parser.add_argument("--sync-interval", type=float, default=30.0, help="agents.sync_interval (default 30)")
-    parser.add_argument("--retry-slow-after", type=int, default=None,
+    parser.add_argument("--retry-slow-after", type=float, default=None,
                         help="agents.retry_slow_after for this run (0: off, to compare; default: etc/web.yaml's)")
     parser.add_argument("--profile", default="", help="py-spy the web server while steady; a flame graph here")
     args = parser.parse_args(argv)

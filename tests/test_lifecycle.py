@@ -210,13 +210,32 @@ class BackoffTests(unittest.TestCase):
         self.assertAlmostEqual(b.delay(10, lambda: 0.5), 4.0)
         self.assertAlmostEqual(b.longest(lambda: 0.5), 4.0)
 
-    def test_slow_after_many_failures(self) -> None:
-        """After slow_after failures in a row the longest delay is slow_maximum; 0 never slows."""
-        b = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.0, slow_after=5, slow_maximum=15.0)
-        self.assertEqual([b.delay(n) for n in range(7)], [1.0, 2.0, 4.0, 4.0, 4.0, 15.0, 15.0])
-        self.assertEqual((b.longest(failures=4), b.longest(failures=5)), (4.0, 15.0))
+    def test_slow_after_a_long_outage(self) -> None:
+        """Away slow_after seconds or more, the delay is slow_maximum at once; 0 never slows."""
+        b = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.0, slow_after=60.0, slow_maximum=15.0)
+        self.assertEqual([b.delay(n) for n in range(4)], [1.0, 2.0, 4.0, 4.0])
+        self.assertEqual((b.delay(20, down_for=59.9), b.delay(20, down_for=60.0), b.delay(0, down_for=61)),
+                         (4.0, 15.0, 15.0))
+        self.assertEqual((b.longest(down_for=10), b.longest(down_for=60)), (4.0, 15.0))
         never = Backoff(initial=1.0, maximum=4.0, factor=2.0, jitter=0.0)
-        self.assertEqual(never.delay(1000), 4.0)
+        self.assertEqual(never.delay(1000, down_for=1e6), 4.0)
+
+    def test_dialer_slows_down_after_a_long_outage(self) -> None:
+        """A DeferredDialer counts the outage from its first failure; success starts the count over."""
+        clock = Clock()
+        life = Lifecycle("slow", lambda health: None)
+        attempts = Attempts()
+        DeferredDialer(life, attempts.open, classify, clock=clock,
+                       backoff=Backoff(initial=1.0, maximum=8.0, jitter=0.0, slow_after=30.0, slow_maximum=20.0))
+        life.start()
+        waits = []
+        for _ in range(8):
+            attempts.fail()
+            (call,) = clock.getDelayedCalls()
+            waits.append(call.getTime() - clock.seconds())
+            clock.advance(waits[-1])
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 20.0, 20.0])
+        life.stop()
 
 
 class ReentrancyTests(unittest.TestCase):

@@ -329,11 +329,11 @@ class AgentLinksConfig:
     sync_interval: float = number_field(30.0, 0.05, 3600)
     retry_initial: float = number_field(0.5, 0.01, 600)
     retry_max: float = number_field(4.0, 0.01, 3600)
-    # After this many failed attempts in a row (0: never) an agent is retried
-    # every retry_slow_max s (±10 %) instead: still noticed when it comes
-    # back, while many dead agents cost little.
-    retry_slow_after: int = number_field(15, 0, 1_000_000)
-    retry_slow_max: float = number_field(15.0, 0.01, 3600)
+    # Once an agent has been unreachable this many seconds (0: never) it is
+    # retried every retry_slow_max s (±10 %) instead: still noticed when it
+    # comes back, while many dead agents cost little.
+    retry_slow_after: float = number_field(60.0, 0, 1_000_000)
+    retry_slow_max: float = number_field(30.0, 0.01, 3600)
     connect_timeout: float = number_field(5.0, 0.1, 120)
     ping_interval: float = number_field(2.0, 0.1, 600)
     ping_timeout: float = number_field(2.0, 0.1, 600)

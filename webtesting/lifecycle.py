@@ -89,25 +89,26 @@ class Backoff:
     maximum: float = 60.0
     factor: float = 2.0
     jitter: float = 0.1
-    # After this many failed attempts in a row (0: never), the longest delay
-    # becomes C{slow_maximum}: a peer that has been away for a while is
-    # still noticed when it comes back, but a thousand such peers do not keep
-    # a core busy with attempts (issue 11).
-    slow_after: int = 0
+    # Once a peer has been away this many seconds (0: never), the longest
+    # delay becomes C{slow_maximum}: it is still noticed when it comes back,
+    # but a thousand such peers do not keep a core busy with attempts.
+    slow_after: float = 0.0
     slow_maximum: float = 0.0
 
-    def ceiling(self, failures: int) -> float:
-        """The longest delay after C{failures} failed attempts in a row."""
-        if self.slow_after and failures >= self.slow_after:
+    def ceiling(self, down_for: float = 0.0) -> float:
+        """The longest delay for a peer away for C{down_for} seconds."""
+        if self.slow_after and down_for >= self.slow_after:
             return max(self.maximum, self.slow_maximum)
         return self.maximum
 
-    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.initial * self.factor ** min(attempt, 64), self.ceiling(attempt))
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random, down_for: float = 0.0) -> float:
+        ceiling = self.ceiling(down_for)
+        # Slow: straight to the slow delay; else doubling up to the maximum.
+        base = ceiling if ceiling > self.maximum else min(self.initial * self.factor ** min(attempt, 64), ceiling)
         return self._spread(base, rand)
 
-    def longest(self, rand: Callable[[], float] = random.random, failures: int = 0) -> float:
-        return self._spread(self.ceiling(failures), rand)
+    def longest(self, rand: Callable[[], float] = random.random, down_for: float = 0.0) -> float:
+        return self._spread(self.ceiling(down_for), rand)
 
     def around(self, base: float, rand: Callable[[], float] = random.random) -> float:
         """C{base} spread by ±C{jitter}."""
@@ -423,6 +424,7 @@ class DeferredDialer(Generic[T]):
         self._rand = rand
         self._timer: Any = None
         self._attempt: Deferred[T] | None = None
+        self._down_since = 0.0  # when the first of the failures in a row came
         self.connection: T | None = None
         lifecycle.dialer = self
 
@@ -455,8 +457,12 @@ class DeferredDialer(Generic[T]):
     def redial(self, longest: bool) -> float:
         # The lifecycle counts the failures since it was last up.
         failures = self._lifecycle.failures
-        delay = (self._backoff.longest(self._rand, failures) if longest
-                 else self._backoff.delay(failures, self._rand))
+        now = self._clock.seconds()
+        if failures == 0:
+            self._down_since = now
+        down_for = now - self._down_since
+        delay = (self._backoff.longest(self._rand, down_for) if longest
+                 else self._backoff.delay(failures, self._rand, down_for))
         self._timer = self._clock.callLater(delay, self._fire)
         return delay
 

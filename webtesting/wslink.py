@@ -128,8 +128,8 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     # -- the dialer's hooks --------------------------------------------------
 
-    def retry_after_backoff(self, longest: bool, failures: int = 0) -> float:
-        ceiling = self._backoff.ceiling(failures)
+    def retry_after_backoff(self, longest: bool, down_for: float = 0.0) -> float:
+        ceiling = self._backoff.ceiling(down_for)
         # The longest delay for a peer that is surely away, and the slow one
         # once it has been away long (Backoff.slow_after).
         base = ceiling if longest or ceiling > self.maxDelay else self._base
@@ -308,6 +308,7 @@ class WebSocketDialer:
         self._options.setdefault("openHandshakeTimeout", connect_timeout)
         self._tls = tls
         self._protocols = protocols  # WebSocket subprotocols offered, best first
+        self._down_since = 0.0  # when the first of the failures in a row came
         self.factory: LinkFactory | None = None
         self._timer: Any = None
         lifecycle.dialer = self
@@ -331,12 +332,16 @@ class WebSocketDialer:
         factory.connector = connectWS(factory, context, timeout=self._connect_timeout)
 
     def redial(self, longest: bool) -> float:
+        now = self._reactor.seconds()
+        if self.lifecycle.failures == 0:
+            self._down_since = now  # the first of the failures in a row
+        down_for = now - self._down_since
         if self.factory is None or self.factory.connector is None:
             # Nothing to redial (the address never parsed): dial afresh later.
-            delay = self._backoff.longest(failures=self.lifecycle.failures) if longest else self._backoff.initial
+            delay = self._backoff.longest(down_for=down_for) if longest else self._backoff.initial
             self._timer = self._reactor.callLater(delay, self._fresh)
             return delay
-        return self.factory.retry_after_backoff(longest, self.lifecycle.failures)
+        return self.factory.retry_after_backoff(longest, down_for)
 
     def _fresh(self) -> None:
         self._timer = None
