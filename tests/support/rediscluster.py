@@ -63,9 +63,10 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-    # A cluster node also listens on port + 10000: make sure that one is free too.
+    # A cluster node also listens on port + 10000: make sure that one is free
+    # too, and is not another of the ports chosen (43437 and 53437 once were).
     for port in ports:
-        if port + 10000 > 65535 or not _port_free(host, port + 10000):
+        if port + 10000 > 65535 or port + 10000 in ports or not _port_free(host, port + 10000):
             return free_ports(count, host)
     return ports
 
