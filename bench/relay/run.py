@@ -202,6 +202,44 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
     return result
 
 
+def run_idle(bench: Bench, target: Target, users: int, seconds: float) -> dict[str, Any]:
+    """N users logged in and saying nothing: memory per session and CPU while idle, per process."""
+    options = {"url": target.url, "mode": target.mode, "users": users, "warmup": 3, "duration": seconds,
+               "cookie": target.cookie, "origin": target.origin, "serviceId": target.service_id,
+               "appid": APPID, "inFlight": 200, "idle": True}
+    rss_before = {p.name: p.rss_kib() for p in target.procs}
+    process = subprocess.Popen(["node", os.path.join(HERE, "node", "load.js"), json.dumps(options)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
+                               preexec_fn=child_setup(bench.load_cpu))
+    assert process.stdout is not None
+    result: dict[str, Any] = {"target": target.name, "users": users, "idle": True}
+    before: dict[str, float] = {}
+    started = 0.0
+    for line in iter(process.stdout.readline, b""):
+        event = json.loads(line)
+        if event["event"] == "ready":
+            result["loginSeconds"] = round(event["loginSeconds"], 2)
+            result["loginFailures"] = event["failed"]
+            if event["failed"]:
+                say(f"{target.name} N={users}: {event['failed']} logins failed, e.g. {event['errors']}")
+        elif event["event"] == "start":  # 3 s after the last login
+            before = {p.name: p.cpu_seconds() for p in target.procs}
+            started = time.monotonic()
+            rss = {p.name: p.rss_kib() for p in target.procs}
+            result["rssKiBPerSession"] = {name: round((rss[name] - rss_before[name]) / max(1, users), 1)
+                                          for name in rss}
+        elif event["event"] == "end":
+            after = {p.name: p.cpu_seconds() for p in target.procs}
+            elapsed = time.monotonic() - started
+            result["idleCpuShare"] = {name: round((after[name] - before[name]) / elapsed, 4) for name in before}
+            result["idleCpuMicrosPerUserSecond"] = {
+                name: round((after[name] - before[name]) / elapsed / max(1, users) * 1e6, 1) for name in before}
+    process.wait()
+    if "idleCpuShare" not in result:
+        raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+    return result
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One target's and N's runs: the run with the median RT/s, and the range over all runs."""
     ordered = sorted(runs, key=lambda r: r["rtPerSecond"])
@@ -242,6 +280,8 @@ def main(argv: list[str]) -> int:
                         help=f"default {','.join(TARGETS)}; also {','.join(EXTRA_TARGETS)}")
     parser.add_argument("--rounds", type=int, default=1, help="measure each target and N this many times, "
                         "in turn; medians are reported (default 1)")
+    parser.add_argument("--idle", action="store_true",
+                        help="log N users in and keep them silent: memory per session and idle CPU per process")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load to CPU 1")
     parser.add_argument("--profile", default="", help="py-spy the Python relays while measuring; "
@@ -287,11 +327,18 @@ def main(argv: list[str]) -> int:
             for target in started:
                 for n in users:
                     say(f"round {round_ + 1}/{args.rounds}: {target.name}, N={n}")
+                    if args.idle:
+                        runs.append(run_idle(bench, target, n, args.seconds))
+                        continue
                     runs.append(run_load(bench, target, n, args.warmup, args.seconds, args.profile))
                     time.sleep(1.0)  # let the relays forget the last round's users
     finally:
         bench.close()
         shutil.rmtree(folder, ignore_errors=True)
+    if args.idle:
+        for r in runs:
+            print(json.dumps(r))
+        return 0
     results = [median_of([r for r in runs if (r["target"], r["users"]) == key])
                for key in dict.fromkeys((r["target"], r["users"]) for r in runs)]
     report = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "results": results, "runs": runs}

@@ -7,7 +7,8 @@
 //
 //   node load.js '{"url":"ws://…","mode":"browser"|"bot","users":100,
 //                  "warmup":2,"duration":10,"cookie":"wt_session=…","origin":"http://…",
-//                  "serviceId":1,"appid":"1.00002","inFlight":200}'
+//                  "serviceId":1,"appid":"1.00002","inFlight":200,"idle":false}'
+// With "idle": true the users log in and then say nothing (for memory and idle costs).
 'use strict';
 const WebSocket = require('ws');
 
@@ -106,7 +107,7 @@ async function main() {
   say({ event: 'ready', logins: users.length - loginErrors.length, loginSeconds: (now() - t0) / 1000,
         errors: loginErrors.slice(0, 5), failed: loginErrors.length });
   const live = users.filter((u) => u.ws.readyState === WebSocket.OPEN);
-  for (const u of live) u.next();
+  if (!o.idle) for (const u of live) u.next(); // idle: logged in, saying nothing
   await new Promise((r) => setTimeout(r, o.warmup * 1000));
   measuring = true;
   const start = now();
