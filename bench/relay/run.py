@@ -155,19 +155,17 @@ def _profile(bench: Bench, proc: Proc, folder: str, label: str, seconds: float) 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_setup(bench.load_cpu))
 
 
-def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: float,
-             profile: str = "") -> dict[str, Any]:
-    options = {"url": target.url, "mode": target.mode, "users": users, "warmup": warmup, "duration": seconds,
-               "cookie": target.cookie, "origin": target.origin, "serviceId": target.service_id,
-               "appid": APPID, "inFlight": 200}
+def _load_events(bench: Bench, target: Target, users: int, result: dict[str, Any],
+                 **options: Any) -> Iterator[dict[str, Any]]:
+    """Run node/load.js on C{target} with N users; its events after "ready" (logins noted in C{result})."""
+    options = {"url": target.url, "mode": target.mode, "users": users, "cookie": target.cookie,
+               "origin": target.origin, "serviceId": target.service_id, "appid": APPID, "inFlight": 200,
+               **options}
     process = subprocess.Popen(["node", os.path.join(HERE, "node", "load.js"), json.dumps(options)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
                                preexec_fn=child_setup(bench.load_cpu))
-    assert process.stdout is not None
-    result: dict[str, Any] = {"target": target.name, "users": users}
-    before: dict[str, float] = {}
-    before_system: dict[str, float] = {}
-    profilers: list[subprocess.Popen[bytes]] = []
+    assert process.stdout is not None and process.stderr is not None
+    ended = False
     for line in iter(process.stdout.readline, b""):
         event = json.loads(line)
         if event["event"] == "ready":
@@ -175,54 +173,58 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
             result["loginFailures"] = event["failed"]
             if event["failed"]:
                 say(f"{target.name} N={users}: {event['failed']} logins failed, e.g. {event['errors']}")
-        elif event["event"] == "start":
-            before = {p.name: p.cpu_seconds() for p in target.procs}
-            before_system = {p.name: p.cpu_split()[1] for p in target.procs}
+            continue
+        ended = ended or event["event"] == "end"
+        yield event
+    process.wait()
+    if not ended:
+        raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")
+
+
+def _cpu(target: Target) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of each of the target's processes."""
+    return {p.name: p.cpu_split() for p in target.procs}
+
+
+def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: float,
+             profile: str = "") -> dict[str, Any]:
+    result: dict[str, Any] = {"target": target.name, "users": users}
+    before: dict[str, tuple[float, float]] = {}
+    profilers: list[subprocess.Popen[bytes]] = []
+    for event in _load_events(bench, target, users, result, warmup=warmup, duration=seconds):
+        if event["event"] == "start":
+            before = _cpu(target)
             if profile:
                 profilers = [_profile(bench, p, profile, f"{target.name}-N{users}", seconds)
                              for p in target.procs if p.name != "echobot" and not p.name.startswith("node")]
         elif event["event"] == "end":
-            after = {p.name: p.cpu_seconds() for p in target.procs}
-            after_system = {p.name: p.cpu_split()[1] for p in target.procs}
+            after = _cpu(target)
             count = event["roundTrips"]
+
+            def per_rt(seconds_of: Any) -> dict[str, int | None]:
+                return {name: round(seconds_of(after[name], before[name]) * 1e6 / count) if count else None
+                        for name in before}
+
             result.update({
                 "rtPerSecond": round(event["rtPerSecond"]),
                 "p50": event["p50"], "p99": event["p99"], "p999": event["p999"], "errors": event["errors"],
-                "cpuMicrosPerRT": {name: round((after[name] - before[name]) * 1e6 / count) if count else None
-                                   for name in before},
-                "systemMicrosPerRT": {name: round((after_system[name] - before_system[name]) * 1e6 / count)
-                                      if count else None for name in before},
+                "cpuMicrosPerRT": per_rt(lambda a, b: sum(a) - sum(b)),
+                "systemMicrosPerRT": per_rt(lambda a, b: a[1] - b[1]),
                 "rssKiB": {p.name: p.rss_kib() for p in target.procs},
             })
-    process.wait()
     for profiler in profilers:
         profiler.wait()
-    if "rtPerSecond" not in result:
-        raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
     return result
 
 
 def run_idle(bench: Bench, target: Target, users: int, seconds: float) -> dict[str, Any]:
     """N users logged in and saying nothing: memory per session and CPU while idle, per process."""
-    options = {"url": target.url, "mode": target.mode, "users": users, "warmup": 3, "duration": seconds,
-               "cookie": target.cookie, "origin": target.origin, "serviceId": target.service_id,
-               "appid": APPID, "inFlight": 200, "idle": True}
     rss_before = {p.name: p.rss_kib() for p in target.procs}
-    process = subprocess.Popen(["node", os.path.join(HERE, "node", "load.js"), json.dumps(options)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
-                               preexec_fn=child_setup(bench.load_cpu))
-    assert process.stdout is not None
     result: dict[str, Any] = {"target": target.name, "users": users, "idle": True}
     before: dict[str, float] = {}
     started = 0.0
-    for line in iter(process.stdout.readline, b""):
-        event = json.loads(line)
-        if event["event"] == "ready":
-            result["loginSeconds"] = round(event["loginSeconds"], 2)
-            result["loginFailures"] = event["failed"]
-            if event["failed"]:
-                say(f"{target.name} N={users}: {event['failed']} logins failed, e.g. {event['errors']}")
-        elif event["event"] == "start":  # 3 s after the last login
+    for event in _load_events(bench, target, users, result, warmup=3, duration=seconds, idle=True):
+        if event["event"] == "start":  # 3 s after the last login
             before = {p.name: p.cpu_seconds() for p in target.procs}
             started = time.monotonic()
             rss = {p.name: p.rss_kib() for p in target.procs}
@@ -234,9 +236,6 @@ def run_idle(bench: Bench, target: Target, users: int, seconds: float) -> dict[s
             result["idleCpuShare"] = {name: round((after[name] - before[name]) / elapsed, 4) for name in before}
             result["idleCpuMicrosPerUserSecond"] = {
                 name: round((after[name] - before[name]) / elapsed / max(1, users) * 1e6, 1) for name in before}
-    process.wait()
-    if "idleCpuShare" not in result:
-        raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
     return result
 
 

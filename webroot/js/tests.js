@@ -74,7 +74,7 @@ async function main() {
       ({ loadId: loading } = await request("POST", "Cases/load", { body }));
       byId("load-stop").disabled = false;
       byId("load-result").replaceChildren();
-      await followLoad(loading);
+      await follow(`Cases/load/${encodeURIComponent(loading)}`, "load", paintLoad, LOAD_POLL_MS);
     } catch (e) {
       error.textContent = e.message;
     } finally {
@@ -87,15 +87,6 @@ async function main() {
   byId("load-stop").addEventListener("click", async () => {
     if (loading) await request("POST", "Cases/loadStop", { body: { loadId: loading } });
   });
-
-  async function followLoad(loadId) {
-    for (;;) {
-      const { load } = await request("GET", `Cases/load/${encodeURIComponent(loadId)}`);
-      paintLoad(load);
-      if (load.done) return;
-      await new Promise((resolve) => setTimeout(resolve, LOAD_POLL_MS));
-    }
-  }
 
   byId("case-add").addEventListener("click", async () => {
     const status = byId("case-add-status");
@@ -124,7 +115,7 @@ async function main() {
     byId("run").disabled = true;
     try {
       const { runId } = await request("POST", "Cases/run", { body: { caseIds, serviceId, against } });
-      await follow(runId);
+      await follow(`Cases/run/${encodeURIComponent(runId)}`, "run", paint, POLL_MS);
     } catch (e) {
       error.textContent = e.message;
     } finally {
@@ -132,15 +123,6 @@ async function main() {
     }
     return undefined;
   });
-
-  async function follow(runId) {
-    for (;;) {
-      const { run } = await request("GET", `Cases/run/${encodeURIComponent(runId)}`);
-      paint(run);
-      if (run.done) return;
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    }
-  }
 
   await Promise.all([loadCases(), loadServices()]);
 }
@@ -190,6 +172,16 @@ function compared(c, run) {
       ...[[c.a.serviceId, sa], [c.b.serviceId, sb]].flatMap(([sid, s]) => (s ? s.problems : []).map((p) =>
         h("p", { className: "problem error" }, `#${sid}: ${p}`))));
   }));
+}
+
+// Read a run (or a load) every few ms and paint it, until the server says it is done.
+async function follow(path, key, paintIt, every) {
+  for (;;) {
+    const { [key]: state } = await request("GET", path);
+    paintIt(state);
+    if (state.done) return;
+    await new Promise((resolve) => setTimeout(resolve, every));
+  }
 }
 
 const ms = (v) => (v === null || v === undefined ? "—" : `${Math.round(v)} ms`);

@@ -54,7 +54,7 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
-from webtesting.cases import CaseError
+from webtesting.cases import Case, CaseError
 from webtesting.web.history import History
 from webtesting.web.testruns import (
     MAX_YAML, CaseStore, NoSuchCase, TestRuns, TooManyRuns, check_case_text, describe_load, describe_run,
@@ -604,6 +604,21 @@ class RegistryAPI:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return str(case["yaml"]).encode("utf-8")
 
+    async def _require_services(self, *named: tuple[str, int | None]) -> None:
+        """400 naming the field whose service id (if given) is not registered."""
+        known = {s["serviceId"] for s in await self.registry.list_services()}
+        for name, sid in named:
+            if sid is not None and sid not in known:
+                raise InvalidInput(name, f"no such service: {sid}")
+
+    async def _saved_case(self, session: Any, case_id: int, field: str) -> Case:
+        """A saved case this session may see, checked (400 naming C{field} if it no longer loads)."""
+        saved = await self.cases.get(case_id, session.username, session.is_admin)
+        try:
+            return check_case_text(saved["yaml"])
+        except CaseError as e:
+            raise InvalidInput(f"{field}: case {case_id}", str(e)) from None
+
     @app.route(f"{CASES}/run", methods=["POST"])
     async def run_cases(self, request: Any) -> bytes:
         """Run saved cases on a service (and, with C{against}, on a second one at once, to compare)."""
@@ -617,17 +632,8 @@ class RegistryAPI:
         against = require_int(body["against"], "against", 1, 2**31 - 1) if body.get("against") is not None else None
         if against == service_id:
             raise InvalidInput("against", "must be another service than serviceId")
-        known = {s["serviceId"] for s in await self.registry.list_services()}
-        for name, sid in (("serviceId", service_id), ("against", against)):
-            if sid is not None and sid not in known:
-                raise InvalidInput(name, f"no such service: {sid}")
-        cases = []
-        for case_id in ids:
-            saved = await self.cases.get(case_id, session.username, session.is_admin)
-            try:
-                cases.append((case_id, check_case_text(saved["yaml"])))
-            except CaseError as e:
-                raise InvalidInput(f"caseIds: case {case_id}", str(e)) from None
+        await self._require_services(("serviceId", service_id), ("against", against))
+        cases = [(case_id, await self._saved_case(session, case_id, "caseIds")) for case_id in ids]
         token = cookie_value(request.getHeader(b"cookie")) or ""
         try:
             run = self.runs.start(session.username, token, cases, service_id, against)
@@ -663,13 +669,8 @@ class RegistryAPI:
             service=service_id, users=users, ramp=ramp, duration=duration,
             max_p99=require_int(max_p99, "maxP99Ms", 1, 3_600_000) / 1000 if max_p99 is not None else None,
             max_errors=require_int(max_errors, "maxErrorsPercent", 0, 100) / 100 if max_errors is not None else None)
-        if service_id not in {s["serviceId"] for s in await self.registry.list_services()}:
-            raise InvalidInput("serviceId", f"no such service: {service_id}")
-        saved = await self.cases.get(case_id, session.username, session.is_admin)
-        try:
-            case = check_case_text(saved["yaml"])
-        except CaseError as e:
-            raise InvalidInput(f"caseId: case {case_id}", str(e)) from None
+        await self._require_services(("serviceId", service_id))
+        case = await self._saved_case(session, case_id, "caseId")
         token = cookie_value(request.getHeader(b"cookie")) or ""
         try:
             entry = self.runs.start_load(session.username, token, case_id, case, settings)
