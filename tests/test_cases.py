@@ -281,16 +281,15 @@ class CompareTests(unittest.TestCase):
         side by side with the difference marked, exit 1; two services on the
         same bot are the same, exit 0.
         """
-        from tests.support.system import Bot
+        from tests.support.system import another_bot
 
         system = PagesSystem(self)
         await system.start()
         system.add_user("tess", "tester")
-        slow = Bot(self, list(system.cluster.nodes), system.database, bot={"followup_delay": 10})
-        await slow.start()
+        _, on_slow = await another_bot(self, system.database, followup_delay=10)
         first = await system.add_service(description="today's bot", allowStateWrites=True)
-        changed = await system.add_service(description="the bot with a slower follow-up", wxServiceAddr=slow.url,
-                                           allowStateWrites=True)
+        changed = await system.add_service(description="the bot with a slower follow-up", allowStateWrites=True,
+                                           **on_slow)
         same = await system.add_service(description="today's bot again", allowStateWrites=True)
         for sid in (first, changed, same):
             await system.wait_status(sid, 1)

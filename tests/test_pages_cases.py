@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import treq
 from twisted.internet import reactor
@@ -17,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from webtesting.client import Client, ServerError
 from tests.support.browser import PASSWORD
-from tests.support.system import Bot
+from tests.support.system import another_bot
 from tests.test_pages import ADMIN, TESTER, PageTestCase, bot_says, expect, log_in_panel, say, screenshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class TestCasePageTests(PageTestCase):
     async def test_save_run_and_compare(self) -> None:
         sid = await self.system.add_service(description="today's bot")
-        slow = Bot(self, list(self.system.cluster.nodes), self.system.database, bot={"followup_delay": 10})
-        await slow.start()
-        slower = await self.system.add_service(description="the bot with a slower follow-up", wxServiceAddr=slow.url)
+        _, on_slow = await another_bot(self, self.system.database, followup_delay=10)
+        slower = await self.system.add_service(description="the bot with a slower follow-up", **on_slow)
         await self.system.wait_status(slower, 1)
         page = await self.page_as(TESTER, "chat.html")
 

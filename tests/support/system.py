@@ -81,6 +81,19 @@ class Bot:
         await deferLater(reactor, 0.01, lambda: None)
 
 
+async def another_bot(testcase: Any, database: str, **settings: Any) -> tuple[Bot, dict[str, Any]]:
+    """
+    A second reference bot with C{settings} (e.g. another followup_delay) and a
+    Redis Cluster of its own, started; and the registry fields of a service
+    on it. Its own cluster matters: two bots on one cluster give the same
+    uname the same keys, and a compare runs one uname on both at once.
+    """
+    cluster = start_cluster(testcase)
+    bot = Bot(testcase, list(cluster.nodes), database, bot=settings)
+    await bot.start()
+    return bot, {"wxServiceAddr": bot.url, "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes]}
+
+
 class BotBackends:
     """What a service is made of: a Redis Cluster, a MariaDB database, the reference bot, an agent."""
 
