@@ -151,6 +151,20 @@ class ClusterClientTests(unittest.TestCase):
         results = await client.pipeline([("GET", key), ("SET", key, "there"), ("GET", key)])
         self.assertEqual(results, ["here", "OK", "there"])
 
+    async def test_prepared_and_scripts(self) -> None:
+        """A Prepared command and a script call are routed by their key, MOVED included."""
+        client = await self.client()
+        key = "{prep}k"
+        get = rediscluster.Prepared("GET", key)
+        script = ("EVAL", "return redis.call('GET', KEYS[1])", 1, key)
+        await client.execute("SET", key, "v")
+        self.assertEqual(await client.pipeline([get, script, ("GET", key)]), ["v", "v", "v"])
+        slot = key_slot(key)
+        self.cluster.move_slot(slot, self.cluster.other(self.cluster.owner(slot)))
+        self.assertEqual(await client.pipeline([get, script]), ["v", "v"])
+        # A script with no keys goes to any master.
+        self.assertEqual(await client.execute("EVAL", "return 7", 0), 7)
+
     async def test_ask_during_migration(self) -> None:
         """While a slot is migrating, moved keys are read from the new node via ASK, the rest from the old."""
         client = await self.client()

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.support import mariadb
@@ -314,6 +315,25 @@ class PollerTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.reader.reads), 1)  # nobody to poll
 
+    def test_chunks(self) -> None:
+        """Many users are read a chunk at a time, the next chunk once the last one answered."""
+        self.poller.chunk = 2
+        users = [("1.00002", str(i)) for i in range(1, 6)]
+        for user in users[2:]:
+            self.poller.watch(user[1], *user, lambda update: None)
+        self.clock.advance(1)
+        self.assertEqual([r[0] for r in self.reader.reads], [users[0:2]])
+        self.reader.answer({u: snap() for u in users})
+        self.assertEqual(len(self.pushed["a"]), 1)  # pushed before the rest is read
+        self.assertEqual([r[0] for r in self.reader.reads], [users[0:2], users[2:4]])
+        self.clock.advance(1)
+        self.assertEqual(self.poller.skipped, 1)  # still the same poll
+        self.reader.answer({u: snap() for u in users})
+        self.reader.answer({u: snap() for u in users})
+        self.assertEqual([r[0] for r in self.reader.reads], [users[0:2], users[2:4], users[4:]])
+        self.clock.advance(1)
+        self.assertEqual(len(self.reader.reads), 4)  # the next poll
+
     def test_current(self) -> None:
         """Asking for the state reads at once and the answer's diff is against the last one sent."""
         d = self.poller.current("a")
@@ -338,10 +358,16 @@ class CountingStore:
     def __init__(self, client: rediscluster.RedisCluster) -> None:
         self.client = client
         self.calls: list[int] = []
+        self.replies: list[list[Any]] = []
 
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
         self.calls.append(len(commands))
-        return self.client.pipeline(commands)
+
+        def seen(replies: list[Any]) -> list[Any]:
+            self.replies.append(replies)
+            return replies
+
+        return self.client.pipeline(commands).addCallback(seen)
 
 
 class RealServersTests(unittest.TestCase):
@@ -400,7 +426,9 @@ class RealServersTests(unittest.TestCase):
             await self.write(client, appid, uid, {1: tag(1, 2, True), 2: tag(3, 4, False)},
                              {"cur": "10", "prev": "11"}, {10: topic(5), 11: topic(6)}, {"uid": uid})
         results = await reader.read(users)
-        self.assertEqual(store.calls, [4 * len(users)])  # one pipeline call for everyone
+        # One pipeline call for everyone, and once more with the script's
+        # text, which this new cluster had not seen.
+        self.assertEqual(store.calls, [len(users), len(users)])
         self.assertEqual(dictionary.queries, 1)  # one query for every unknown id
         first = results[users[7]]
         assert isinstance(first, Snapshot)
@@ -432,7 +460,73 @@ class RealServersTests(unittest.TestCase):
         self.assertEqual(diff["memory"]["deleted"], [{"key": "uid", "value": "7"}])
         self.assertEqual(diff["textMissing"]["topicIds"], [12])
         self.assertEqual(diff["textMissing"]["reason"], "not in the dictionary")
-        self.assertEqual(len(store.calls), 2)
+        self.assertEqual(len(store.calls), 3)
+        # Idle users cost a nil reply each. The one that moved comes whole,
+        # and so does user 7 while a text of its state is missing.
+        await self.write(client, *users[3], {}, {}, {}, {"uid": "three"})
+        third = await reader.read(users)
+        self.assertEqual(store.calls[-1], len(users))
+        self.assertEqual([r is None for r in store.replies[-1]], [u not in (users[3], users[7]) for u in users])
+        self.assertIs(third[users[0]], results[users[0]])
+        self.assertEqual(third[users[7]], later)
+        moved = third[users[3]]
+        assert isinstance(moved, Snapshot)
+        self.assertEqual(moved.memory, {"uid": "three"})
+
+    async def test_whole_state_reader_agrees(self) -> None:
+        """The reader that reads whole states (no scripts) gives the same snapshots as the digest one."""
+        client = await self.client()
+        dictionary = Dictionary(await self.database(), LAYOUT, reactor)
+        digests = StateReader(client, dictionary, LAYOUT, reactor)
+        store = CountingStore(client)
+        whole = StateReader(store, dictionary, LAYOUT, reactor, digests=False)
+        users = [("1.00002", str(i)) for i in range(12)]
+        for appid, uid in users:
+            await self.write(client, appid, uid, {1: tag(1, 2, True)}, {"cur": "10"}, {10: topic(5)}, {"uid": uid})
+        for round in range(2):
+            await self.write(client, *users[round], {2: tag(3, 4, False)}, {"cur": "11", "prev": "10"},
+                             {11: topic(6)}, {"uid": "moved"})
+            a, b = await digests.read(users), await whole.read(users)
+            for user in users:
+                self.assertEqual(status_fields(None, a[user]), status_fields(None, b[user]))  # type: ignore[arg-type]
+        self.assertEqual(store.calls, [4 * len(users)] * 2)  # four HGETALL per user
+
+    async def test_scripts_flushed(self) -> None:
+        """After SCRIPT FLUSH (or a node restart) the script is sent again and nothing is lost."""
+        client = await self.client()
+        store = CountingStore(client)
+        reader = StateReader(store, Dictionary(None, LAYOUT, reactor), LAYOUT, reactor)
+        users = [("1.00002", str(i)) for i in range(20)]
+        for user in users:
+            await self.write(client, *user, {}, {}, {}, {"id": user[1]})
+        await reader.read(users)
+        for node in self.cluster.nodes:
+            self.cluster.command(node, "SCRIPT", "FLUSH")
+        await self.write(client, *users[5], {}, {}, {}, {"id": "five"})
+        results = await reader.read(users)
+        self.assertEqual(store.calls[-2:], [len(users), len(users)])
+        for user in users:
+            result = results[user]
+            assert isinstance(result, Snapshot)
+            self.assertEqual(result.memory, {"id": "five" if user == users[5] else user[1]})
+
+    async def test_scripts_refused(self) -> None:
+        """A Redis that refuses scripts (an ACL here) is read whole from then on, and it is logged."""
+        client = await self.client()
+        for node in self.cluster.nodes:
+            self.cluster.command(node, "ACL", "SETUSER", "default", "-@scripting")
+        reader = StateReader(client, Dictionary(None, LAYOUT, reactor), LAYOUT, reactor)
+        users = [("1.00002", str(i)) for i in range(10)]
+        for user in users:
+            await self.write(client, *user, {}, {}, {}, {"id": user[1]})
+        logged: list[str] = []
+        observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        results = await reader.read(users)
+        self.assertFalse(reader.digests)
+        self.assertEqual([r.memory for r in results.values()], [{"id": u[1]} for u in users])  # type: ignore[union-attr]
+        self.assertTrue(any("refuses scripts" in line and "NOPERM" in line for line in logged), logged)
 
     async def test_text_added_later(self) -> None:
         """An id without a row is asked again once its absence has expired, and its text then shows."""

@@ -41,7 +41,9 @@ bytes replaced by U+FFFD: this client is for text, not binary values),
 integers as C{int}, arrays as C{list} and nil as C{None}; there is no
 per-command post-processing (C{HGETALL} gives a flat C{[field, value, ...]}
 list). Error replies become L{RedisReplyError} (inside arrays too).
-Arguments may be C{str}, C{bytes}, C{int} or C{float}.
+Arguments may be C{str}, C{bytes}, C{int} or C{float}. A command is routed by
+its key, C{args[1]}; C{EVAL}/C{EVALSHA} by their first key, C{args[3]}. A
+command sent often can be encoded and routed once as a L{Prepared}.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "NodeTimeout",
     "NodeUnavailable",
+    "Prepared",
     "RedisCluster",
     "RedisReplyError",
     "SLOTS",
@@ -144,10 +147,20 @@ def key_slot(key: str | bytes) -> int:
     return binascii.crc_hqx(data, 0) & (SLOTS - 1)
 
 
+_SCRIPT_COMMANDS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "eval", "evalsha"})
+
+
 def _key_of(command: Sequence[Any]) -> str | bytes | None:
     if len(command) < 2:
         return None
-    key = command[1]
+    if command[0] in _SCRIPT_COMMANDS:
+        # EVAL script numkeys key ...: routed by its first key (a script's
+        # keys must share one slot in a cluster); none means any master.
+        if len(command) < 4 or str(command[2]) == "0":
+            return None
+        key = command[3]
+    else:
+        key = command[1]
     if isinstance(key, (str, bytes)):
         return key
     return str(key)
@@ -170,6 +183,25 @@ def _encode(command: Sequence[Any]) -> bytes:
             raise ClusterError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+class Prepared:
+    """
+    A command encoded once, with its slot worked out once: for a caller that
+    sends the same command again and again (the agent's state poll sends one
+    per watched user every second). Pass it to L{RedisCluster.pipeline} in
+    place of an argument sequence.
+    """
+
+    __slots__ = ("data", "key", "slot")
+
+    def __init__(self, *args: Any) -> None:
+        self.data = _encode(args)
+        self.key = _key_of(args)
+        self.slot = key_slot(self.key) if self.key is not None else None
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.data[:60]!r})"
 
 
 class _Batch:
@@ -318,6 +350,10 @@ class _Node:
         slots: list[int] = []
         data: list[bytes] = []
         for i, command in enumerate(commands):
+            if type(command) is Prepared:
+                data.append(command.data)
+                slots.append(i)
+                continue
             try:
                 data.append(_encode(command))
             except ClusterError as e:
@@ -624,7 +660,7 @@ class RedisCluster:
         Fires with one entry per command, in order: its reply, or the
         exception (a L{ClusterError}) that stopped it. Does not fail.
         """
-        return defer.ensureDeferred(self._pipeline([tuple(c) for c in commands]))
+        return defer.ensureDeferred(self._pipeline([c if type(c) is Prepared else tuple(c) for c in commands]))
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         results: list[Any] = [None] * len(commands)
@@ -687,12 +723,14 @@ class RedisCluster:
                 results[index] = ClusterError(f"too many redirections ({MAX_REDIRECTS}), last: {value}")
         return results
 
-    def _owner(self, command: Sequence[Any]) -> Address | None:
-        key = _key_of(command)
+    def _owner(self, command: Sequence[Any] | Prepared) -> Address | None:
+        if type(command) is Prepared:
+            return self._slots[command.slot] if command.slot is not None else self._any_master()
+        key = _key_of(command)  # type: ignore[arg-type]
         return self._slots[key_slot(key)] if key is not None else self._any_master()
 
-    def _not_served(self, command: Sequence[Any]) -> SlotNotServed:
-        key = _key_of(command)
+    def _not_served(self, command: Sequence[Any] | Prepared) -> SlotNotServed:
+        key = command.key if type(command) is Prepared else _key_of(command)  # type: ignore[union-attr,arg-type]
         if key is None:
             return SlotNotServed(f"no Redis node known ({self._refresh_error})")
         return SlotNotServed(f"no Redis node serves slot {key_slot(key)} (key {key!r})")

@@ -9,10 +9,13 @@ Three layers, kept apart so that the decisions are tested with no network:
    L{webtesting.statelayout}) into a L{RawState}; L{resolve} adds the texts;
    L{status_fields} and L{changed} compare two L{Snapshot}s.
 2. I/O: L{Dictionary} (MySQL id -> text, cached) and L{StateReader} (one
-   Redis pipeline per poll for any number of users, then one dictionary
-   query for all ids not seen before).
-3. L{StatusPoller}: polls the watched users every second and pushes each
-   change; a poll still running when the next one is due makes that one skip.
+   Redis pipeline per read for any number of users, then one dictionary
+   query for all ids not seen before). An idle user costs one script call
+   answered with nil (L{STATE_SCRIPT}): the state is sent whole only when
+   its digest moved.
+3. L{StatusPoller}: polls the watched users every second, a chunk of users
+   at a time, and pushes each change; a poll still running when the next one
+   is due makes that one skip.
 
 The fields of C{getUserStatusResp} (SPEC section 3), as L{status_fields}
 makes them:
@@ -46,9 +49,10 @@ Lists are sorted: tags and topics by id, memory by key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, cast, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -56,6 +60,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting import rediscluster
 from webtesting.statelayout import StateLayout
 
 T = TypeVar("T")
@@ -307,7 +312,7 @@ def status_fields(prev: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
 
 def changed(prev: Snapshot | None, cur: Snapshot) -> bool:
     """Whether C{cur} is worth pushing after C{prev} (any difference at all, texts included)."""
-    return prev is None or prev != cur
+    return prev is not cur and (prev is None or prev != cur)
 
 
 # -- I/O: the dictionary ----------------------------------------------------
@@ -472,14 +477,51 @@ class StateStore(Protocol):
         """Run the commands, one pipeline per node; failures come back in place."""
 
 
+# One user's four hashes, read in Redis, and sent only when they changed: the
+# reply is nil when their digest is still the one the reader passes in
+# (ARGV[1]), else {digest, tags, topic, topics, memory}. An idle user then
+# costs one short command and a nil reply instead of four hashes parsed and
+# compared. All four keys share a slot (StateLayout insists), so one script
+# call runs on one node of a cluster. HGETALL's order may change while the
+# content does not (a rehash): that only costs one needless full reply.
+STATE_SCRIPT = """\
+local state = {}
+for i = 1, 4 do state[i] = redis.call('HGETALL', KEYS[i]) end
+local digest = redis.sha1hex(cmsgpack.pack(state))
+if digest == ARGV[1] then return false end
+return {digest, state[1], state[2], state[3], state[4]}
+"""
+STATE_SCRIPT_SHA = hashlib.sha1(STATE_SCRIPT.encode("ascii")).hexdigest()
+
+_UNCHANGED = object()
+
+
+def _script_missing(reply: Any) -> bool:
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
+
+
+def _scripting_refused(reply: Any) -> bool:
+    """Redis will not run scripts for us at all (an old server, or an ACL)."""
+    if not isinstance(reply, Exception):
+        return False
+    text = str(reply)
+    return text.startswith("NOPERM") or "unknown command" in text
+
+
 class StateReader:
     """
     Reads the state of many users at once: one pipeline call (so one
     pipeline per cluster node, as every user's four keys share a slot) and
     at most one dictionary query.
 
-    A user whose four replies are the same as last time gets last time's
-    snapshot back without parsing again (when it had all its texts).
+    With C{digests} (the default) each user costs one L{STATE_SCRIPT} call
+    that answers nil while the user's state has the digest of the last read,
+    and the whole state only when it moved. Without (or when the server
+    refuses scripts, which is logged once), each user's four hashes are read
+    with HGETALL every time, and compared with the last ones here.
+
+    Either way a user whose state did not change gets last time's snapshot
+    back without parsing again (when it had all its texts).
     """
 
     def __init__(
@@ -490,35 +532,100 @@ class StateReader:
         clock: Any,
         *,
         timeout: float = 2.0,
+        digests: bool = True,
     ) -> None:
         self._redis = redis
         self._dictionary = dictionary
         self._layout = layout
         self._clock = clock
         self._timeout = timeout
-        self._last: dict[User, tuple[list[Any], Snapshot]] = {}
-        self._keys: dict[User, list[tuple[str, str]]] = {}
+        self.digests = digests
+        # user -> (what its state was last time: the digest, or the four
+        # HGETALL replies; the snapshot made of it)
+        self._last: dict[User, tuple[Any, Snapshot]] = {}
+        self._keys: dict[User, tuple[str, str, str, str]] = {}
+        self._asks: dict[User, tuple[str, rediscluster.Prepared]] = {}
 
     def forget(self, user: User) -> None:
         """Drop what is remembered about C{user} (it logged out)."""
         self._last.pop(user, None)
         self._keys.pop(user, None)
+        self._asks.pop(user, None)
 
     def read(self, users: Sequence[User]) -> Deferred[dict[User, Snapshot | ReadError]]:
         """Each user's snapshot, or the L{ReadError} that stopped it. Never fails."""
         users = list(dict.fromkeys(users))
-        commands: list[tuple[str, str]] = []
-        keys = self._keys
-        for user in users:
-            user_commands = keys.get(user)
-            if user_commands is None:
-                user_commands = keys[user] = [("HGETALL", k) for k in self._layout.keys(*user)]
-            commands.extend(user_commands)
+        d = defer.ensureDeferred(self._read(users))
+        d.addErrback(self._all_failed, users)
+        return d
+
+    def _user_keys(self, user: User) -> tuple[str, str, str, str]:
+        keys = self._keys.get(user)
+        if keys is None:
+            keys = self._keys[user] = self._layout.keys(*user)
+        return keys
+
+    def _fetch(self, commands: list[tuple[Any, ...]]) -> Deferred[list[Any]]:
         # maybeDeferred: a store that raises fails this read only.
-        d: Deferred[Any] = defer.maybeDeferred(self._redis.pipeline, commands)
+        d: Deferred[list[Any]] = defer.maybeDeferred(self._redis.pipeline, commands)
         d.addTimeout(self._timeout, self._clock)
-        d.addCallbacks(self._parse, self._all_failed, callbackArgs=(users,), errbackArgs=(users,))
-        return cast("Deferred[dict[User, Snapshot | ReadError]]", d)
+        return d
+
+    async def _read(self, users: list[User]) -> dict[User, Snapshot | ReadError]:
+        # The last snapshot of each user as this read starts: a nil reply
+        # means "still this one", even if the user is forgotten meanwhile.
+        before = [self._last.get(user) for user in users]
+        if self.digests:
+            items = await self._read_digests(users, before)
+            if items is not None:
+                return await self._settle(users, before, items)
+        commands = [("HGETALL", key) for user in users for key in self._user_keys(user)]
+        replies = await self._fetch(commands)
+        items = []
+        for n in range(len(users)):
+            mine = replies[4 * n : 4 * n + 4]
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            items.append(error if error is not None else (mine, mine))
+        return await self._settle(users, before, items)
+
+    async def _read_digests(self, users: list[User], before: list[tuple[Any, Snapshot] | None]) -> list[Any] | None:
+        """Per user: _UNCHANGED, an exception, or (digest, four replies); None if scripts are refused."""
+
+        def command(verb: str, n: int) -> Any:
+            last = before[n]
+            digest = last[0] if last is not None and last[1].complete else ""
+            if verb == "EVAL":
+                return (verb, STATE_SCRIPT, 4, *self._user_keys(users[n]), digest)
+            # The same command goes out every second while the user is idle:
+            # encoded and routed once.
+            cached = self._asks.get(users[n])
+            if cached is None or cached[0] != digest:
+                cached = self._asks[users[n]] = (
+                    digest, rediscluster.Prepared(verb, STATE_SCRIPT_SHA, 4, *self._user_keys(users[n]), digest)
+                )
+            return cached[1]
+
+        replies = await self._fetch([command("EVALSHA", n) for n in range(len(users))])
+        missing = [n for n, reply in enumerate(replies) if _script_missing(reply)]
+        if missing:  # a node that has not seen the script yet (new, restarted, flushed)
+            for n, reply in zip(missing, await self._fetch([command("EVAL", n) for n in missing])):
+                replies[n] = reply
+        refused = next((reply for reply in replies if _scripting_refused(reply)), None)
+        if refused is not None:
+            _log.warn("Redis refuses scripts ({error}): reading whole states every poll from now on", error=str(refused))
+            self.digests = False
+            return None
+        items: list[Any] = []
+        for n, reply in enumerate(replies):
+            if reply is None and before[n] is not None:
+                items.append(_UNCHANGED)
+            elif isinstance(reply, Exception):
+                items.append(reply)
+            elif isinstance(reply, list) and len(reply) == 5:
+                items.append((reply[0], reply[1:]))
+            else:
+                items.append(ReadError(f"unexpected reply to the state script: {reply!r:.80}"))
+        return items
 
     def _all_failed(self, failure: Failure, users: list[User]) -> dict[User, Snapshot | ReadError]:
         if failure.check(defer.TimeoutError):
@@ -527,21 +634,24 @@ class StateReader:
             error = ReadError(f"Redis unavailable: {failure.value}")
         return {user: error for user in users}
 
-    def _parse(self, replies: list[Any], users: list[User]) -> Any:
+    async def _settle(
+        self, users: list[User], before: list[tuple[Any, Snapshot] | None], items: list[Any]
+    ) -> dict[User, Snapshot | ReadError]:
         out: dict[User, Snapshot | ReadError] = {}
-        pending: dict[User, tuple[list[Any], RawState]] = {}
+        pending: dict[User, tuple[Any, RawState]] = {}
         tag_ids: set[int] = set()
         topic_ids: set[int] = set()
-        for n, user in enumerate(users):
-            mine = replies[4 * n : 4 * n + 4]
-            last = self._last.get(user)
-            if last is not None and last[0] == mine and last[1].complete:
-                out[user] = last[1]
+        for user, last, item in zip(users, before, items):
+            if item is _UNCHANGED:
+                out[user] = last[1]  # type: ignore[index]
                 continue
-            error = next((r for r in mine if isinstance(r, Exception)), None)
-            if error is not None:
-                out[user] = ReadError(str(error))
+            if isinstance(item, Exception):
+                out[user] = ReadError(str(item))
                 self._last.pop(user, None)
+                continue
+            marker, mine = item
+            if last is not None and last[0] == marker and last[1].complete:
+                out[user] = last[1]
                 continue
             try:
                 raw = parse_state(*mine)
@@ -554,21 +664,17 @@ class StateReader:
                     "state of {appid}:{uid}: skipped {problems}",
                     appid=user[0], uid=user[1], problems="; ".join(raw.problems),
                 )
-            pending[user] = (mine, raw)
+            pending[user] = (marker, raw)
             tag_ids |= raw.tag_ids()
             topic_ids |= raw.topic_ids()
-        if not pending:
-            return out
-        d = self._dictionary.lookup(tag_ids, topic_ids)
-
-        def resolved(texts: Texts) -> dict[User, Snapshot | ReadError]:
-            for user, (mine, raw) in pending.items():
+        if pending:
+            texts = await self._dictionary.lookup(tag_ids, topic_ids)
+            for user, (marker, raw) in pending.items():
                 snapshot = resolve(raw, texts)
-                self._last[user] = (mine, snapshot)
+                if user in self._keys:  # not forgotten while the texts were looked up
+                    self._last[user] = (marker, snapshot)
                 out[user] = snapshot
-            return out
-
-        return d.addCallback(resolved)
+        return out
 
 
 # -- polling ----------------------------------------------------------------
@@ -600,15 +706,18 @@ class StatusPoller:
     pushes each change (and each new read error, and its end) to the
     watcher's C{push}.
 
-    A poll reads every watched user in one L{StateReader.read}. When a poll
-    is still running at the next tick, that tick is skipped (counted in
-    C{skipped}), so slow nodes never make polls pile up.
+    A poll reads the watched users C{chunk} at a time, one
+    L{StateReader.read} after the other, and pushes each chunk's changes as
+    they come, so a poll of many users never holds the reactor for long.
+    When a poll is still running at the next tick, that tick is skipped
+    (counted in C{skipped}), so slow nodes never make polls pile up.
     """
 
-    def __init__(self, reader: StateReader, clock: Any, interval: float = 1.0) -> None:
+    def __init__(self, reader: StateReader, clock: Any, interval: float = 1.0, *, chunk: int = 1000) -> None:
         self._reader = reader
         self._clock = clock
         self._interval = interval
+        self.chunk = chunk
         self._watches: dict[Hashable, _Watch] = {}
         self._loop: LoopingCall | None = None
         self._running: Deferred[None] | None = None
@@ -711,9 +820,7 @@ class StatusPoller:
         if not watches:
             return None
         self.polls += 1
-        users = list(dict.fromkeys(w.user for _, w in watches))
-        d: Deferred[Any] = self._reader.read(users)
-        d.addCallback(self._deliver, watches)
+        d: Deferred[Any] = defer.ensureDeferred(self._poll(watches))
         d.addErrback(lambda f: _log.failure("state poll", f))
         self._running = d
 
@@ -722,6 +829,19 @@ class StatusPoller:
 
         d.addBoth(ended)
         return d
+
+    async def _poll(self, watches: list[tuple[Hashable, _Watch]]) -> None:
+        # Users are read C{chunk} at a time, one read after the other, so
+        # that with many users the reactor serves everyone else between
+        # chunks (and the first changes are pushed sooner).
+        by_user: dict[User, list[tuple[Hashable, _Watch]]] = {}
+        for key, watch in watches:
+            by_user.setdefault(watch.user, []).append((key, watch))
+        users = list(by_user)
+        for start in range(0, len(users), self.chunk):
+            part = users[start : start + self.chunk]
+            results = await self._reader.read(part)
+            self._deliver(results, [kw for user in part for kw in by_user[user]])
 
     def _deliver(self, results: dict[User, Snapshot | ReadError], watches: list[tuple[Hashable, _Watch]]) -> None:
         for key, watch in watches:
