@@ -87,6 +87,27 @@ class WebLinkTests(unittest.TestCase):
         self.assertEqual([(s["status"], s["code"]) for s in statuses], [(1, "ok"), (0, "redis_partial")])
         self.link.shutdown()
 
+    def test_frozen_bot_hint_reaches_every_user(self) -> None:
+        """The service's connection to the bot lost (a missed pong) makes every user's connection check itself."""
+
+        class User:
+            checked = 0
+
+            def bot_may_be_frozen(self) -> None:
+                self.checked += 1
+
+            def close(self) -> None:
+                pass
+
+        self.link.handle(json.dumps(self.info()).encode())
+        users = [User(), User()]
+        self.link.users.update({str(n): user for n, user in enumerate(users)})  # type: ignore[misc]
+        self.sources[-1].on_health("redis", False, "a read failed")
+        self.assertEqual([u.checked for u in users], [0, 0])
+        self.sources[-1].on_health("wxservice", False, "the bot's connection closed: ping timeout")
+        self.assertEqual([u.checked for u in users], [1, 1])
+        self.link.shutdown()
+
     def test_not_logged_in_and_unknown_method_codes(self) -> None:
         """Requests without a login and unknown methods are answered with their codes."""
         self.link.handle(json.dumps(self.info()).encode())

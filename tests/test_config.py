@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from twisted.python import usage
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from webtesting import config
@@ -190,3 +191,25 @@ class HistoryRecordTests(unittest.TestCase):
             history = top.getServiceNamed("store").getServiceNamed("history")
             relay = top.getServiceNamed("websocket").factory.relay
             self.assertIs(relay.history, history if record else None)
+
+
+class ListenBacklogTests(unittest.TestCase):
+    """Server sockets listen with a backlog fit for a login storm (Twisted's default is 50)."""
+
+    def backlog(self, description: str) -> int:
+        import subprocess
+
+        from twisted.internet import reactor
+
+        from webtesting.config import listening_endpoint
+
+        port = self.successResultOf(listening_endpoint(reactor, description).listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        # For a listening socket, ss shows the backlog as Send-Q.
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{number}"], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[2])
+
+    def test_default_and_explicit(self) -> None:
+        self.assertEqual(self.backlog("tcp:0:interface=127.0.0.1"), 1024)
+        self.assertEqual(self.backlog("tcp:0:interface=127.0.0.1:backlog=77"), 77)

@@ -46,6 +46,7 @@ class FakeLink:
     def __init__(self) -> None:
         self.chats: list[str] = []
         self.nudged = 0
+        self.checked = 0
         self.stopped = False
 
     def start(self) -> None:
@@ -56,6 +57,9 @@ class FakeLink:
 
     def retry_now(self) -> None:
         self.nudged += 1
+
+    def check_alive(self) -> None:
+        self.checked += 1
 
     def stop(self) -> None:
         self.stopped = True
@@ -88,6 +92,14 @@ class UserSessionTests(unittest.TestCase):
         self.user.logged_in("7")
         self.user.link_down(Health(False, "bot_unreachable", "refused"))
         self.assertEqual(len([m for m in self.answers() if m["result"] != 1]), 2)
+
+    def test_bot_may_be_frozen(self) -> None:
+        """A frozen-bot hint makes an online user's link check itself; one already reconnecting does nothing."""
+        self.user.bot_may_be_frozen()
+        self.assertEqual(self.link.checked, 1)
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.user.bot_may_be_frozen()
+        self.assertEqual(self.link.checked, 1)
 
     def test_chat_while_reconnecting_is_answered_at_once(self) -> None:
         """A chat while the bot is away is answered at once and not counted as waiting."""

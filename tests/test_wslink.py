@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from webtesting.lifecycle import UP, Backoff, Health, Lifecycle, Reason
-from webtesting.wslink import AGENT, LinkProtocol, WebSocketDialer
+from webtesting.wslink import AGENT, DialGate, LinkProtocol, WebSocketDialer
 from tests.support.wait import eventually, free_port
 
 NO_JITTER = Backoff(initial=1.0, maximum=8.0, factor=2.0, jitter=0.0)
@@ -231,3 +231,91 @@ class SilentTests(unittest.TestCase):
         await eventually(lambda: reports, timeout=5, what="the handshake timeout")
         self.assertEqual(reports[0].code, "agent_not_responding")
         self.assertEqual(owner.opened, [])
+
+
+class DialGateTests(unittest.TestCase):
+    def test_bound_and_order(self) -> None:
+        """At most `limit` run; the others go in order as tickets leave; a waiting ticket that leaves is skipped."""
+        gate = DialGate(2)
+        ran: list[int] = []
+        tickets = [gate.enter(lambda n=n: ran.append(n)) for n in range(5)]  # type: ignore[misc]
+        self.assertEqual((ran, gate.busy, gate.waiting), ([0, 1], 2, 3))
+        tickets[2].leave()  # given up on while waiting
+        tickets[0].leave()
+        tickets[0].leave()  # twice is once
+        self.assertEqual((ran, gate.busy, gate.waiting), ([0, 1, 3], 2, 1))
+        tickets[1].leave()
+        tickets[3].leave()
+        self.assertEqual((ran, gate.busy, gate.waiting), ([0, 1, 3, 4], 1, 0))
+        tickets[4].leave()
+        self.assertEqual(gate.busy, 0)
+
+    def test_retries_wait_their_turn(self) -> None:
+        """A factory's retry connects only once the gate has room; a detached link leaves its place."""
+        clock = MemoryReactorClock()
+        gate = DialGate(1)
+        links = []
+        for _ in range(2):
+            life, dialer, _owner, _reports = make("ws://127.0.0.1:9/x", clock)
+            dialer.gate = gate
+            links.append((life, dialer))
+        links[0][0].start()
+        links[1][0].start()
+        self.assertEqual(len(clock.tcpClients), 1)  # the second waits
+        first = links[0][1].factory
+        assert first is not None
+        first.clientConnectionFailed(clock.connectors[0], Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(clock.tcpClients), 2)  # the failure made room
+        # The first one's retry is due, but the second holds the gate.
+        connects = []
+        clock.connectors[0].connect = lambda: connects.append(1)  # type: ignore[method-assign]
+        clock.advance(1.0)
+        self.assertEqual(connects, [])
+        links[1][0].stop()  # detached: its place is free
+        self.assertEqual(connects, [1])
+        links[0][0].stop()
+        self.assertEqual(gate.busy, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class SlowHandshake(WebSocketServerProtocol):
+    """A server that takes 0.2 s over each handshake and counts those in progress."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        f: Any = self.factory
+        f.in_handshake += 1
+        f.most = max(f.most, f.in_handshake)
+        f.protos.append(self)
+
+    def onConnect(self, request: Any) -> Any:
+        from twisted.internet import task
+
+        return task.deferLater(reactor, 0.2, lambda: None)
+
+    def onOpen(self) -> None:
+        self.factory.in_handshake -= 1  # type: ignore[attr-defined]
+
+
+class GateRealSocketTests(unittest.TestCase):
+    async def test_storm_is_paced(self) -> None:
+        """Twelve links sharing a gate of 3: never more than 3 handshakes at the server, and all open."""
+        port = free_port()
+        factory = WebSocketServerFactory(f"ws://127.0.0.1:{port}/x")
+        factory.protocol = SlowHandshake
+        factory.in_handshake = factory.most = 0  # type: ignore[attr-defined]
+        factory.protos = []  # type: ignore[attr-defined]
+        listening = reactor.listenTCP(port, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(lambda: [p.dropConnection(abort=True) for p in factory.protos])  # type: ignore[attr-defined]
+        gate = DialGate(3)
+        lives = []
+        for _ in range(12):
+            life, dialer, _owner, _reports = make(f"ws://127.0.0.1:{port}/x", reactor)
+            dialer.gate = gate
+            self.addCleanup(life.stop)
+            life.start()
+            lives.append(life)
+        await eventually(lambda: all(life.is_up for life in lives), timeout=10, what="all links up")
+        self.assertEqual(factory.most, 3)  # type: ignore[attr-defined]
+        self.assertEqual(gate.busy, 0)

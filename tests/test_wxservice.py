@@ -634,18 +634,18 @@ class LinkTests(TestCase):
         self.assertEqual(recorder.logins[0], recorder.logins[1])
         self.assertEqual(recorder.refused, [])
 
-    async def test_frozen_bot_found_by_ping(self) -> None:
-        """A bot that stops answering (no pongs) makes the link down as bot_not_responding within ping interval + timeout."""
+    async def freezing_bot(self) -> tuple[str, list[Any]]:
+        """A fake WxService that accepts a login, then reads nothing (no pongs): its URL and its connections."""
         from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
         frozen: list[Any] = []
 
         class Freezing(WebSocketServerProtocol):
-            """Fake enough of a WxService for a frozen bot: accepts the login, then reads nothing (no pongs)."""
+            def onOpen(self) -> None:
+                frozen.append(self)
 
             def onMessage(self, payload: bytes, isBinary: bool) -> None:
                 self.sendMessage(b'{"method":"loginResp","uid":"7","result":1,"msg":"ok"}')
-                frozen.append(self)
                 reactor.callLater(0, self.transport.pauseProducing)  # type: ignore[attr-defined,union-attr]
 
         factory = WebSocketServerFactory()
@@ -653,12 +653,50 @@ class LinkTests(TestCase):
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         self.addCleanup(lambda: [p.dropConnection(abort=True) for p in frozen])
-        link, recorder = self.link(f"ws://127.0.0.1:{port.getHost().port}/x", ping_interval=0.5, ping_timeout=0.5)
+        return f"ws://127.0.0.1:{port.getHost().port}/x", frozen
+
+    async def test_frozen_bot_found_by_ping(self) -> None:
+        """A bot that stops answering (no pongs) makes the link down as bot_not_responding within ping interval + timeout."""
+        url, _ = await self.freezing_bot()
+        link, recorder = self.link(url, ping_interval=0.5, ping_timeout=0.5)
         await wait_until(lambda: recorder.logins, "the login")
         started = reactor.seconds()
         await wait_until(lambda: recorder.downs, "the frozen bot noticed", timeout=5)
         self.assertLess(reactor.seconds() - started, 2.5)
         self.assertEqual(recorder.downs[0].code, "bot_not_responding")
+
+    async def test_check_alive(self) -> None:
+        """Asked to check, a link pinged seldom is dropped within ping_timeout by a frozen bot, and kept by a live one."""
+        url, _ = await self.freezing_bot()
+        link, recorder = self.link(url, ping_interval=60, ping_timeout=0.5)
+        await wait_until(lambda: recorder.logins, "the login")
+        await task.deferLater(reactor, 0.1, lambda: None)  # the fake bot freezes after its answer
+        started = reactor.seconds()
+        link.check_alive()
+        link.check_alive()  # one check at a time
+        await wait_until(lambda: recorder.downs, "the frozen bot noticed", timeout=3)
+        self.assertLess(reactor.seconds() - started, 1.2)
+        self.assertEqual(recorder.downs[0].code, "bot_not_responding")
+
+        await self.start_bot()
+        live, live_recorder = self.link(ping_interval=60, ping_timeout=0.3)
+        await wait_until(lambda: live_recorder.logins, "the login")
+        live.check_alive()
+        await task.deferLater(reactor, 0.8, lambda: None)
+        self.assertEqual(live_recorder.downs, [])
+        self.assertTrue(live.up)
+        live.logout()
+        await task.deferLater(reactor, 1.2, lambda: None)  # Autobahn's closing timers end
+
+    async def test_watch_pings(self) -> None:
+        """The health check's connection, pinged, tells of a bot that froze within ping interval + timeout."""
+        url, frozen = await self.freezing_bot()
+        gone: list[str] = []
+        conn = await wxservice.watch(reactor, url, gone.append, 1.0, ping=(0.3, 0.3))
+        self.addCleanup(conn.abort)
+        frozen[0].transport.pauseProducing()
+        await wait_until(lambda: gone, "the frozen bot noticed", timeout=3)
+        self.assertIn("ping", gone[0])
 
     async def test_refused_login_stops_the_link(self) -> None:
         """A login the bot refuses is told once, and the link stops trying."""

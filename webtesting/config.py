@@ -75,6 +75,21 @@ def check_server_endpoint(description: str) -> str | None:
     return None
 
 
+#: The listen backlog of every server socket whose endpoint string names
+#: none. Twisted's default is 50: a storm of logins overflows it, the kernel
+#: drops the SYNs, and clients wait out a retransmission (1 s, then 3 s...).
+#: Linux caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 1024
+
+
+def listening_endpoint(reactor: Any, description: str, backlog: int = LISTEN_BACKLOG) -> Any:
+    """C{serverFromString}, with a listen backlog of C{backlog} on TCP and TLS unless C{description} sets one."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        description = f"{description}:backlog={backlog}"
+    return endpoints.serverFromString(reactor, description)
+
+
 def _type_name(tp: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
     if tp in names:
@@ -315,6 +330,8 @@ class BrowserWebSocketConfig:
     public_url: str = field(default="", metadata={"check": _check_ws_url})
     max_message_bytes: int = number_field(64 * 1024, 256, 16 * 1024 * 1024)
     request_deadline: float = number_field(10.0, 0.1, 600)
+    # A login may wait its turn at the agent behind a storm of others.
+    login_deadline: float = number_field(60.0, 0.1, 3600)
     # Origins (scheme://host[:port]) allowed besides pages from the same host.
     allowed_origins: list[str] = field(default_factory=list)
     # Open browser WebSockets one account may hold on this web server.
@@ -391,10 +408,18 @@ class AgentUsersConfig:
     # A lost WxService link is retried after retry_initial s, doubling up to retry_max.
     retry_initial: float = number_field(0.5, 0.01, 600)
     retry_max: float = number_field(4.0, 0.01, 3600)
-    # WebSocket ping/pong on each user's WxService link: a frozen bot is
-    # found within ping_interval + ping_timeout seconds.
+    # WebSocket ping/pong on the connection each service's health check keeps
+    # open to the bot: a frozen bot is found within ping_interval +
+    # ping_timeout seconds, and then every user's connection must answer a
+    # ping within ping_timeout. Each user's connection is also pinged on its
+    # own every link_ping_interval seconds (a connection lost without a word).
     ping_interval: float = number_field(2.0, 0.1, 600)
     ping_timeout: float = number_field(2.0, 0.1, 600)
+    link_ping_interval: float = number_field(30.0, 0.1, 3600)
+    # Users' WxService connections opening (TCP and WebSocket handshake) at
+    # once, per service; the others wait their turn. A storm of logins then
+    # reaches the bot at the pace it accepts them.
+    connects_in_flight: int = number_field(64, 1, 100000)
 
 
 @dataclass(frozen=True)

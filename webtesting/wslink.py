@@ -10,7 +10,9 @@ changes). The lifecycle decides; the factory only waits and redials.
 
 A L{WebSocketDialer} makes one L{LinkFactory} per address: when the address
 changes the old factory stops trying and a new one dials. A frozen peer is
-found by WebSocket ping/pong (C{autoPingInterval} + C{autoPingTimeout}).
+found by WebSocket ping/pong (C{autoPingInterval} + C{autoPingTimeout}), or
+at once when asked (L{LinkProtocol.check_alive}). Links that share a
+L{DialGate} connect a bounded number at a time, first dials and retries alike.
 
 Who owns the link (a L{LinkOwner}) hears of each open protocol, each frame,
 and each close, and says when the link counts as up
@@ -20,6 +22,7 @@ WebSocket opens, for a user's WxService link when the bot accepted the login.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -32,6 +35,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.lifecycle import Backoff, Fault, Lifecycle, Reason
+
+_log = Logger()
 
 
 class LinkOwner(Protocol):
@@ -68,12 +73,122 @@ BOT = Names("bot", "bot_unreachable", "bot_unreachable", "bot_address_invalid",
 AUTH_CLOSE_CODE = 4401
 
 
+class DialGate:
+    """
+    At most C{limit} links in their TCP connect and WebSocket handshake at
+    once; the others wait their turn, first come first served.
+
+    The agent opens one WebSocket to the bot per logged-in user. Without a
+    bound, a storm of logins (or every user of a bot that just came back)
+    dials at once: the bot's listen queue overflows, the kernel drops SYNs
+    and handshakes time out, and the users are told the bot is unreachable
+    while it is only busy. With the gate, they reach it at the pace it
+    accepts them.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._waiting: deque[GateTicket] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for t in self._waiting if t.state == "waiting")
+
+    def enter(self, go: Callable[[], None]) -> "GateTicket":
+        """Run C{go} once there is room: now, or when a ticket ahead leaves."""
+        ticket = GateTicket(self, go)
+        self._waiting.append(ticket)
+        self._next()
+        return ticket
+
+    def _next(self) -> None:
+        while self.busy < self.limit and self._waiting:
+            ticket = self._waiting.popleft()
+            if ticket.state != "waiting":
+                continue  # left while waiting
+            ticket.state = "in"
+            self.busy += 1
+            try:
+                ticket.go()
+            except Exception:  # noqa: BLE001 - one dial's bug must not stop the others' turn
+                _log.failure("dialling")
+                ticket.leave()
+
+    def _left(self, ticket: "GateTicket", was_in: bool) -> None:
+        if was_in:
+            self.busy -= 1
+            self._next()
+
+
+class GateTicket:
+    """One dial's place at a L{DialGate}: C{leave()} once its handshake ended (either way). Idempotent."""
+
+    __slots__ = ("gate", "go", "state")
+
+    def __init__(self, gate: DialGate, go: Callable[[], None]) -> None:
+        self.gate = gate
+        self.go = go
+        self.state = "waiting"  # then "in", then "left"
+
+    def leave(self) -> None:
+        if self.state == "left":
+            return
+        was_in = self.state == "in"
+        self.state = "left"
+        self.go = _nothing
+        self.gate._left(self, was_in)
+
+
+def _nothing() -> None:
+    pass
+
+
+class _GatedConnector:
+    """A connector whose C{connect()} waits its turn at the gate (the factory's retries go through it)."""
+
+    def __init__(self, connector: Any, factory: "LinkFactory") -> None:
+        self._connector = connector
+        self._factory = factory
+
+    def connect(self) -> None:
+        self._factory.through_gate(self._connector.connect)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connector, name)
+
+
 class LinkProtocol(WebSocketClientProtocol):
     """The wire side of one link; every decision is the dialer's and its owner's."""
 
     _log = Logger()
     factory: "LinkFactory"
     opened = False
+    _alive_timer: Any = None
+
+    def check_alive(self, timeout: float) -> None:
+        """
+        Ping now, and drop the link as frozen (as a missed automatic ping
+        would) unless a pong or any frame comes back within C{timeout}
+        seconds. A check already running is not started again.
+        """
+        if not self.opened or self._alive_timer is not None or self.state != self.STATE_OPEN:
+            return
+        self._alive_timer = self.factory.reactor.callLater(timeout, self._no_answer)
+        self.sendPing()
+
+    def _answered(self) -> None:
+        timer, self._alive_timer = self._alive_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _no_answer(self) -> None:
+        self._alive_timer = None
+        self.onAutoPingTimeout()  # the same words as Autobahn's own ping timeout: "not responding"
+
+    def onPong(self, payload: bytes) -> None:
+        if self._alive_timer is not None:
+            self._answered()
 
     def onOpen(self) -> None:
         try:
@@ -84,12 +199,15 @@ class LinkProtocol(WebSocketClientProtocol):
             self.dropConnection(abort=True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._alive_timer is not None:
+            self._answered()
         try:
             self.factory.frame(self, payload, isBinary)
         except Exception:
             self._log.failure("{what} link: handling a frame", what=self.factory.names.what)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._answered()
         try:
             self.factory.closed(self, wasClean, code, reason)
         except Exception:
@@ -125,6 +243,35 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         self.names = dialer.names
         self.proto: LinkProtocol | None = None
         self._close_reason: Reason | None = None
+        self._gate = dialer.gate
+        self._ticket: GateTicket | None = None
+
+    # -- the gate --------------------------------------------------------------
+
+    def through_gate(self, connect: Callable[[], None]) -> None:
+        """Run C{connect} now, or once the dial gate has room (no gate: now)."""
+        self._leave_gate()
+        if self._gate is None:
+            connect()
+            return
+
+        def go() -> None:
+            if self.dialer is None:  # given up on while it waited
+                self._leave_gate()
+                return
+            connect()
+
+        self._ticket = self._gate.enter(go)
+
+    def _leave_gate(self) -> None:
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.leave()
+
+    def retry(self, connector: Any = None) -> None:
+        if self._gate is not None:
+            connector = _GatedConnector(connector or self.connector, self)
+        super().retry(connector)
 
     # -- the dialer's hooks --------------------------------------------------
 
@@ -148,6 +295,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     def detach(self) -> None:
         """Given up on: no more retries, no more news, and the connection dropped."""
         self.dialer = None
+        self._leave_gate()
         self.stopTrying()
         if self.proto is not None:
             proto, self.proto = self.proto, None
@@ -162,6 +310,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         return proto
 
     def opened(self, proto: LinkProtocol) -> None:
+        self._leave_gate()  # the handshake is over
         if self.dialer is None or proto is not self.proto:
             proto.dropConnection(abort=True)
             return
@@ -203,6 +352,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.connector = connector
+        self._leave_gate()
         if self.dialer is None:
             return
         reason_ = classify_connect_failure(reason, self.names, self.host)
@@ -212,6 +362,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self.connector = connector
+        self._leave_gate()
         proto, self.proto = self.proto, None
         dialer = self.dialer  # the owner may stop the link (detaching us) while it hears of the close
         if dialer is None:
@@ -277,6 +428,7 @@ class WebSocketDialer:
     @param headers: gives the handshake headers for each dial.
     @param options: Autobahn protocol options (ping/pong, sizes, timeouts).
     @param protocols: WebSocket subprotocols to offer (the peer may take one).
+    @param gate: bounds how many links (sharing it) connect at once.
     """
 
     _log = Logger()
@@ -295,8 +447,10 @@ class WebSocketDialer:
         options: dict[str, Any] | None = None,
         tls: Callable[[str], Any] = optionsForClientTLS,
         protocols: list[str] | None = None,
+        gate: DialGate | None = None,
     ) -> None:
         self.lifecycle = lifecycle
+        self.gate = gate
         self.owner = owner
         self.names = names
         self._reactor = reactor
@@ -329,7 +483,11 @@ class WebSocketDialer:
                                        Fault.UNUSABLE))
             return
         self.factory = factory
-        factory.connector = connectWS(factory, context, timeout=self._connect_timeout)
+
+        def connect() -> None:
+            factory.connector = connectWS(factory, context, timeout=self._connect_timeout)
+
+        factory.through_gate(connect)
 
     def redial(self, longest: bool) -> float:
         now = self._reactor.seconds()

@@ -59,8 +59,10 @@ class ServiceState:
         timeout: float = 2.0,
         backoff: Backoff = Backoff(initial=0.5, maximum=4.0),
         poll_interval: float = 1.0,
+        watch_ping: tuple[float, float] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._watch_ping = watch_ping
         self._layout = layout
         self._signs = on_health
         self._timeout = timeout
@@ -163,7 +165,7 @@ class ServiceState:
         # The check's connection stays open until the next check: if it
         # drops in between (the bot died), the monitor hears it at once.
         self._unwatch()
-        d = wxservice.watch(self._reactor, url, self._bot_gone, self._timeout)
+        d = wxservice.watch(self._reactor, url, self._bot_gone, self._timeout, ping=self._watch_ping)
 
         def opened(conn: wxservice.WxServiceConnection) -> Finding:
             if self._closed:
@@ -280,12 +282,18 @@ def _classify_redis(failure: Failure) -> Reason:
     return Reason("redis_unreachable", f"Redis Cluster unreachable: {text}")
 
 
-def state_source_factory(timeout: float = 2.0, retry_interval: float = 0.5, retry_max: float = 4.0) -> Any:
+def state_source_factory(
+    timeout: float = 2.0, retry_interval: float = 0.5, retry_max: float = 4.0,
+    watch_ping: tuple[float, float] | None = None,
+) -> Any:
     """
     A L{webtesting.agent.server.StateSourceFactory} making L{ServiceState}s.
 
     @param retry_interval: the first delay before Redis or MySQL is tried again.
     @param retry_max: the longest one.
+    @param watch_ping: (interval, timeout) of the ping on the connection the
+        health check keeps open to the bot: a frozen bot is noticed within
+        their sum, and then every user's connection is asked for a pong.
     """
     backoff = Backoff(initial=retry_interval, maximum=max(retry_max, retry_interval))
 
@@ -293,6 +301,6 @@ def state_source_factory(timeout: float = 2.0, retry_interval: float = 0.5, retr
         service: dict[str, Any], reactor: Any, layout: StateLayout, on_health: Signs, poll_interval: float
     ) -> ServiceState:
         return ServiceState(service, reactor, layout, on_health, timeout=timeout,
-                            backoff=backoff, poll_interval=poll_interval)
+                            backoff=backoff, poll_interval=poll_interval, watch_ping=watch_ping)
 
     return make

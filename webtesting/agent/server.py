@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeGuard
 
@@ -29,6 +30,7 @@ from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
 from webtesting import framebatch, linkauth
 from webtesting.lifecycle import Health
+from webtesting.wslink import DialGate
 from webtesting.handshake import BoundedHandshake
 from webtesting.givenstate import commands as given_commands
 from webtesting.givenstate import describe as given_describe
@@ -100,8 +102,10 @@ class AgentSettings:
     retry_initial: float = 0.5
     retry_max: float = 4.0
     login_timeout: float = 5.0
-    ping_interval: float = 2.0
+    ping_interval: float = 2.0  # the service's connection to the bot
     ping_timeout: float = 2.0
+    link_ping_interval: float = 30.0  # each user's connection
+    connects_in_flight: int = 64  # users' connections being opened at once, per service
     # the service's health checks (HealthMonitor)
     health_interval: float = 5.0
     health_interval_down: float = 1.0
@@ -113,7 +117,7 @@ class AgentSettings:
         return LinkSettings(
             backoff=Backoff(initial=self.retry_initial, maximum=self.retry_max),
             login_timeout=self.login_timeout,
-            ping_interval=self.ping_interval,
+            ping_interval=self.link_ping_interval,
             ping_timeout=self.ping_timeout,
         )
 
@@ -157,7 +161,10 @@ class WebLink:
         self.service: dict[str, Any] | None = None
         self.source: StateSource | None = None
         self.users: dict[str, UserSession] = {}
-        self._link_settings = settings.link_settings()
+        # One gate per service (a link serves one): a bot that is slow to
+        # accept holds back its own users' logins only.
+        self._link_settings = dataclasses.replace(
+            settings.link_settings(), gate=DialGate(settings.connects_in_flight))
         self.monitor: HealthMonitor | None = None
 
     @property
@@ -492,6 +499,11 @@ class WebLink:
         """The state source noticed something on its own: check now."""
         if self.monitor is not None:
             self.monitor.suspect()
+        if name == "wxservice" and not ok:
+            # Users' connections are pinged seldom (users.link_ping_interval):
+            # the service's connection pings often and speaks for them all.
+            for user in list(self.users.values()):
+                user.bot_may_be_frozen()
 
     def _report(self, health: Health) -> None:
         if self.service is None:

@@ -12,12 +12,11 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
-from webtesting.config import AgentConfig, ConfigError, load
+from webtesting.config import AgentConfig, ConfigError, listening_endpoint, load
 
 
 class Options(usage.Options):
@@ -44,7 +43,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     factory = AgentFactory(
         secret=options.secret,
         reactor=reactor,
-        state_factory=state_source_factory(backends.timeout, backends.retry_initial, backends.retry_max),
+        state_factory=state_source_factory(backends.timeout, backends.retry_initial, backends.retry_max,
+                                           watch_ping=(users.ping_interval, users.ping_timeout)),
         settings=AgentSettings(
             layout=config.state,
             poll_interval=users.poll_interval,
@@ -53,13 +53,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             login_timeout=users.login_timeout,
             ping_interval=users.ping_interval,
             ping_timeout=users.ping_timeout,
+            link_ping_interval=users.link_ping_interval,
+            connects_in_flight=users.connects_in_flight,
             health_interval=health.interval,
             health_interval_down=health.interval_down,
             health_confirm=health.confirm,
         ),
         path=config.websocket.path,
     )
-    listener = StreamServerEndpointService(serverFromString(reactor, config.websocket.listen), factory)
+    listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
     listener.setName("websocket")
     listener.setServiceParent(top)
     return top

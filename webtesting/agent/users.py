@@ -199,6 +199,11 @@ class UserSession:
         self.answer("aichatResp", error.result if error.result != 1 else Result.INTERNAL, error.msg,
                     content="", action="", code="bot_refused")
 
+    def bot_may_be_frozen(self) -> None:
+        """The service's own connection to the bot missed a pong: is this user's connection still answered?"""
+        if self.state is UserState.ONLINE:
+            self.link.check_alive()
+
     def bot_is_back(self) -> None:
         """The service's health checks find the bot answering: log in again now."""
         if self.state is UserState.RECONNECTING:

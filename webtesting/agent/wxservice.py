@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 
 from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
 from webtesting.protocol import InvalidInput, parse_json_object
-from webtesting.wslink import BOT, LinkProtocol, WebSocketDialer
+from webtesting.wslink import BOT, DialGate, LinkProtocol, WebSocketDialer
 
 OK = 1
 INTERNAL = 500
@@ -184,6 +184,7 @@ def connect(
     connect_timeout: float = 5.0,
     open_handshake_timeout: float = 5.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ping: tuple[float, float] | None = None,
 ) -> Deferred[WxServiceConnection]:
     """
     Open a WebSocket to the WxService at C{url} (C{ws://host:port/path} or
@@ -210,7 +211,8 @@ def connect(
         maxFramePayloadSize=max_message_bytes,
         openHandshakeTimeout=open_handshake_timeout,
         closeHandshakeTimeout=1.0,
-        autoPingInterval=None,
+        autoPingInterval=ping[0] if ping else None,
+        autoPingTimeout=ping[1] if ping else None,
     )
     endpoint: Any
     if isIPAddress(host):
@@ -431,13 +433,17 @@ class _Watch(_Ignore):
         self._gone(reason)
 
 
-def watch(reactor: Any, url: str, gone: Any, timeout: float = 2.0) -> Deferred[WxServiceConnection]:
+def watch(
+    reactor: Any, url: str, gone: Any, timeout: float = 2.0, ping: tuple[float, float] | None = None
+) -> Deferred[WxServiceConnection]:
     """
     Like L{probe}, but the connection is kept open and C{gone(reason)} is
     called if it ends without C{close()}: a bot that dies between two health
-    checks is noticed at once, even with nobody logged in.
+    checks is noticed at once, even with nobody logged in. With C{ping}
+    (interval, timeout) it is also pinged, so a bot that freezes is noticed
+    within their sum.
     """
-    return connect(reactor, url, _Watch(gone), connect_timeout=timeout, open_handshake_timeout=timeout)
+    return connect(reactor, url, _Watch(gone), connect_timeout=timeout, open_handshake_timeout=timeout, ping=ping)
 
 
 def probe(reactor: Any, url: str, timeout: float = 2.0) -> Deferred[None]:
@@ -485,10 +491,15 @@ class LinkSettings:
     backoff: Backoff = Backoff(initial=0.5, maximum=4.0)
     login_timeout: float = 5.0
     connect_timeout: float = 5.0
-    # A frozen bot is found within ping_interval + ping_timeout seconds.
+    # This connection is pinged every ping_interval seconds and dropped when
+    # no pong comes within ping_timeout. The agent pings the bot far more
+    # often on the service's own connection (see ServiceState) and then asks
+    # every user's connection at once (check_alive).
     ping_interval: float = 2.0
     ping_timeout: float = 2.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Shared by the links of one service: how many connect at once.
+    gate: DialGate | None = None
 
 
 class WxServiceLink:
@@ -525,7 +536,7 @@ class WxServiceLink:
         self.lifecycle = Lifecycle(f"WxService link of {appid}/{uname}", self._health)
         self.dialer = WebSocketDialer(
             self.lifecycle, self, BOT, reactor=reactor, backoff=settings.backoff, url=url,
-            connect_timeout=settings.connect_timeout,
+            connect_timeout=settings.connect_timeout, gate=settings.gate,
             options={
                 "maxMessagePayloadSize": settings.max_message_bytes,
                 "maxFramePayloadSize": settings.max_message_bytes,
@@ -544,6 +555,17 @@ class WxServiceLink:
         """The bot answers again (the service's health check says so): don't wait out the backoff."""
         if self.lifecycle.state == "backing off":
             self.lifecycle.changed()
+
+    def check_alive(self) -> None:
+        """
+        The bot may be frozen (the service's own connection to it missed a
+        pong): ask this connection for a pong now. No answer within
+        C{ping_timeout} drops it as C{bot_not_responding}, as its own
+        ping would, only sooner.
+        """
+        proto = self.dialer.proto
+        if proto is not None and self.conn is not None:
+            proto.check_alive(self._settings.ping_timeout)
 
     def moved(self) -> None:
         """The WxService address changed: drop the connection and log in at the new one now."""

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.python import usage
 
-from webtesting.config import ConfigError, load
+from webtesting.config import ConfigError, listening_endpoint, load
 from webtesting.wxsim.config import WxsimConfig
 from webtesting.wxsim.server import make_bot_service
 
@@ -48,5 +47,5 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             config = load(WxsimConfig, options.get("config"))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-    endpoint = endpoints.serverFromString(reactor, config.websocket.listen)
+    endpoint = listening_endpoint(reactor, config.websocket.listen)
     return make_bot_service(config, reactor, endpoint)
