@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from webtesting.config import RegistryConfig
@@ -52,6 +52,29 @@ class SessionStoreTests(unittest.TestCase):
         self.assertEqual((session.username, session.role, session.is_admin), ("ann", "admin", True))
         self.now[0] += 61
         self.assertIsNone(await self.store.check(token))
+
+    async def test_checks_of_one_token_share_a_query(self) -> None:
+        """Checks of one cookie that come together share one database query; a later one asks again."""
+        token = (await session_cookie(self.store, "ann", "admin")).split("=", 1)[1]
+        other = (await session_cookie(self.store, "bob", "tester")).split("=", 1)[1]
+        db = self.running.registry.db
+        runs: list[object] = []
+        real_run = db.run
+
+        def counting_run(work: object) -> object:
+            runs.append(work)
+            return real_run(work)
+
+        db.run = counting_run
+        self.addCleanup(setattr, db, "run", real_run)
+        checks = [self.store.check(token) for _ in range(50)] + [self.store.check(other)]
+        results = await defer.gatherResults(checks)
+        self.assertEqual(len(runs), 2)  # one per token
+        self.assertEqual({r.username for r in results[:50]}, {"ann"})  # type: ignore[union-attr]
+        self.assertEqual(results[50].username, "bob")  # type: ignore[union-attr]
+        self.now[0] += 61  # expired: a new check asks again, and says so
+        self.assertIsNone(await self.store.check(token))
+        self.assertEqual(len(runs), 3)
 
     async def test_only_the_hash_is_stored(self) -> None:
         """The table holds the token's SHA-256, never the token: a copy of the database opens nothing."""

@@ -264,6 +264,19 @@ class RelayTests(unittest.TestCase):
         self.assertEqual([m.get("code") for m in self.received if m["method"] == "aichatResp"], ["timeout", None])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_requests_keep_their_deadline_behind_a_login(self) -> None:
+        """A chat sent while another login waits (60 s) still times out at its own 10 s."""
+        self.login(1)
+        self.send({"method": "loginReq", "serviceId": 2, "appid": "1.00002", "uname": "v"})
+        self.clock.advance(1)
+        self.chat("one")
+        self.clock.advance(10)
+        self.assertEqual([(m["method"], m.get("code")) for m in self.received[-1:]], [("aichatResp", "timeout")])
+        self.clock.advance(49)
+        self.assertEqual((self.received[-1]["method"], self.received[-1]["serviceId"], self.received[-1]["code"]),
+                         ("loginResp", 2, "timeout"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_answered_requests_leave_no_timer(self) -> None:
         """Answered requests are not failed later, and no timer is left once nothing is pending."""
         self.login(1)
@@ -311,10 +324,13 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(self.session.logins, {})
 
     def test_login_that_times_out_can_be_tried_again(self) -> None:
-        """A login never answered ends at its deadline; the agent is told to forget it, and the page may retry."""
+        """A login never answered ends at its own deadline; the agent is told to forget it, and the page may retry."""
         self.send({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "u"})
-        self.clock.advance(10)
+        self.clock.advance(59.9)
+        self.assertEqual(self.received, [])  # a login may wait its turn behind a storm
+        self.clock.advance(0.1)
         self.assertEqual((self.received[-1]["method"], self.received[-1]["code"]), ("loginResp", "timeout"))
+        self.assertIn("within 60 s", self.received[-1]["msg"])
         self.assertEqual(self.links[1].sent[-1], {"method": "sessionClosed", "uuid": self.session.uuid})
         self.assertEqual(self.session.logins, {})
 
@@ -350,7 +366,7 @@ class RelayFaultTests(RelayTests):
         self.assertEqual(len(self.relay.logins_to_restore(1)), 1)
         self.agent(1, LOGGED_IN, {"method": "loginResp", "strUid": "7", "result": 1, "msg": "ok"})
         self.assertEqual([m["method"] for m in self.received[count:]], ["loginResp", "servStatus"])
-        self.clock.advance(11)
+        self.clock.advance(61)  # the login's deadline: the sweep finds nothing and is not set again
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_logout_waiting_when_link_drops_succeeds(self) -> None:

@@ -30,11 +30,14 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -63,6 +66,7 @@ class Target:
     cookie: str = ""
     origin: str = ""
     service_id: int = 1
+    cluster: Any = None  # WebTesting's: the bot users' state lives there
 
 
 # -- the targets ---------------------------------------------------------------
@@ -128,7 +132,7 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
         time.sleep(0.2)
     return Target("webtesting" if history else "webtesting-nohistory", f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
                   "browser", [web, agent, bot],
-                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id)
+                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id, cluster=cluster)
 
 
 def running_target(url: str, service_id: int) -> Target:
@@ -165,6 +169,7 @@ def _load_events(bench: Bench, target: Target, users: int, result: dict[str, Any
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
                                preexec_fn=child_setup(bench.load_cpu))
     assert process.stdout is not None and process.stderr is not None
+    result["_pid"] = process.pid  # the users' unames are bench-<pid>-<i>
     ended = False
     for line in iter(process.stdout.readline, b""):
         event = json.loads(line)
@@ -177,6 +182,7 @@ def _load_events(bench: Bench, target: Target, users: int, result: dict[str, Any
         ended = ended or event["event"] == "end"
         yield event
     process.wait()
+    result.pop("_pid", None)
     if not ended:
         raise SystemExit(f"the load generator failed on {target.name}: {process.stderr.read().decode()[-2000:]}")
 
@@ -217,14 +223,19 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
     return result
 
 
-def run_idle(bench: Bench, target: Target, users: int, seconds: float) -> dict[str, Any]:
+def run_idle(bench: Bench, target: Target, users: int, seconds: float, login_rate: float = 0.0) -> dict[str, Any]:
     """N users logged in and saying nothing: memory per session and CPU while idle, per process."""
     rss_before = {p.name: p.rss_kib() for p in target.procs}
     result: dict[str, Any] = {"target": target.name, "users": users, "idle": True}
     before: dict[str, float] = {}
     started = 0.0
-    for event in _load_events(bench, target, users, result, warmup=3, duration=seconds, idle=True):
+    writer: StateWriter | None = None
+    for event in _load_events(bench, target, users, result, warmup=3, duration=seconds, idle=True,
+                              loginRate=login_rate):
         if event["event"] == "start":  # 3 s after the last login
+            if target.cluster is not None:
+                writer = StateWriter(target.cluster, result["_pid"], users)
+                writer.start()
             before = {p.name: p.cpu_seconds() for p in target.procs}
             started = time.monotonic()
             rss = {p.name: p.rss_kib() for p in target.procs}
@@ -236,7 +247,44 @@ def run_idle(bench: Bench, target: Target, users: int, seconds: float) -> dict[s
             result["idleCpuShare"] = {name: round((after[name] - before[name]) / elapsed, 4) for name in before}
             result["idleCpuMicrosPerUserSecond"] = {
                 name: round((after[name] - before[name]) / elapsed / max(1, users) * 1e6, 1) for name in before}
+            if writer is not None:
+                writer.stop()
+                result["stateWrites"] = writer.writes
+                result["statePushes"] = event["statePushes"]
+                result["statePushMs"] = {"p50": event["stateP50"], "p99": event["stateP99"], "max": event["stateMax"]}
     return result
+
+
+class StateWriter(threading.Thread):
+    """
+    While sessions idle, writes one random user's memory fact C{benchAt} (the
+    wall clock, ms) into the bot's Redis Cluster 20 times a second, as a bot
+    would; node/load.js times how long each takes to reach the browser.
+    """
+
+    def __init__(self, cluster: Any, pid: int, users: int) -> None:
+        super().__init__(daemon=True)
+        self._cluster = cluster
+        self._unames = [f"bench-{pid}-{i}" for i in range(users)]
+        self._quit = threading.Event()
+        self.writes = 0
+
+    def run(self) -> None:
+        from webtesting.rediscluster import key_slot
+        from webtesting.statelayout import StateLayout
+
+        layout = StateLayout()
+        rng = random.Random(7)
+        while not self._quit.wait(0.05):
+            uid = str(zlib.crc32(rng.choice(self._unames).encode()) & 0x7FFFFFFF)  # as echobot.py gives uids
+            key = layout.keys(APPID, uid)[3]
+            self._cluster.command(self._cluster.owner(key_slot(key)), "HSET", key, "benchAt",
+                                  f"{time.time() * 1000:.1f}")
+            self.writes += 1
+
+    def stop(self) -> None:
+        self._quit.set()
+        self.join()
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -281,6 +329,8 @@ def main(argv: list[str]) -> int:
                         "in turn; medians are reported (default 1)")
     parser.add_argument("--idle", action="store_true",
                         help="log N users in and keep them silent: memory per session and idle CPU per process")
+    parser.add_argument("--login-rate", type=float, default=0.0,
+                        help="open the N logins as a storm at this many per second (default: 200 waiting at most)")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load to CPU 1")
     parser.add_argument("--profile", default="", help="py-spy the Python relays while measuring; "
@@ -327,13 +377,16 @@ def main(argv: list[str]) -> int:
                 for n in users:
                     say(f"round {round_ + 1}/{args.rounds}: {target.name}, N={n}")
                     if args.idle:
-                        runs.append(run_idle(bench, target, n, args.seconds))
+                        runs.append(run_idle(bench, target, n, args.seconds, args.login_rate))
                         continue
                     runs.append(run_load(bench, target, n, args.warmup, args.seconds, args.profile))
                     time.sleep(1.0)  # let the relays forget the last round's users
     finally:
         bench.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("WT_BENCH_KEEP"):
+            say(f"kept the daemons' files (logs, configuration) in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     if args.idle:
         for r in runs:
             print(json.dumps(r))

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from webtesting.protocol import InvalidInput, require_str
 
@@ -195,6 +196,8 @@ class SessionStore:
         self.lifetime = lifetime
         self._clock = clock
         self.max_per_user = max_per_user  # login sessions one account may hold; the oldest end first
+        # session key -> callers waiting for the check of it already running
+        self._checking: dict[str, list[Deferred[Session | None]]] = {}
 
     def _now(self) -> int:
         return int(self._clock())
@@ -224,10 +227,37 @@ class SessionStore:
         return self.db.run(work)
 
     def check(self, token: str | None) -> Deferred[Session | None]:
-        """The live session a cookie token stands for, with the user's role now; None if there is none."""
+        """
+        The live session a cookie token stands for, with the user's role now;
+        None if there is none.
+
+        Checks of one token that come while one is waiting for the database
+        share its answer: a load test (or a tester's many tabs) opening
+        thousands of WebSockets with one cookie costs one query per database
+        round trip, not a queue of them that outlasts the handshake timeout.
+        """
         if not _token_ok(token):
             return succeed(None)
         key = session_key(token)  # type: ignore[arg-type]
+        waiting = self._checking.get(key)
+        if waiting is not None:
+            follower: Deferred[Session | None] = Deferred()
+            waiting.append(follower)
+            return follower
+        self._checking[key] = []
+        d = self._check(key)
+
+        def share(result: Any) -> Any:
+            for follower in self._checking.pop(key, []):
+                if isinstance(result, Failure):
+                    follower.errback(result)
+                else:
+                    follower.callback(result)
+            return result
+
+        return d.addBoth(share)
+
+    def _check(self, key: str) -> Deferred[Session | None]:
         now = self._now()
         select = _sql(self._dialect,
                       "SELECT s.username, u.role, s.expiresAt, s.publicId, s.lastSeen FROM tb_session s "

@@ -183,6 +183,7 @@ class Relay:
         *,
         clock: Any = None,
         deadline: float = 10.0,
+        login_deadline: float = 60.0,
         max_logins_per_account: int = 50,
     ) -> None:
         self.links: dict[int, LinkView] = links
@@ -196,8 +197,13 @@ class Relay:
             from twisted.internet import reactor as clock
         self._clock = clock
         self.deadline = deadline
-        # Every pending request, oldest first: deadlines come in this order.
+        # A login may wait its turn behind a storm of others at the agent
+        # (users.connects_in_flight): it has a deadline of its own.
+        self.login_deadline = login_deadline
+        # Every pending request, oldest first: deadlines come in this order
+        # within each queue (one for logins, one for the rest).
         self._pending: deque[Pending] = deque()
+        self._pending_logins: deque[Pending] = deque()
         self._live = 0  # how many of them still wait
         self._sweep: Any = None
         # Where each turn is recorded (webtesting.web.history.History), if anywhere.
@@ -327,13 +333,16 @@ class Relay:
     # -- deadlines ------------------------------------------------------------
 
     def _expect(self, session: BrowserSession, login: Login, service_id: int, answer: str) -> None:
-        pending = Pending(self._clock.seconds() + self.deadline, session, service_id, answer, login)
+        wait = self.login_deadline if answer == "loginResp" else self.deadline
+        pending = Pending(self._clock.seconds() + wait, session, service_id, answer, login)
         login.pending.setdefault(answer.encode(), deque()).append(pending)
         login.in_flight += 1
-        self._pending.append(pending)
+        (self._pending_logins if answer == "loginResp" else self._pending).append(pending)
         self._live += 1
         if self._sweep is None:
-            self._sweep = self._clock.callLater(self.deadline, self._expire)
+            self._sweep = self._clock.callLater(wait, self._expire)
+        elif self._sweep.getTime() > pending.deadline:
+            self._sweep.reset(wait)  # due before the login the sweep waits for
 
     def _done(self, pending: Pending) -> None:
         pending.done = True
@@ -344,10 +353,12 @@ class Relay:
             # nothing and is not set again (rather than a timer set and
             # cancelled for every request of a page chatting one at a time).
             self._pending.clear()
-        elif len(self._pending) > 1024 and len(self._pending) > 4 * self._live:
+            self._pending_logins.clear()
+        elif len(self._pending) + len(self._pending_logins) > max(1024, 4 * self._live):
             # Answered requests wait for their deadline to leave the queue:
             # under a fast stream of answers, drop them now (amortised O(1)).
             self._pending = deque(p for p in self._pending if not p.done)
+            self._pending_logins = deque(p for p in self._pending_logins if not p.done)
 
     def _answered(self, login: Login, method: bytes) -> None:
         waiting = login.pending.get(method)
@@ -367,15 +378,22 @@ class Relay:
     def _expire(self) -> None:
         self._sweep = None
         now = self._clock.seconds()
-        # self._pending, not a local name: answering may compact it (_done).
-        while self._pending and (self._pending[0].done or self._pending[0].deadline <= now):
-            pending = self._pending.popleft()
-            if pending.done:
-                continue
-            self._fail(pending, Result.TIMEOUT, "timeout",
-                       f"no answer from service {pending.service_id} within {self.deadline:g} s")
-        if self._pending and self._sweep is None:
-            self._sweep = self._clock.callLater(max(0.0, self._pending[0].deadline - now), self._expire)
+        for logins in (False, True):
+            # The attribute each time, not a local name: answering may
+            # compact the queues (_done).
+            while True:
+                queue = self._pending_logins if logins else self._pending
+                if not queue or not (queue[0].done or queue[0].deadline <= now):
+                    break
+                pending = queue.popleft()
+                if pending.done:
+                    continue
+                wait = self.login_deadline if logins else self.deadline
+                self._fail(pending, Result.TIMEOUT, "timeout",
+                           f"no answer from service {pending.service_id} within {wait:g} s")
+        heads = [q[0].deadline for q in (self._pending, self._pending_logins) if q]
+        if heads and self._sweep is None:
+            self._sweep = self._clock.callLater(max(0.0, min(heads) - now), self._expire)
 
     def _fail(self, pending: Pending, result: Result, code: str, msg: str) -> None:
         self._done(pending)

@@ -19,10 +19,9 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from webtesting.config import ConfigError, WebConfig, default_webroot, load
+from webtesting.config import ConfigError, WebConfig, default_webroot, listening_endpoint, load
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.history import History
@@ -107,6 +106,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     registry.db.setServiceParent(store)
 
     relay = Relay({}, clock=reactor, deadline=config.websocket.request_deadline,
+                  login_deadline=config.websocket.login_deadline,
                   max_logins_per_account=config.websocket.max_logins_per_account)
     h = config.history
     history = History(registry.db, registry.dialect_name, reactor, turns=h.turns, flush_interval=h.flush_interval,
@@ -153,11 +153,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                                   config.websocket.public_url, config.websocket.path)[0], reactor),
     )
     site = make_site(api.app.resource(), config.http.max_body_bytes)
-    http = HTTPListener(serverFromString(reactor, config.http.listen), site)
+    http = HTTPListener(listening_endpoint(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
 
-    ws = BrowserListener(serverFromString(reactor, config.websocket.listen), browsers)
+    ws = BrowserListener(listening_endpoint(reactor, config.websocket.listen), browsers)
     ws.setName("websocket")
     ws.setServiceParent(top)
     return top

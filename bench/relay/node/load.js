@@ -7,8 +7,11 @@
 //
 //   node load.js '{"url":"ws://…","mode":"browser"|"bot","users":100,
 //                  "warmup":2,"duration":10,"cookie":"wt_session=…","origin":"http://…",
-//                  "serviceId":1,"appid":"1.00002","inFlight":200,"idle":false}'
-// With "idle": true the users log in and then say nothing (for memory and idle costs).
+//                  "serviceId":1,"appid":"1.00002","inFlight":200,"idle":false,"loginRate":0}'
+// With "idle": true the users log in and then say nothing (for memory and idle costs);
+// the end event then also has the latency of state pushes (statePushes, stateP50, stateP99, stateMax, ms).
+// Logins: at most inFlight waiting at once; or, with "loginRate": R, a storm
+// opened at R per second whatever is still waiting.
 'use strict';
 const WebSocket = require('ws');
 
@@ -25,6 +28,9 @@ let latencies = new Float64Array(1 << 20);
 let count = 0;
 let errors = 0;
 const errorSamples = [];
+// Idle mode: how long a state write (the bench writes memory fact "benchAt" =
+// its wall-clock ms into Redis) takes to reach the browser as a push.
+const stateLatencies = [];
 
 function record(ms) {
   if (!measuring) return;
@@ -64,6 +70,10 @@ class User {
         const m = JSON.parse(data);
         if (m.method === 'loginResp' && !done) {
           finish(m.result === 1 ? null : `login: ${m.result} ${m.msg}`);
+        } else if (m.method === 'getUserStatusResp' && measuring && m.memory) {
+          for (const fact of m.memory.new || []) {
+            if (fact.key === 'benchAt') stateLatencies.push(Date.now() - Number(fact.value));
+          }
         } else if (m.method === answerMethod && this.sent) {
           if (m.result !== undefined && m.result !== 1) {
             errors++;
@@ -103,7 +113,20 @@ async function main() {
       if (error) loginErrors.push(error);
     }
   }
-  await Promise.all(Array.from({ length: Math.min(inFlight, users.length) }, worker));
+  if (o.loginRate) {
+    // A storm: logins opened at loginRate per second, however many are still waiting.
+    const opening = [];
+    const perTick = Math.max(1, Math.round(o.loginRate / 100));
+    while (index < users.length) {
+      for (let k = 0; k < perTick && index < users.length; k++) {
+        opening.push(users[index++].open().then((error) => { if (error) loginErrors.push(error); }));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await Promise.all(opening);
+  } else {
+    await Promise.all(Array.from({ length: Math.min(inFlight, users.length) }, worker));
+  }
   say({ event: 'ready', logins: users.length - loginErrors.length, loginSeconds: (now() - t0) / 1000,
         errors: loginErrors.slice(0, 5), failed: loginErrors.length });
   const live = users.filter((u) => u.ws.readyState === WebSocket.OPEN);
@@ -118,8 +141,11 @@ async function main() {
   stopped = true;
   const sorted = latencies.slice(0, count).sort();
   const pick = (q) => (count ? sorted[Math.min(count - 1, Math.floor(q * count))] : null);
+  const states = Float64Array.from(stateLatencies).sort();
+  const pickState = (q) => (states.length ? states[Math.min(states.length - 1, Math.floor(q * states.length))] : null);
   say({ event: 'end', roundTrips: count, seconds, rtPerSecond: count / seconds, p50: pick(0.5), p99: pick(0.99),
-        p999: pick(0.999), errors, errorSamples });
+        p999: pick(0.999), errors, errorSamples,
+        statePushes: states.length, stateP50: pickState(0.5), stateP99: pickState(0.99), stateMax: pickState(1) });
   for (const u of users) if (u.ws) u.ws.terminate();
   process.exit(0);
 }
