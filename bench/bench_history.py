@@ -34,9 +34,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, task  # noqa: E402
 
 from tests.support.wait import free_port  # noqa: E402
+from webtesting.config import RegistryConfig  # noqa: E402
 from webtesting.web.accounts import add_user_sync, make_token_sync  # noqa: E402
 from webtesting.web.registry import connect_sync  # noqa: E402
-from webtesting.config import RegistryConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = 0.10
@@ -82,12 +82,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-async def one_run(reactor: Any, folder: str, cookie: str, history: bool, sessions: int, seconds: float) -> dict[str, float]:
+async def one_run(
+    reactor: Any, folder: str, cookie: str, history: bool, sessions: int, seconds: float
+) -> dict[str, float]:
     port = free_port()
     # e.g. WT_BENCH_WRAP="py-spy record -f raw -o /tmp/relay.txt --" for a profile of the server
     server = subprocess.Popen(
-        os.environ.get("WT_BENCH_WRAP", "").split() + [sys.executable, os.path.join(HERE, "history_relay_server.py"), "--registry",
-         os.path.join(folder, "registry.sqlite3"), "--port", str(port)]
+        os.environ.get("WT_BENCH_WRAP", "").split()
+        + [sys.executable, os.path.join(HERE, "history_relay_server.py"), "--registry",
+           os.path.join(folder, "registry.sqlite3"), "--port", str(port)]
         + (["--history"] if history and not os.environ.get("WT_BENCH_AA") else []),
         stdout=subprocess.PIPE, text=True)
     try:

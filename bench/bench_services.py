@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Bench, api, say, start_webtesting  # noqa: E402
+
 from tests.support.rediscluster import free_ports  # noqa: E402
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> int:
         # The seconds holding a sync stand out above the median by what the sync cost.
         report["syncCpuSecondsEach"] = round(sum(w - baseline for w in ordered[-syncs:]) / syncs, 3)
         for name, path in (("getServiceList", "Service/getServiceList"), ("getServices", "Service/getServices")):
-            report[f"{name}SteadySeconds"] = round(timed(lambda: api(wt.base, admin, "GET", path))[0], 3)
+            report[f"{name}SteadySeconds"] = round(timed(lambda path=path: api(wt.base, admin, "GET", path))[0], 3)
         status = api(wt.base, admin, "GET", "Service/getServices")["servicdLists"]
         report["statuses"] = sorted({(s["status"], s["code"]) for s in status})
     finally:

@@ -80,7 +80,8 @@ def mariadb_dictionary(reactor: Any) -> tuple[Any, Any]:
         return None, lambda: None
     mariadb.execute(name, f"CREATE TABLE {LAYOUT.tag_table} (id INT PRIMARY KEY, content VARCHAR(255))")
     mariadb.execute(name, f"CREATE TABLE {LAYOUT.topic_table} (id INT PRIMARY KEY, content VARCHAR(255))")
-    mariadb.execute(name, f"INSERT INTO {LAYOUT.tag_table} VALUES " + ",".join(f"({i},'tag {i}')" for i in range(1, 21)))
+    mariadb.execute(name, f"INSERT INTO {LAYOUT.tag_table} VALUES "
+                    + ",".join(f"({i},'tag {i}')" for i in range(1, 21)))
     mariadb.execute(name, f"INSERT INTO {LAYOUT.topic_table} VALUES "
                     + ",".join(f"({i},'topic {i}')" for i in range(100, 110)))
     db = Database("bench", mysql_connector(mariadb.HOST, mariadb.PORT, mariadb.USER, mariadb.PASSWORD,

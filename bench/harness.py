@@ -7,7 +7,9 @@ and a tester's API tokens.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import resource
 import signal
@@ -16,9 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -41,10 +43,8 @@ def child_setup(cpu: int | None) -> Callable[[], None]:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # The bench opens thousands of sockets per process (10,000 sessions).
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        try:  # die with the bench, whatever kills it
+        with contextlib.suppress(OSError):  # die with the bench, whatever kills it
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-        except OSError:
-            pass
     return setup
 
 
@@ -134,7 +134,7 @@ def wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"{proc.name} did not listen on {port} within {timeout} s:\n{proc.tail()}")
+                raise SystemExit(f"{proc.name} did not listen on {port} within {timeout} s:\n{proc.tail()}") from None
             time.sleep(0.05)
 
 
@@ -221,6 +221,6 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
             break
         except OSError as e:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the web server did not answer: {e}\n{web.tail()}")
+                raise SystemExit(f"the web server did not answer: {e}\n{web.tail()}") from e
             time.sleep(0.2)
     return WebTesting(web, agent, base, ws_port, agent_port, tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from tests.support.registry import SERVICE, RunningRegistry, seed_service
 from webtesting.config import RegistryConfig
 from webtesting.web.accounts import (
     add_user_sync,
@@ -14,7 +15,6 @@ from webtesting.web.accounts import (
     list_users_sync,
 )
 from webtesting.web.registry import connect_sync
-from tests.support.registry import SERVICE, RunningRegistry, seed_service
 
 
 class PasswordTests(unittest.TestCase):

@@ -14,13 +14,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from webtesting.agent.backend import state_source_factory
-from webtesting.agent.server import AgentSettings, WebLink
-from webtesting.rediscluster import key_slot
 from tests.support import mariadb
 from tests.support.system import BotBackends
 from tests.support.tcpproxy import TCPProxy
 from tests.support.wait import eventually
+from webtesting.agent.backend import state_source_factory
+from webtesting.agent.server import AgentSettings, WebLink
+from webtesting.rediscluster import key_slot
 
 
 class AgentHealthTests(unittest.TestCase):
@@ -58,7 +58,8 @@ class AgentHealthTests(unittest.TestCase):
         return [(m["status"], m["code"]) for _, m in self.statuses]
 
     async def test_idle_bot_killed_and_back(self) -> None:
-        """With nobody logged in, a killed bot makes the status 0 bot_unreachable, and its return 1 within 5 s, by itself."""
+        """With nobody logged in, a killed bot makes the status 0 bot_unreachable, and its return 1 within 5 s, by
+        itself."""
         self.link()
         await eventually(lambda: self.codes() == [(1, "ok")], what="first status ok")
         await self.parts.bot.stop()
@@ -82,7 +83,8 @@ class AgentHealthTests(unittest.TestCase):
         self.assertIn("WxService", status["msg"])
 
     async def test_one_master_killed_and_back(self) -> None:
-        """One Redis master killed: exactly one change, to 0 redis_partial naming the node and its slots; back: one change to 1."""
+        """One Redis master killed: exactly one change, to 0 redis_partial naming the node and its slots; back: one
+        change to 1."""
         self.link()
         await eventually(lambda: self.codes() == [(1, "ok")], what="first status ok")
         cluster = self.parts.cluster

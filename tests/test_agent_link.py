@@ -8,8 +8,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from webtesting.agent.server import MAX_FRAME, AgentSettings, WebLink
 from tests.support.fakestate import fake_state_factory
+from webtesting.agent.server import MAX_FRAME, AgentSettings, WebLink
 
 
 class WebLinkTests(unittest.TestCase):
@@ -74,7 +74,8 @@ class WebLinkTests(unittest.TestCase):
         self.assertEqual(self.link.users, {})
 
     def test_status_reports_carry_codes(self) -> None:
-        """The service's health goes to the web server as agentStatusReq with a code: once per change, after two agreeing checks."""
+        """The service's health goes to the web server as agentStatusReq with a code: once per change, after two
+        agreeing checks."""
         clock: Any = self.link.reactor
         self.link.handle(json.dumps(self.info()).encode())
         clock.advance(0)

@@ -12,13 +12,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
-from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory, BrowserListener
 from tests.support import wsclient
-from tests.support.wsclient import JSONClientProtocol
 from tests.support.sessions import session_cookie, sqlite_store
 from tests.support.sessions_fakes import StaticLink
 from tests.support.wait import autobahn_timers_settled, free_port
+from tests.support.wsclient import JSONClientProtocol
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory, BrowserListener
 
 
 class BrowserWebSocketTests(unittest.TestCase):

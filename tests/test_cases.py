@@ -17,10 +17,10 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from webtesting.cases import CaseError, load, reply_problems, run_case, state_problems
-from webtesting.client import Client, ServerError
 from tests.support.browser import PASSWORD, PagesSystem
 from tests.support.wait import eventually
+from webtesting.cases import CaseError, load, reply_problems, run_case, state_problems
+from webtesting.client import Client, ServerError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JUNIT_XSD = os.path.join(ROOT, "tests", "support", "junit.xsd")
@@ -160,7 +160,8 @@ class RunTests(unittest.TestCase):
         validate_junit(report)
         suite = ET.parse(report).getroot().find("testsuite")
         assert suite is not None
-        self.assertEqual((suite.get("tests"), suite.get("failures"), suite.get("errors")), (str(len(EXAMPLES)), "0", "0"))
+        self.assertEqual((suite.get("tests"), suite.get("failures"), suite.get("errors")),
+                         (str(len(EXAMPLES)), "0", "0"))
         wrong = os.path.abspath(self.mktemp() + ".yaml")
         with open(wrong, "w", encoding="utf-8") as f:
             f.write("name: expects the wrong name\nappid: '1.00002'\nsteps:\n"

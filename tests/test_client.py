@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from webtesting.client import Client, ClientError, ServerError, WaitTimeout
 from tests.support.browser import PASSWORD, PagesSystem
 from tests.support.wait import eventually
+from webtesting.client import Client, ClientError, ServerError, WaitTimeout
 
 
 class ClientTests(unittest.TestCase):

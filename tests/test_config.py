@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from twisted.python import usage
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python import usage
 from twisted.trial import unittest
 
 from webtesting import config
@@ -104,7 +105,7 @@ class LoadTests(unittest.TestCase):
     def test_frozen(self) -> None:
         """Loaded configuration cannot be changed."""
         loaded = config.load(config.WebConfig, None)
-        self.assertRaises(Exception, setattr, loaded.http, "listen", "tcp:1")
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, loaded.http, "listen", "tcp:1")
 
     def test_endpoint_port(self) -> None:
         """The port of a listening endpoint string is found in its usual spellings."""

@@ -13,13 +13,13 @@ from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
+from tests.support.wait import free_port
 from webtesting.agent import tap as agent_tap
 from webtesting.web import tap as web_tap
 from webtesting.web.accounts import SESSION_SCHEMA_MYSQL, USER_SCHEMA_MYSQL
 from webtesting.web.history import HISTORY_SCHEMA_MYSQL
-from webtesting.web.testruns import CASE_SCHEMA_MYSQL
 from webtesting.web.registry import MYSQL_SCHEMA
-from tests.support.wait import free_port
+from webtesting.web.testruns import CASE_SCHEMA_MYSQL
 
 SECRET = "test-secret-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,8 @@ class SchemaFileTests(unittest.TestCase):
 
 class TwistdWebTests(unittest.TestCase):
     async def start_web(self) -> tuple[Any, Any, int, str]:
-        """Start `twistd -n webtesting-web` on free ports with one admin, logged in; (process, client, ws port, folder)."""
+        """Start `twistd -n webtesting-web` on free ports with one admin, logged in; (process, client, ws port,
+        folder)."""
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
@@ -135,7 +136,7 @@ class TwistdWebTests(unittest.TestCase):
                 status, answer = await client.login("boss", "correct horse battery")
                 if status != 503:  # 503: its registry database is not connected yet
                     break
-            except Exception:
+            except Exception:  # noqa: BLE001 - not listening yet; the assertion below says whether it died
                 self.assertIsNone(proc.poll(), "twistd exited")
             await deferLater(reactor, 0.1, lambda: None)
         else:

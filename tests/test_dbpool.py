@@ -6,7 +6,8 @@ rollback of an abandoned write.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -50,7 +51,7 @@ class Workers:
         work, done = self.queue.pop(0)
         try:
             result, ok = work(), True
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the fake pool hands every outcome on, as the real one does
             result, ok = Failure(), False
         done(ok, result)
 
@@ -74,7 +75,7 @@ class Server:
         self.rollbacks = 0
         self.on_commit: Callable[[], None] = lambda: None
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         if not self.up:
             raise ServerAway(self.refusal)
         self.opened += 1
@@ -87,7 +88,7 @@ class Connection:
         self.pending: list[str] = []
         self.closed = False
 
-    def cursor(self) -> "Cursor":
+    def cursor(self) -> Cursor:
         return Cursor(self)
 
     def commit(self) -> None:
@@ -239,7 +240,7 @@ class DatabaseTests(unittest.TestCase):
         """Requests that wait for a thread longer than the deadline, then run quickly, all succeed."""
         self.start_up()
         waiting = [self.db.run(insert) for _ in range(5)]
-        for d in waiting:
+        for _ in waiting:
             self.clock.advance(TIMEOUT * 0.9)  # each one waits, the later ones longer than the deadline
             self.workers.run_next()
         self.assertEqual([self.successResultOf(d) for d in waiting], ["inserted"] * 5)
@@ -247,7 +248,8 @@ class DatabaseTests(unittest.TestCase):
         self.assertTrue(self.db.available)
 
     def test_write_past_its_deadline_is_rolled_back(self) -> None:
-        """A write whose deadline passes while it runs answers 'unavailable' then and is rolled back, never committed."""
+        """A write whose deadline passes while it runs answers 'unavailable' then and is rolled back, never
+        committed."""
         self.start_up()
 
         def slow_insert(cursor: Any) -> str:
@@ -292,7 +294,8 @@ class DatabaseTests(unittest.TestCase):
         self.assertEqual(ran, [])
 
     def test_no_thread_within_queue_timeout(self) -> None:
-        """A request no thread picks up within queue_timeout fails as busy, never runs, and the database stays available."""
+        """A request no thread picks up within queue_timeout fails as busy, never runs, and the database stays
+        available."""
         self.start_up()
         ran: list[int] = []
         d = self.db.run(lambda c: ran.append(1))

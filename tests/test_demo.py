@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,10 +19,10 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from webtesting.demo import Ports, answers, parse_options, with_port
 from tests.support import wsclient
 from tests.support.rediscluster import free_ports
 from tests.support.wait import eventually, free_port
+from webtesting.demo import Ports, answers, parse_options, with_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ class DemoTests(unittest.TestCase):
         shutil.copytree(os.path.join(ROOT, "etc"), os.path.join(self.folder, "etc"))
         shutil.copytree(os.path.join(ROOT, "webroot"), os.path.join(self.folder, "webroot"))
         self.out_path = os.path.join(self.folder, "demo.out")
-        out = open(self.out_path, "wb")
+        out = open(self.out_path, "wb")  # noqa: SIM115 - closed by the cleanup below
         self.addCleanup(out.close)
         p = self.ports
         self.demo = subprocess.Popen(
@@ -87,10 +88,8 @@ class DemoTests(unittest.TestCase):
                 self.demo.kill()
                 self.demo.wait()
         for pid in self.pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def output(self) -> str:
         with open(self.out_path, errors="replace") as f:
@@ -153,7 +152,8 @@ class DemoTests(unittest.TestCase):
             os.kill(pid, signal.SIGKILL)
         await eventually(lambda: status() != 1, timeout=10, what="the agent's death seen by the web server")
         for name in daemons:
-            await eventually(lambda: f"restarted {name} (pid" in self.output(), timeout=15, what=f"{name} restarted")
+            await eventually(lambda name=name: f"restarted {name} (pid" in self.output(), timeout=15,
+                             what=f"{name} restarted")
             self.assertIn(f"{name} died (killed by SIGKILL)", self.output())
         self.assertIsNone(self.demo.poll(), "the demo keeps running")
         await eventually(lambda: status() == 1, timeout=30, what="the demo service healthy again")

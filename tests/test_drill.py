@@ -35,12 +35,19 @@ C{_trial_temp/drill.json} (for the README).
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.trial import unittest
 
 from tests.support.drill import (
-    DEADLINE, Drill, Expect, Phase, now, record, sleep,
+    DEADLINE,
+    Drill,
+    Expect,
+    Phase,
+    now,
+    record,
+    sleep,
 )
 
 SESSIONS = 20

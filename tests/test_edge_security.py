@@ -17,16 +17,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from webtesting.config import RegistryConfig
-from webtesting.web.registry import open_registry
-from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory
 from tests.support.agent import RunningAgent
 from tests.support.fakestate import fake_state_factory
 from tests.support.registry import RunningRegistry
 from tests.support.sessions import sqlite_store
 from tests.support.wait import autobahn_timers_settled, free_port
 from tests.test_fuzz import LogWatch
+from webtesting.config import RegistryConfig
+from webtesting.web.registry import open_registry
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory
 
 
 class Streamer(protocol.Protocol):

@@ -33,15 +33,15 @@ from twisted.internet.defer import DeferredSemaphore, gatherResults
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from webtesting.config import RegistryConfig
-from webtesting.protocol import BROWSER_REQUESTS, LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
-from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory
 from tests.support import wsclient
 from tests.support.http import JSONClient
 from tests.support.registry import SERVICE, RunningRegistry, seed_service
 from tests.support.sessions import session_cookie, sqlite_store
 from tests.support.wait import autobahn_timers_settled, eventually
+from webtesting.config import RegistryConfig
+from webtesting.protocol import BROWSER_REQUESTS, LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory
 
 T = TypeVar("T")
 
@@ -93,7 +93,8 @@ scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False
            | st.text(max_size=12) | surrogate_text | huge_numbers)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | surrogate_text, inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8) | surrogate_text, inner, max_size=4),
     max_leaves=8,
 )
 
@@ -156,7 +157,7 @@ def expand_ws(example: tuple[list[dict[str, Any]], list[Any], list[tuple[bytes, 
     frames = []
     for request in drawn:
         frames.append((render(request).encode(), False))
-        for name, value in zip(FIELDS, bad):
+        for name, value in zip(FIELDS, bad, strict=False):
             frames.append((render({**request, name: value}).encode(), False))
     return frames + others
 
@@ -214,7 +215,7 @@ def expand_http(example: tuple[list[Any], list[Any], bytes]) -> list[Request]:
     """
     bad, others, login = example
     requests: list[Request] = []
-    for name, value in zip(SERVICE_FIELDS, bad):
+    for name, value in zip(SERVICE_FIELDS, bad, strict=False):
         body = render([seed_service(**{name: value})]).encode()
         requests.append(("PUT", "Service/addServices", "application/json", body, "admin"))
         body = render([{"serviceId": 1, name: value}]).encode()
@@ -293,7 +294,8 @@ class BrowserWebSocketFuzz(unittest.TestCase):
         return client
 
     async def test_storm(self) -> None:
-        """Thousands of generated frames each get one answer, none a 500, nothing critical is logged, and the server serves on."""
+        """Thousands of generated frames each get one answer, none a 500, nothing critical is logged, and the server
+        serves on."""
         started = time.monotonic()
         frames = [frame for example in generate(ws_examples, WS_EXAMPLES) for frame in expand_ws(example)]
         broken = generate(invalid_utf8, INVALID_UTF8_EXAMPLES)
@@ -305,7 +307,7 @@ class BrowserWebSocketFuzz(unittest.TestCase):
                          "an answer to every frame")
         self.assertFalse(client.closed.called, "the storm connection was closed")
         self.assertEqual(len(client.raw), len(frames))
-        for (payload, _binary), raw in zip(frames, client.raw):
+        for (payload, _binary), raw in zip(frames, client.raw, strict=False):
             answer = json.loads(raw)
             self.assertIsInstance(answer.get("method"), str, _shown(payload))
             self.assertNotEqual(answer.get("result"), 500, f"{_shown(payload)} -> {answer}")
@@ -338,7 +340,8 @@ class HTTPAPIFuzz(unittest.TestCase):
                 client.cookie = await self.running.cookie(role, role)
 
     async def test_storm(self) -> None:
-        """Thousands of generated requests each get a JSON answer that is not a 500, nothing critical is logged, and the API serves on."""
+        """Thousands of generated requests each get a JSON answer that is not a 500, nothing critical is logged, and
+        the API serves on."""
         started = time.monotonic()
         requests = [r for example in generate(http_examples, HTTP_EXAMPLES) for r in expand_http(example)]
         self.assertGreaterEqual(len(requests), 2900)

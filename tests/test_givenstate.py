@@ -12,15 +12,15 @@ import sqlite3
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from tests.support import mariadb
+from tests.support.rediscluster import start_cluster
+from tests.support.registry import seed_service
 from webtesting import rediscluster
 from webtesting.config import MySQLConfig, RegistryConfig
 from webtesting.givenstate import check_given, commands, describe
 from webtesting.protocol import InvalidInput, validate_service
 from webtesting.statelayout import StateLayout
 from webtesting.web.registry import open_registry
-from tests.support import mariadb
-from tests.support.registry import seed_service
-from tests.support.rediscluster import start_cluster
 
 NOW = 1_700_000_000_000
 

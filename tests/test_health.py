@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -70,7 +71,8 @@ class HealthMonitorTests(unittest.TestCase):
         self.assertEqual(self.reports, [UP])
 
     def test_down_reported_after_two_agreeing_checks(self) -> None:
-        """An idle service whose part goes down is reported down once, one interval_down after the first failing check."""
+        """An idle service whose part goes down is reported down once, one interval_down after the first failing
+        check."""
         self.monitor.start()
         self.clock.advance(0)
         self.probes.findings = [REDIS_DOWN]
@@ -138,7 +140,8 @@ class HealthMonitorTests(unittest.TestCase):
         self.probes.findings = [REDIS_DOWN]
         self.monitor.start()
         self.clock.advance(0)
-        worse = Finding("redis", False, "redis_partial", "Redis Cluster nodes unavailable: 127.0.0.1:7001; 127.0.0.1:7002")
+        worse = Finding("redis", False, "redis_partial",
+                        "Redis Cluster nodes unavailable: 127.0.0.1:7001; 127.0.0.1:7002")
         self.probes.findings = [worse]
         self.run_for(2.125)
         self.assertEqual(self.reports, [verdict([REDIS_DOWN]), verdict([worse])])

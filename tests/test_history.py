@@ -14,14 +14,14 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.support import mariadb
+from tests.support.browser import PASSWORD, PagesSystem
+from tests.support.wait import eventually
 from webtesting.config import MySQLConfig, RegistryConfig
 from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, routed_frame
 from webtesting.web.history import History
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
-from tests.support import mariadb
-from tests.support.browser import PASSWORD, PagesSystem
-from tests.support.wait import eventually
 
 SID = 3
 USER = (SID, "1.00002", "alice")

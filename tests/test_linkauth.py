@@ -19,14 +19,14 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import reactor, ssl
 from twisted.trial import unittest
 
-from webtesting import linkauth
-from webtesting.web.sessions import names_only
-from webtesting.wslink import pinned_tls
 from tests.support import wsclient
 from tests.support.agent import SECRET, RunningAgent
 from tests.support.fakestate import fake_state_factory
-from tests.test_links import BACKOFF, LinkTestsBase, up
 from tests.support.wait import eventually, free_port
+from tests.test_links import BACKOFF, LinkTestsBase, up
+from webtesting import linkauth
+from webtesting.web.sessions import names_only
+from webtesting.wslink import pinned_tls
 
 
 class ProofTests(unittest.TestCase):
@@ -75,7 +75,7 @@ class ProofTests(unittest.TestCase):
 class Rogue(WebSocketServerProtocol):
     """A listener at a wrong agentAddr: records everything, plays along as far as it can."""
 
-    factory: "RogueFactory"
+    factory: RogueFactory
 
     def onConnect(self, request: Any) -> None:
         self.factory.seen_headers.append(dict(request.headers))
@@ -218,7 +218,7 @@ def self_signed(folder: str, name: str) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())

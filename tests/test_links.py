@@ -12,16 +12,16 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from webtesting.config import RegistryConfig
-from webtesting.lifecycle import Backoff
-from webtesting.web.links import AgentLink, AgentLinks
-from webtesting.web.registry import open_registry
-from webtesting.web.sessions import Relay
 from tests.support import wsclient
 from tests.support.agent import SECRET, RunningAgent
 from tests.support.fakestate import FakeStateSource, fake_state_factory
 from tests.support.registry import seed_service
 from tests.support.wait import autobahn_timers_settled, eventually, free_port
+from webtesting.config import RegistryConfig
+from webtesting.lifecycle import Backoff
+from webtesting.web.links import AgentLink, AgentLinks
+from webtesting.web.registry import open_registry
+from webtesting.web.sessions import Relay
 
 STEP = 0.1  # the first retry delay in these tests
 
@@ -211,7 +211,7 @@ class AgentLinkUnitTests(unittest.TestCase):
         health: list[tuple[int, str]] = []
         link = AgentLink(
             seed_service(serviceId=1, status=0, msg="", **record), reactor=clock, relay=Relay({}, clock=clock),
-            secret="s", on_health=lambda l: health.append(l.health), backoff=BACKOFF,
+            secret="s", on_health=lambda link: health.append(link.health), backoff=BACKOFF,
         )
         self.addCleanup(link.stop)
         return link, clock, health

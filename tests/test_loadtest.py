@@ -61,7 +61,7 @@ class StatsTests(unittest.TestCase):
 
     def test_figures_by_second_and_thresholds(self) -> None:
         self.stats.user_started()
-        for i in range(98):
+        for _ in range(98):
             self.step(0.010)
         self.step(0.500)
         self.step(0.500)

@@ -13,16 +13,16 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from webtesting.web.http import RegistryAPI, make_site
-from webtesting.web.links import AgentLinks
-from webtesting.web.sessions import Relay
-from webtesting.web.ws import BrowserFactory
 from tests.support import wsclient
 from tests.support.agent import SECRET
 from tests.support.http import JSONClient
 from tests.support.sessions import session_cookie
 from tests.support.system import FAST_BACKOFF, System
 from tests.support.wait import eventually
+from webtesting.web.http import RegistryAPI, make_site
+from webtesting.web.links import AgentLinks
+from webtesting.web.sessions import Relay
+from webtesting.web.ws import BrowserFactory
 
 
 class OneLoginTests(unittest.TestCase):

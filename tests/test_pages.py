@@ -19,10 +19,10 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from webtesting.web.registry import connect_sync
 from tests.support import mariadb
 from tests.support.browser import PASSWORD, Browser, PagesSystem
 from tests.support.wait import eventually, free_port
+from webtesting.web.registry import connect_sync
 
 try:
     from playwright.sync_api import expect
@@ -374,7 +374,8 @@ class LoginEndsTests(PageTestCase):
     """The panel follows the truth: a login the servers ended is shown as ended, with the reason once."""
 
     async def test_appid_revoked(self) -> None:
-        """When an admin revokes the panel's appid, the panel is back to not logged in, says why once with the raw text behind "details", and can log in with another appid."""
+        """When an admin revokes the panel's appid, the panel is back to not logged in, says why once with the raw text
+        behind "details", and can log in with another appid."""
         sid = await self.system.add_service()
         page = await self.page_as(TESTER, "chat.html")
         p = panel(page, 1)
@@ -406,7 +407,8 @@ class LoginEndsTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_service_deleted(self) -> None:
-        """When the service is deleted while a panel is logged in there, the panel is back to not logged in and says why once."""
+        """When the service is deleted while a panel is logged in there, the panel is back to not logged in and says
+        why once."""
         sid = await self.system.add_service(description="doomed bot")
         await self.system.add_service(description="other bot")
         page = await self.page_as(TESTER, "chat.html")
@@ -427,7 +429,8 @@ class LoginEndsTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_unprompted_logout_with_code(self) -> None:
-        """An unprompted logoutResp with a code ends the login with that code's sentence; the answer to the panel's own logout never ends a new login."""
+        """An unprompted logoutResp with a code ends the login with that code's sentence; the answer to the panel's own
+        logout never ends a new login."""
         first = await self.system.add_service(description="first bot")
         second = await self.system.add_service(description="second bot")
         page = await self.page_as(TESTER, "chat.html")
@@ -467,7 +470,8 @@ class ReasonTests(PageTestCase):
     """Reasons read as plain sentences in both languages, once, with the raw text behind "details"."""
 
     async def test_codes_read_as_sentences(self) -> None:
-        """Every reason code has its own sentence in English and in Chinese; an unknown or missing code reads as a generic sentence."""
+        """Every reason code has its own sentence in English and in Chinese; an unknown or missing code reads as a
+        generic sentence."""
         page = await self.page_as(TESTER, "chat.html")
 
         def sentences() -> Any:
@@ -504,7 +508,8 @@ class ReasonTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_pushed_reason_and_details(self) -> None:
-        """A pushed servStatus reads as its code's sentence, in the chosen language; its raw msg shows only when "details" is opened."""
+        """A pushed servStatus reads as its code's sentence, in the chosen language; its raw msg shows only when
+        "details" is opened."""
         sid = await self.system.add_service()
         page = await self.page_as(TESTER, "chat.html")
         p = panel(page, 1)
@@ -550,7 +555,8 @@ class ReasonTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_same_reason_once(self) -> None:
-        """The same servStatus twice, and errors with the same code, show the reason once; a changed reason replaces it."""
+        """The same servStatus twice, and errors with the same code, show the reason once; a changed reason replaces
+        it."""
         sid = await self.system.add_service()
         page = await self.page_as(TESTER, "chat.html")
         p = panel(page, 1)
@@ -591,7 +597,8 @@ class ReasonTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_service_list_entries_say_their_code(self) -> None:
-        """A service that is down reads as its code's sentence in the list (its msg when it has no code), with the raw msg as the option's title."""
+        """A service that is down reads as its code's sentence in the list (its msg when it has no code), with the raw
+        msg as the option's title."""
         sid = await self.system.add_service()
         page = await self.page_as(TESTER, "chat.html")
 
@@ -646,7 +653,8 @@ class AdminPageTests(PageTestCase):
             connection.close()
 
     async def test_admin_adds_edits_deletes(self) -> None:
-        """An admin adds a service (a bad port is named beside its field), sees its status change, edits it with the password kept, and deletes it."""
+        """An admin adds a service (a bad port is named beside its field), sees its status change, edits it with the
+        password kept, and deletes it."""
         user, password = self.mysql_user()
         s = self.system.service()
         await self.system.add_service(description="reference bot")
@@ -713,7 +721,8 @@ class AdminPageTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_admin_sees_sentence_and_raw_reason(self) -> None:
-        """A service that is down reads on the admin page as its code's sentence with the raw msg visible beside it, as text."""
+        """A service that is down reads on the admin page as its code's sentence with the raw msg visible beside it, as
+        text."""
         await self.system.add_service(description="healthy bot")
         page = await self.page_as(ADMIN, "admin.html")
         raw = "agent unreachable: <b>connection refused</b>"
@@ -743,7 +752,8 @@ class AdminPageTests(PageTestCase):
         await self.assert_no_page_errors(page)
 
     async def test_tester_is_refused_admin(self) -> None:
-        """A tester sees no admin function, is refused the admin page and the admin API; a stranger is sent to log in."""
+        """A tester sees no admin function, is refused the admin page and the admin API; a stranger is sent to log
+        in."""
         await self.system.add_service()
         page = await self.browser.page()
 

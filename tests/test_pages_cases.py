@@ -14,10 +14,10 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from webtesting.client import Client, ServerError
 from tests.support.browser import PASSWORD
 from tests.support.system import another_bot
 from tests.test_pages import ADMIN, TESTER, PageTestCase, bot_says, expect, log_in_panel, say, screenshot
+from webtesting.client import Client, ServerError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +95,8 @@ class TestCasePageTests(PageTestCase):
         response = await treq.get(f"{self.system.base}/Cases/download/{listed['id']}",
                                   headers={"Cookie": self.system._admin_cookie}, persistent=False)
         self.assertEqual(response.code, 200)
-        self.assertIn(b'attachment; filename="weather-chat.yaml"', response.headers.getRawHeaders(b"content-disposition")[0])
+        self.assertIn(b'attachment; filename="weather-chat.yaml"',
+                      response.headers.getRawHeaders(b"content-disposition")[0])
         path = os.path.abspath(self.mktemp() + ".yaml")
         with open(path, "wb") as f:
             f.write(await response.content())
@@ -135,7 +136,8 @@ class TestCasePageTests(PageTestCase):
 
 class LoadTabTests(PageTestCase):
     async def test_load_from_the_tests_page(self) -> None:
-        """The Load tab: simulated testers on a saved case, live figures and chart, a verdict, a report; Stop ends a run."""
+        """The Load tab: simulated testers on a saved case, live figures and chart, a verdict, a report; Stop ends a
+        run."""
         sid = await self.system.add_service()
         url = f"http://127.0.0.1:{self.system.http_port}"
         tess = Client(url)

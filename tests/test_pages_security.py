@@ -21,7 +21,10 @@ from tests.test_pages import ADMIN, TESTER, PageTestCase, expect
 EVIL = """<!doctype html><meta charset="utf-8"><title>evil</title><script>
 window.results = {};
 const ws = new WebSocket(%(ws)r);
-ws.onopen = () => { window.results.ws = "open"; ws.send(JSON.stringify({method: "loginReq", serviceId: 1, appid: "1.00002", uname: "victim"})); };
+ws.onopen = () => {
+  window.results.ws = "open";
+  ws.send(JSON.stringify({method: "loginReq", serviceId: 1, appid: "1.00002", uname: "victim"}));
+};
 ws.onclose = () => { window.results.ws = window.results.ws || "refused"; };
 fetch(%(api)r, {method: "POST", credentials: "include", mode: "no-cors",
   headers: {"Content-Type": "text/plain"}, body: "{}"}).then(() => { window.results.api = "sent"; },
@@ -88,7 +91,8 @@ class CrossOriginTests(PageTestCase):
 
 class AdminPeopleTests(PageTestCase):
     async def test_admin_sees_and_ends_sessions(self) -> None:
-        """The admin page lists active sessions and who is logged in as which bot user; ending the tester's sessions logs them out."""
+        """The admin page lists active sessions and who is logged in as which bot user; ending the tester's sessions
+        logs them out."""
         sid = await self.system.add_service()
         await self.system.wait_status(sid, 1)
         tester = await self.page_as(TESTER, "chat.html")

@@ -9,13 +9,12 @@ import sqlite3
 from typing import Any
 
 import pymysql
-
 from twisted.trial import unittest
 
-from webtesting.config import MySQLConfig, RegistryConfig
-from webtesting.protocol import PASSWORD_MASK
 from tests.support import mariadb
 from tests.support.registry import SERVICE, RunningRegistry, seed_service
+from webtesting.config import MySQLConfig, RegistryConfig
+from webtesting.protocol import PASSWORD_MASK
 
 BAD_SERVICES: list[tuple[str, dict[str, Any], str]] = [
     # (what, service changes, text the msg must contain)
@@ -322,7 +321,8 @@ class RegistryAPITestsMixin:
             self.assertNotIn(secret, text)
 
     async def test_reasons_shown_to_testers_are_scrubbed(self) -> None:
-        """A down reason reaches testers as its code's sentence only (no hosts, user, or errno words); admins see it whole."""
+        """A down reason reaches testers as its code's sentence only (no hosts, user, or errno words); admins see it
+        whole."""
         [sid] = await self.add(seed_service(mysqlUser="botuser"))
         reason = ("bot MySQL unreachable: Access denied for user 'botuser'@'127.0.0.1' (1045); "
                   "Redis Cluster unreachable: 127.0.0.2:7000 refused")

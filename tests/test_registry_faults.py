@@ -15,11 +15,11 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from webtesting.config import MySQLConfig, RegistryConfig
-from webtesting.dbpool import mysql_is_fault
 from tests.support import mariadb
 from tests.support.registry import RunningRegistry, seed_service
 from tests.support.tcpproxy import TCPProxy
+from webtesting.config import MySQLConfig, RegistryConfig
+from webtesting.dbpool import mysql_is_fault
 
 RETRY = 0.2
 
@@ -142,7 +142,8 @@ class RegistryFaultTests(unittest.TestCase):
         self.assertEqual(rows, [(1,)])
 
     async def test_queued_burst_is_not_failed_for_waiting(self) -> None:
-        """Eight adds at once on two threads, each 0.3 s of work, all succeed though most wait longer than the deadline."""
+        """Eight adds at once on two threads, each 0.3 s of work, all succeed though most wait longer than the
+        deadline."""
         self.running = RunningRegistry(self.config(threads=2, request_timeout=1.0))
         await self.running.start()
         # Each insert takes 0.3 s on the server.

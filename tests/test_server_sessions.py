@@ -13,6 +13,11 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from tests.support import wsclient
+from tests.support.http import JSONClient
+from tests.support.registry import RunningRegistry
+from tests.support.sessions import session_cookie
+from tests.support.wait import autobahn_timers_settled, eventually
 from webtesting.config import RegistryConfig
 from webtesting.web import accounts
 from webtesting.web.accounts import (
@@ -25,11 +30,6 @@ from webtesting.web.accounts import (
 from webtesting.web.registry import connect_sync
 from webtesting.web.sessions import Relay
 from webtesting.web.ws import SESSION_ENDED, BrowserFactory
-from tests.support import wsclient
-from tests.support.http import JSONClient
-from tests.support.registry import RunningRegistry
-from tests.support.sessions import session_cookie
-from tests.support.wait import autobahn_timers_settled, eventually
 
 ME = "/WebTesting/Account/me"
 
@@ -160,7 +160,8 @@ class RevocationTests(unittest.TestCase):
             await wsclient.connect(self.ws_url, headers={"Cookie": old})
 
     async def test_deleted_user(self) -> None:
-        """Deleting a user (webtesting-account delete) ends their sessions: API at once, WebSockets within the re-check."""
+        """Deleting a user (webtesting-account delete) ends their sessions: API at once, WebSockets within the re-
+        check."""
         client = await self.logged_in("ann", "ann-password-1")
         ws = await self.websocket(client)
         self.sync(lambda c, d: delete_user_sync(c, d, "ann"))
@@ -174,7 +175,8 @@ class RevocationTests(unittest.TestCase):
         client = await self.logged_in("ann", "ann-password-1")
         status, _ = await client.call("GET", "/WebTesting/Service/getServices")
         self.assertEqual(status, 200)
-        await self.running.registry.db.run(lambda c: c.execute("UPDATE tb_user SET role = 'tester' WHERE username = 'ann'"))
+        await self.running.registry.db.run(
+            lambda c: c.execute("UPDATE tb_user SET role = 'tester' WHERE username = 'ann'"))
         status, answer = await client.call("GET", "/WebTesting/Service/getServices")
         self.assertEqual((status, answer["code"]), (403, "forbidden"))
         status, answer = await client.call("GET", ME)
@@ -243,7 +245,8 @@ class RevocationTests(unittest.TestCase):
         self.assertEqual((await ws.closed)[1], SESSION_ENDED)
 
     async def test_websockets_per_account(self) -> None:
-        """An account may hold at most max_per_account WebSockets; the next is refused with 429, closing one frees a place."""
+        """An account may hold at most max_per_account WebSockets; the next is refused with 429, closing one frees a
+        place."""
         self.factory.max_per_account = 2
         client = await self.logged_in("tom", "tom-password-1")
         first = await self.websocket(client)

@@ -78,13 +78,15 @@ class RelayTests(unittest.TestCase):
         """Missing or wrong-typed fields are answered with the request's own answer, naming the field."""
         cases = [
             ({"method": "loginReq", "appid": "1.00002", "uname": "u"}, "serviceId: is required"),
-            ({"method": "loginReq", "serviceId": "1", "appid": "1.00002", "uname": "u"}, "serviceId: must be an integer"),
+            ({"method": "loginReq", "serviceId": "1", "appid": "1.00002", "uname": "u"},
+             "serviceId: must be an integer"),
             ({"method": "loginReq", "serviceId": 1, "uname": "u"}, "appid: is required"),
             ({"method": "loginReq", "serviceId": 1, "appid": 5, "uname": "u"}, "appid: must be a string"),
             ({"method": "loginReq", "serviceId": 1, "appid": "1.00002"}, "uname: is required"),
             ({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": ""}, "uname: must not be empty"),
             ({"method": "aichatReq", "serviceId": 1, "appid": "1.00002"}, "content: is required"),
-            ({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "  "}, "content: must not be blank"),
+            ({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "  "},
+             "content: must not be blank"),
             ({"method": "setStatusPushReq", "serviceId": 1, "appid": "1.00002"}, "enabled: is required"),
         ]
         for message, expected in cases:

@@ -6,7 +6,8 @@ reads from a real Redis Cluster and a real MariaDB dictionary.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -408,7 +409,7 @@ class RealServersTests(unittest.TestCase):
         keys = LAYOUT.keys(appid, uid)
         commands: list[list[Any]] = [["DEL", k] for k in keys]
         hashes: tuple[dict[Any, str], ...] = (tags, topic_fields, topics, memory)
-        for key, values in zip(keys, hashes):
+        for key, values in zip(keys, hashes, strict=False):
             if values:
                 commands.append(["HSET", key, *[x for pair in values.items() for x in pair]])
         for result in await client.pipeline(commands):

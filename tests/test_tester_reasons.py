@@ -15,12 +15,12 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from webtesting.protocol import LOGGED_IN, ROUTE, TESTER_SENTENCES, routed_frame, scrub_reason, tester_reason
-from webtesting.web.sessions import Relay
-from webtesting.wslink import AGENT, BOT, classify_connect_failure
 from tests.support.sessions_fakes import StaticLink
 from tests.support.system import System
 from tests.support.wait import eventually
+from webtesting.protocol import LOGGED_IN, ROUTE, TESTER_SENTENCES, routed_frame, scrub_reason, tester_reason
+from webtesting.web.sessions import Relay
+from webtesting.wslink import AGENT, BOT, classify_connect_failure
 
 ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}|:\d{2,5}\b|://|\.internal|::1")
 
@@ -35,7 +35,8 @@ SOURCES = [
     ("agent_unreachable", classify_connect_failure(Failure(error.ConnectionRefusedError()), AGENT, "10.1.2.3").detail),
     ("agent_unknown_host",
      classify_connect_failure(Failure(error.DNSLookupError("x")), AGENT, "agents.internal").detail),
-    ("agent_tls_failed", "the agent's TLS certificate was refused: SSL error: certificate verify failed (10.1.2.3:2021)"),
+    ("agent_tls_failed",
+     "the agent's TLS certificate was refused: SSL error: certificate verify failed (10.1.2.3:2021)"),
     ("agent_auth_failed", "the peer at the agent address could not prove it is the agent: a wrong proof"),
     ("agent_not_responding", "the agent stopped answering (no pong in time)"),
     ("bot_unreachable", classify_connect_failure(Failure(error.ConnectionRefusedError()), BOT, "bot.internal").detail
@@ -97,7 +98,8 @@ class RealChainTests(unittest.TestCase):
     timeout = 120
 
     async def test_state_error_names_no_address(self) -> None:
-        """With the bot's Redis pointed at a dead address, the tester's getUserStatusResp says only 'unreachable'; the registry keeps the detail."""
+        """With the bot's Redis pointed at a dead address, the tester's getUserStatusResp says only 'unreachable'; the
+        registry keeps the detail."""
         system = System(self)
         await system.start()
         sid = await system.add_service()

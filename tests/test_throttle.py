@@ -12,12 +12,12 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.support.http import JSONClient
+from tests.support.registry import RunningRegistry
 from webtesting.config import RegistryConfig
 from webtesting.web.accounts import add_user_sync
 from webtesting.web.registry import connect_sync
 from webtesting.web.throttle import LoginThrottle, Throttled
-from tests.support.http import JSONClient
-from tests.support.registry import RunningRegistry
 
 LOGIN = "/WebTesting/Account/login"
 
@@ -63,7 +63,8 @@ class ThrottleFigures(unittest.TestCase):
         self.assertGreaterEqual(checked, 1000)
 
     def test_counted_before_the_check_and_one_at_a_time(self) -> None:
-        """An attempt counts as soon as it starts; a second one for the same username or address meanwhile is refused."""
+        """An attempt counts as soon as it starts; a second one for the same username or address meanwhile is
+        refused."""
         clock = Clock()
         throttle = LoginThrottle(clock.seconds)
         first = throttle.begin("ann", "127.0.0.2")
@@ -124,7 +125,8 @@ class ThrottleOverHTTP(unittest.TestCase):
         return client
 
     async def test_parallel_guesses_are_counted(self) -> None:
-        """200 parallel wrong guesses: each gets an answer, at most the burst are checked, the rest get 429 with Retry-After."""
+        """200 parallel wrong guesses: each gets an answer, at most the burst are checked, the rest get 429 with Retry-
+        After."""
         attacker = self.attacker()
         started = time.monotonic()
         answers = await DeferredList(

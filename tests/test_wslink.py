@@ -13,9 +13,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.support.wait import eventually, free_port
 from webtesting.lifecycle import UP, Backoff, Health, Lifecycle, Reason
 from webtesting.wslink import AGENT, DialGate, LinkProtocol, WebSocketDialer
-from tests.support.wait import eventually, free_port
 
 NO_JITTER = Backoff(initial=1.0, maximum=8.0, factor=2.0, jitter=0.0)
 

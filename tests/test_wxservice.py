@@ -7,7 +7,8 @@ writing to a real Redis Cluster and a real MariaDB.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, task
@@ -213,13 +214,15 @@ class WxServiceTests(TestCase):
             "no method": await self.send_raw(client, b'{"content":"x"}'),
             "unknown": await self.send_raw(client, b'{"method":"danceReq"}'),
             "binary": await self.send_raw(client, b"\x00\x01", binary=True),
-            "too large": await self.send_raw(client, json.dumps({"method": "chatReq", "content": "x" * 70000}).encode()),
+            "too large": await self.send_raw(
+                client, json.dumps({"method": "chatReq", "content": "x" * 70000}).encode()),
             "chat first": await self.send_raw(client, b'{"method":"chatReq","content":"hi"}'),
             "logout first": await self.send_raw(client, b'{"method":"logoutReq"}'),
             "login no uname": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002"}'),
             "login bad type": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":5}'),
             "login extra": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":"u","x":1}'),
-            "login surrogate": await self.send_raw(client, b'{"method":"loginReq","appid":"1.00002","uname":"\\ud800"}'),
+            "login surrogate": await self.send_raw(
+                client, b'{"method":"loginReq","appid":"1.00002","uname":"\\ud800"}'),
             "method surrogate": await self.send_raw(client, b'{"method":"\\udc00"}'),
         }
         expected = {
@@ -328,7 +331,8 @@ class WxServiceTests(TestCase):
             self.assertEqual(dict(rows), dict(expected))
 
     async def test_redis_down(self) -> None:
-        """With its Redis Cluster unreachable the bot keeps serving: login answers 503 saying why, and it keeps retrying."""
+        """With its Redis Cluster unreachable the bot keeps serving: login answers 503 saying why, and it keeps
+        retrying."""
         probe = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
         dead = probe.getHost().port
         await probe.stopListening()
@@ -345,7 +349,8 @@ class WxServiceTests(TestCase):
             await conn.login("1.00002", "jay")
 
     async def test_master_killed(self) -> None:
-        """When the master holding a user's keys dies, that user still gets answers and users on other masters are still written."""
+        """When the master holding a user's keys dies, that user still gets answers and users on other masters are
+        still written."""
         from webtesting.rediscluster import key_slot
 
         await self.start_bot()
@@ -415,7 +420,7 @@ class FlakyStore:
         if name in ("HSET", "HSETNX"):
             if name == "HSETNX" and args[0] in h:
                 return 0
-            h.update(zip(args[0::2], args[1::2]))
+            h.update(zip(args[0::2], args[1::2], strict=False))
             return 1
         if name == "HDEL":
             for f in args:
@@ -449,7 +454,8 @@ class StoreFailureTests(TestCase):
         return conn, recorder, store
 
     async def test_failed_write_then_rewrite(self) -> None:
-        """When a state write fails the user still gets the answer, and the next write rewrites the user's keys whole."""
+        """When a state write fails the user still gets the answer, and the next write rewrites the user's keys
+        whole."""
         conn, recorder, store = await self.start()
         store.fail_next = ConnectionError("node went away")
         conn.chat("hello")
@@ -614,7 +620,8 @@ class LinkTests(TestCase):
         return link, recorder
 
     async def test_link_logs_in_again_after_bot_restart(self) -> None:
-        """The bot stopping makes the link down once (bot_unreachable); back, the user is logged in again with the same uid."""
+        """The bot stopping makes the link down once (bot_unreachable); back, the user is logged in again with the same
+        uid."""
         from tests.support.system import Bot
 
         bot = Bot(self, self.redis_nodes(), mariadb.temporary_database(self, "wt_wxsim"))
@@ -656,7 +663,8 @@ class LinkTests(TestCase):
         return f"ws://127.0.0.1:{port.getHost().port}/x", frozen
 
     async def test_frozen_bot_found_by_ping(self) -> None:
-        """A bot that stops answering (no pongs) makes the link down as bot_not_responding within ping interval + timeout."""
+        """A bot that stops answering (no pongs) makes the link down as bot_not_responding within ping interval +
+        timeout."""
         url, _ = await self.freezing_bot()
         link, recorder = self.link(url, ping_interval=0.5, ping_timeout=0.5)
         await wait_until(lambda: recorder.logins, "the login")
@@ -666,7 +674,8 @@ class LinkTests(TestCase):
         self.assertEqual(recorder.downs[0].code, "bot_not_responding")
 
     async def test_check_alive(self) -> None:
-        """Asked to check, a link pinged seldom is dropped within ping_timeout by a frozen bot, and kept by a live one."""
+        """Asked to check, a link pinged seldom is dropped within ping_timeout by a frozen bot, and kept by a live
+        one."""
         url, _ = await self.freezing_bot()
         link, recorder = self.link(url, ping_interval=60, ping_timeout=0.5)
         await wait_until(lambda: recorder.logins, "the login")

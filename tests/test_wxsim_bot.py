@@ -56,7 +56,7 @@ def apply(store: dict[str, dict[str, str]], commands: list[list[object]]) -> Non
                 store.pop(key, None)
         elif name == "HSET":
             h = store.setdefault(key, {})
-            for f, v in zip(args[0::2], args[1::2]):
+            for f, v in zip(args[0::2], args[1::2], strict=False):
                 h[str(f)] = str(v)
         else:
             raise AssertionError(f"unexpected command {name}")

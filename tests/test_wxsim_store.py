@@ -90,7 +90,8 @@ class ClusterStoreTests(SynchronousTestCase):
         self.assertEqual(self.store.failures, 0)
 
     def test_long_outage_logs_rarely(self) -> None:
-        """Thirty failed attempts with one reason log four lines: the first, the tenth, the twentieth and the thirtieth."""
+        """Thirty failed attempts with one reason log four lines: the first, the tenth, the twentieth and the
+        thirtieth."""
         with capturedLogs() as events:
             self.store.startService()
             for i in range(30):

@@ -10,19 +10,20 @@ whether it passed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import yaml
-
-from webtesting.givenstate import check_given
-from webtesting.protocol import InvalidInput
 from twisted.internet.defer import Deferred
 
 from webtesting.client import ClientError, Connection, WaitTimeout
+from webtesting.givenstate import check_given
+from webtesting.protocol import InvalidInput
 
 DEFAULT_WITHIN = 5.0
 
@@ -233,7 +234,8 @@ def state_problems(expected: dict[str, Any], state: dict[str, Any]) -> list[str]
     tags = list((state.get("tag") or {}).get("curTags") or [])
     for wanted in (expected.get("tags") or {}).get("present", []):
         if _has(tags, wanted) is None:
-            problems.append(f"tags: {wanted!r} is not present (tags: {sorted(t.get('desc') or t.get('id') for t in tags)})")
+            present = sorted(t.get("desc") or t.get("id") for t in tags)
+            problems.append(f"tags: {wanted!r} is not present (tags: {present})")
     for wanted in (expected.get("tags") or {}).get("absent", []):
         if _has(tags, wanted) is not None:
             problems.append(f"tags: {wanted!r} is present")
@@ -249,7 +251,8 @@ def state_problems(expected: dict[str, Any], state: dict[str, Any]) -> list[str]
             wanted = str(expected["topic"][key])
             got = _names({"id": topic.get(field_id), "desc": topic.get(field_desc)})
             if wanted not in got:
-                problems.append(f"topic.{key}: expected {wanted!r}, got {topic.get(field_desc) or topic.get(field_id)!r}")
+                actual = topic.get(field_desc) or topic.get(field_id)
+                problems.append(f"topic.{key}: expected {wanted!r}, got {actual!r}")
     topics = list((state.get("curTopicList") or {}).get("curTopics") or [])
     for wanted in (expected.get("topics") or {}).get("contains", []):
         if _has(topics, wanted) is None:
@@ -336,10 +339,8 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
         except ClientError as e:
             result.error = f"writing the given state failed: {e}"
             if bot.ended is None and service in connection.logins:
-                try:
+                with contextlib.suppress(ClientError):
                     await bot.logout(timeout=5)
-                except ClientError:
-                    pass
             return result
     try:
         for index, step in enumerate(case.steps):
@@ -392,10 +393,8 @@ async def run_case(case: Case, connection: Connection, service: int, run_id: str
                 break
     finally:
         if bot.ended is None:
-            try:
+            with contextlib.suppress(ClientError):
                 await bot.logout(timeout=5)
-            except ClientError:
-                pass
         result.seconds = time.monotonic() - started
     return result
 
@@ -429,7 +428,8 @@ def state_summary(state: dict[str, Any] | None) -> dict[str, Any]:
         "tags": sorted(f"{t.get('desc') or t.get('id')}{'' if t.get('isInUse') else ' (not in use)'}"
                        for t in (state.get("tag") or {}).get("curTags") or []),
         "topic": [topic.get("desc") or topic.get("id"), topic.get("prevDesc") or topic.get("prevId")],
-        "topics": sorted(str(t.get("desc") or t.get("id")) for t in (state.get("curTopicList") or {}).get("curTopics") or []),
+        "topics": sorted(str(t.get("desc") or t.get("id"))
+                         for t in (state.get("curTopicList") or {}).get("curTopics") or []),
         "memory": sorted(f"{e.get('key')}={e.get('value')}" for e in (state.get("memory") or {}).get("cur") or []),
     }
 
@@ -458,7 +458,7 @@ def compare(a: CaseResult, b: CaseResult) -> tuple[bool, str]:
     for result in (a, b):
         if result.error:
             lines.append(f"  service {result.service}: {result.error}")
-    for sa, sb in zip(a.steps, b.steps):
+    for sa, sb in zip(a.steps, b.steps, strict=False):
         what = f"say {sa.say!r}" if sa.say is not None else "wait"
         lines.append(f"  step {sa.index + 1}: {what}")
         for name, left, right in (("replies", _replies(sa), _replies(sb)),

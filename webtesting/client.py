@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -188,7 +190,7 @@ class Client:
         answer = await self.call("POST", "History/get", body)
         return list(answer["events"])
 
-    async def connect(self) -> "Connection":
+    async def connect(self) -> Connection:
         """Open the chat WebSocket with this account's session."""
         if not self.ws_addr:
             await self.services()
@@ -216,7 +218,7 @@ class _Waiting:
 class BotUser:
     """One login on one service, through one L{Connection}."""
 
-    connection: "Connection"
+    connection: Connection
     service_id: int
     appid: str
     uname: str
@@ -245,7 +247,8 @@ class BotUser:
         d: Deferred[dict[str, Any]] = Deferred()
         self._reply_waiters.append(d)
         seconds = timeout if timeout is not None else self.connection.client.timeout
-        return await _timeout(d, seconds, self.connection.client.reactor, f"reply from the bot on service {self.service_id}")
+        return await _timeout(d, seconds, self.connection.client.reactor,
+                              f"reply from the bot on service {self.service_id}")
 
     async def state(self, timeout: float | None = None) -> dict[str, Any]:
         """The user's state now (getUserStatusReq): tag, curTopic, curTopicList, memory."""
@@ -306,7 +309,7 @@ class BotUser:
 class Connection:
     """One chat WebSocket: several bot logins at once, one per service."""
 
-    def __init__(self, client: Client, protocol: "_Protocol") -> None:
+    def __init__(self, client: Client, protocol: _Protocol) -> None:
         self.client = client
         self._protocol = protocol
         self.logins: dict[int, BotUser] = {}
@@ -393,7 +396,7 @@ class Connection:
 
 
 class _Protocol(WebSocketClientProtocol):
-    factory: "_Factory"
+    factory: _Factory
     connection: Connection | None = None
 
     def onOpen(self) -> None:

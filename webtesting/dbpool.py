@@ -41,9 +41,11 @@ read/write timeouts; the deadline only stops callers from waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from twisted.application import service
 from twisted.internet import defer
@@ -437,7 +439,7 @@ class Database(service.Service):
                 raise
             try:
                 conn.rollback()
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - the rollback failed too: the connection is closed, the first error raised
                 _close_quietly(conn)
                 raise e from None
             self._give_back(generation, conn)
@@ -487,10 +489,8 @@ def _select_one(cursor: Any) -> None:
 
 
 def _close_quietly(conn: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the connection is being thrown away
         conn.close()
-    except Exception:  # noqa: BLE001 - the connection is being thrown away
-        pass
 
 
 def _error(failure: Failure) -> BaseException:

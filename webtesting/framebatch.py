@@ -19,7 +19,8 @@ message per WebSocket message, as before.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SUBPROTOCOL = "webtesting.batch"
 SEPARATOR = b"\n"

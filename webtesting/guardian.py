@@ -15,11 +15,13 @@ ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal as signals
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -223,7 +225,7 @@ class _Watch(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         try:
             self._ended(describe(reason))
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             _log.failure("handling the end of a daemon")
 
 
@@ -256,7 +258,5 @@ class Processes:
         transport = self._transports.get(name)
         if transport is None:
             return
-        try:
+        with contextlib.suppress(ProcessExitedAlready):
             transport.signalProcess(signal)
-        except ProcessExitedAlready:
-            pass

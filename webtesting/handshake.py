@@ -25,6 +25,8 @@ class BoundedHandshake:
     """Mixed in before Autobahn's C{WebSocketServerProtocol}."""
 
     data: bytes
+    dropConnection: Any  # Autobahn's, from the class this is mixed into
+    failHandshake: Any
     max_header_bytes = MAX_HEADER_BYTES
     max_headers = MAX_HEADERS
 
@@ -35,7 +37,7 @@ class BoundedHandshake:
             # The request is being answered (onConnect may wait for the database);
             # whatever the client sent after it waits, bounded, until the WebSocket opens.
             if len(self.data) > self.max_header_bytes + _PIPELINED:
-                getattr(self, "dropConnection")(abort=True)
+                self.dropConnection(abort=True)
             return
         end = self.data.find(_END, 0, self.max_header_bytes + len(_END))
         if end < 0:
@@ -50,5 +52,4 @@ class BoundedHandshake:
 
     def _refuse_headers(self, why: str) -> None:
         self.data = b""
-        fail: Any = getattr(self, "failHandshake")
-        fail(why, 431)
+        self.failHandshake(why, 431)

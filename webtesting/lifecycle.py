@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from automat import MethodicalMachine
 from twisted.internet import defer
@@ -312,7 +313,7 @@ class Lifecycle:
         self.health = health
         try:
             self._on_health(health)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{name}: reporting its health", name=self.name)
 
     # -- transitions ---------------------------------------------------------
@@ -432,7 +433,7 @@ class DeferredDialer(Generic[T]):
         self._timer = None
         try:
             d = self._open()
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the opener raised is this attempt's failure
             d = defer.fail()
         self._attempt = d
         d.addCallbacks(self._opened, self._failed, callbackArgs=(d,), errbackArgs=(d,))

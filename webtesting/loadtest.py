@@ -23,8 +23,9 @@ import json
 import time
 import uuid as uuidlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 

@@ -12,13 +12,14 @@ L{InvalidInput} naming the field the way a client wrote it
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
 import unicodedata
-from urllib.parse import urlsplit
 from enum import IntEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from autobahn.websocket.util import parse_url
 
@@ -382,10 +383,8 @@ def scrub_reason(text: str, service: dict[str, Any] | None = None) -> str:
                  service.get("mysqlDbname"), service.get("wxServiceAddr"), service.get("agentAddr")]
         words += [node.get("host") for node in service.get("redisCluster") or [] if isinstance(node, dict)]
         for url in (service.get("wxServiceAddr"), service.get("agentAddr")):
-            try:
+            with contextlib.suppress(ValueError):
                 words.append(urlsplit(url or "").hostname)
-            except ValueError:
-                pass
         for word in sorted({w for w in words if isinstance(w, str) and len(w) >= 2}, key=len, reverse=True):
             text = text.replace(word, "…")
     for pattern in (_URL, _IPV6, _IPV4, _HOST_PORT, _DOTTED_HOST, _PORT_AFTER):
@@ -595,9 +594,8 @@ def check_browser_request(message: dict[str, Any]) -> None:
     session holding exactly one login may leave it out).
     """
     method = message["method"]
-    if method == "loginReq":
-        if "serviceId" not in message:
-            raise InvalidInput("serviceId", "is required")
+    if method == "loginReq" and "serviceId" not in message:
+        raise InvalidInput("serviceId", "is required")
     if "serviceId" in message:
         require_int(message["serviceId"], "serviceId", 1, 2**31 - 1)
     if "appid" not in message:

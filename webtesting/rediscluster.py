@@ -51,7 +51,8 @@ from __future__ import annotations
 import binascii
 import random
 from collections import deque
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import txredisapi
 
@@ -686,8 +687,8 @@ class RedisCluster:
             failed: list[tuple[int, Address]] = []
             moved = False
             last = attempt == MAX_REDIRECTS
-            for (address, entries), group_replies in zip(groups.items(), replies):
-                for (index, _), reply in zip(entries, group_replies):
+            for (address, entries), group_replies in zip(groups.items(), replies, strict=False):
+                for (index, _), reply in zip(entries, group_replies, strict=False):
                     results[index] = reply
                     if last or not isinstance(reply, ClusterError):
                         continue

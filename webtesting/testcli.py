@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import socket
+import sys
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
 
+from webtesting import loadtest
 from webtesting.cases import Case, CaseError, CaseResult, compare, describe, load_file, run_case
 from webtesting.client import Client, ClientError
-from webtesting import loadtest
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -220,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_parser.add_argument("--service", type=int, required=True, help="one service id")
     compare_parser.add_argument("--against", type=int, required=True, help="the other service id")
     compare_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
-    load_parser = commands.add_parser("load", help="simulated testers following a case; thresholds decide the exit code")
+    load_parser = commands.add_parser(
+        "load", help="simulated testers following a case; thresholds decide the exit code")
     load_parser.add_argument("cases", nargs=1, help="the case file (YAML)")
     load_parser.add_argument("--url", required=True, help="the web server, e.g. http://127.0.0.1:2019")
     load_parser.add_argument("--user", help="the account to run as (with its password)")

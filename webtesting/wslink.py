@@ -23,8 +23,9 @@ WebSocket opens, for a user's WxService link when the bot accepted the login.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from autobahn.websocket.util import parse_url
@@ -42,13 +43,13 @@ _log = Logger()
 class LinkOwner(Protocol):
     """What a link tells its owner."""
 
-    def link_opened(self, proto: "LinkProtocol") -> None:
+    def link_opened(self, proto: LinkProtocol) -> None:
         """The WebSocket is open; the owner may send, and says when it is up."""
 
-    def link_frame(self, proto: "LinkProtocol", payload: bytes, is_binary: bool) -> None:
+    def link_frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
         """A message arrived on the open link."""
 
-    def link_closed(self, proto: "LinkProtocol", reason: Reason) -> None:
+    def link_closed(self, proto: LinkProtocol, reason: Reason) -> None:
         """The open link closed (the lifecycle is told as well)."""
 
 
@@ -95,7 +96,7 @@ class DialGate:
     def waiting(self) -> int:
         return sum(1 for t in self._waiting if t.state == "waiting")
 
-    def enter(self, go: Callable[[], None]) -> "GateTicket":
+    def enter(self, go: Callable[[], None]) -> GateTicket:
         """Run C{go} once there is room: now, or when a ticket ahead leaves."""
         ticket = GateTicket(self, go)
         self._waiting.append(ticket)
@@ -115,7 +116,7 @@ class DialGate:
                 _log.failure("dialling")
                 ticket.leave()
 
-    def _left(self, ticket: "GateTicket", was_in: bool) -> None:
+    def _left(self, ticket: GateTicket, was_in: bool) -> None:
         if was_in:
             self.busy -= 1
             self._next()
@@ -147,7 +148,7 @@ def _nothing() -> None:
 class _GatedConnector:
     """A connector whose C{connect()} waits its turn at the gate (the factory's retries go through it)."""
 
-    def __init__(self, connector: Any, factory: "LinkFactory") -> None:
+    def __init__(self, connector: Any, factory: LinkFactory) -> None:
         self._connector = connector
         self._factory = factory
 
@@ -162,7 +163,7 @@ class LinkProtocol(WebSocketClientProtocol):
     """The wire side of one link; every decision is the dialer's and its owner's."""
 
     _log = Logger()
-    factory: "LinkFactory"
+    factory: LinkFactory
     opened = False
     _alive_timer: Any = None
 
@@ -194,7 +195,7 @@ class LinkProtocol(WebSocketClientProtocol):
         try:
             self.opened = True
             self.factory.opened(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{what} link: opening", what=self.factory.names.what)
             self.dropConnection(abort=True)
 
@@ -203,14 +204,14 @@ class LinkProtocol(WebSocketClientProtocol):
             self._answered()
         try:
             self.factory.frame(self, payload, isBinary)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{what} link: handling a frame", what=self.factory.names.what)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._answered()
         try:
             self.factory.closed(self, wasClean, code, reason)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{what} link: closing", what=self.factory.names.what)
 
 
@@ -224,7 +225,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     _log = Logger()
 
     def __init__(
-        self, dialer: "WebSocketDialer", url: str, *, reactor: Any, backoff: Backoff,
+        self, dialer: WebSocketDialer, url: str, *, reactor: Any, backoff: Backoff,
         headers: dict[str, str], options: dict[str, Any], protocols: list[str] | None = None,
     ) -> None:
         WebSocketClientFactory.__init__(self, url, reactor=reactor, headers=headers, protocols=protocols)
@@ -334,7 +335,8 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
             self._close_reason = Reason(n.not_responding, f"the {n.what} stopped answering (no pong in time)")
         elif "opening handshake timeout" in text:
             # It took the TCP connection (the kernel does, for a stopped process) but never answered.
-            self._close_reason = Reason(n.not_responding, f"the {n.what} did not answer the WebSocket handshake in time")
+            self._close_reason = Reason(n.not_responding,
+                                        f"the {n.what} did not answer the WebSocket handshake in time")
         elif not proto.opened:
             self._close_reason = Reason(
                 n.refused, f"the {n.what} refused the WebSocket: {text}" if text
@@ -375,7 +377,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         if proto is not None and proto.opened:
             try:
                 dialer.owner.link_closed(proto, why)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 self._log.failure("{what} link: telling its owner it closed", what=self.names.what)
             dialer.lifecycle.lost(why)
         else:

@@ -20,7 +20,10 @@ import sys
 from typing import Any
 
 from autobahn.twisted.websocket import (
-    WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory, WebSocketServerProtocol,
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
     connectWS,
 )
 from twisted.internet import reactor

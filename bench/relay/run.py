@@ -38,8 +38,9 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -207,7 +208,8 @@ def run_load(bench: Bench, target: Target, users: int, warmup: float, seconds: f
             after = _cpu(target)
             count = event["roundTrips"]
 
-            def per_rt(seconds_of: Any) -> dict[str, int | None]:
+            def per_rt(seconds_of: Any, after: Any = after, before: Any = before,
+                       count: int = count) -> dict[str, int | None]:
                 return {name: round(seconds_of(after[name], before[name]) * 1e6 / count) if count else None
                         for name in before}
 

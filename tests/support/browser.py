@@ -26,25 +26,27 @@ install it: nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
-from typing import Any, Callable, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from webtesting.web import tap
-from webtesting.web.accounts import add_user_sync
-from webtesting.web.registry import connect_sync
 from tests.support import mariadb
 from tests.support.agent import SECRET
 from tests.support.sessions import session_cookie
 from tests.support.system import BotBackends
 from tests.support.wait import eventually, free_port
+from webtesting.web import tap
+from webtesting.web.accounts import add_user_sync
+from webtesting.web.registry import connect_sync
 
 T = TypeVar("T")
 
@@ -72,7 +74,7 @@ def _require() -> None:
     except ImportError:
         raise BrowserMissing(
             "these tests need Playwright's Python package: `.venv/bin/pip install playwright` "
-            "(it is in setup.cfg's test extras)"
+            "(it is in pyproject.toml's test extras)"
         ) from None
 
 
@@ -120,10 +122,9 @@ class Browser:
 
     def _close(self) -> None:
         for context in self._contexts:
-            try:
+            # The browser may already be gone; closing it below still runs.
+            with contextlib.suppress(Exception):
                 context.close()
-            except Exception:  # the browser may already be gone; closing it below still runs
-                pass
         self._contexts = []
         if self._browser is not None:
             self._browser.close()

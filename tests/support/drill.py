@@ -34,6 +34,7 @@ the lost count is a lower bound, never overstated.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -41,8 +42,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -88,7 +90,7 @@ async def port_open(port: int) -> bool:
         factory = Factory.forProtocol(Protocol)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
         proto = await endpoint.connect(factory)  # type: ignore[arg-type]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a port that cannot be reached, for whatever reason, is not open
         return False
     proto.transport.abortConnection()
     return True
@@ -97,10 +99,8 @@ async def port_open(port: int) -> bool:
 def _die_with_parent() -> None:
     # A daemon must not outlive the test process, even if trial itself is killed.
     PR_SET_PDEATHSIG = 1
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class Daemon:
@@ -196,7 +196,7 @@ class ErrorAnswer:
 
 
 class _BrowserProtocol(WebSocketClientProtocol):
-    factory: "_BrowserFactory"
+    factory: _BrowserFactory
 
     def onOpen(self) -> None:
         self.factory.opened.callback(self)
@@ -204,7 +204,7 @@ class _BrowserProtocol(WebSocketClientProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             self.factory.session.received(json.loads(payload))
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             _log.failure("drill session {index}: bad frame {payload!r}", index=self.factory.session.index,
                          payload=payload[:200])
 
@@ -219,7 +219,7 @@ class _BrowserProtocol(WebSocketClientProtocol):
 class _BrowserFactory(WebSocketClientFactory):
     protocol = _BrowserProtocol  # type: ignore[assignment]
 
-    def __init__(self, session: "ChatSession", *args: Any, **kwargs: Any) -> None:
+    def __init__(self, session: ChatSession, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
         self.opened: Deferred[_BrowserProtocol] = Deferred()
@@ -352,10 +352,8 @@ class ChatSession:
         closed = self.factory.closed
         if not closed.called:
             closed.addTimeout(5, reactor)
-            try:
+            with contextlib.suppress(defer.TimeoutError):
                 await closed
-            except defer.TimeoutError:
-                pass
 
 
 # -- the registry as the admin sees it -----------------------------------------------------
@@ -397,7 +395,7 @@ class RegistryWatcher:
         call.addTimeout(5, reactor)
         try:
             status, answer = await call
-        except Exception:
+        except Exception:  # noqa: BLE001 - every failure of the call is a sample with no answer
             sample = Sample(now(), 0, now() - started)
         else:
             sample = Sample(now(), status, now() - started, msg=str(answer.get("msg", "")), code=answer.get("code"))
@@ -595,7 +593,7 @@ class Drill:
         await defer.gatherResults([ensureDeferred(s.connect(url, self.tester.cookie)) for s in sessions],
                                   consumeErrors=True)
         answers = await defer.gatherResults([ensureDeferred(s.login()) for s in sessions], consumeErrors=True)
-        for session, answer in zip(sessions, answers):
+        for session, answer in zip(sessions, answers, strict=False):
             assert answer.get("result") == 1, f"session {session.index} login: {answer}"
 
     async def try_login(self, uname: str = "drill-probe") -> dict[str, Any]:
@@ -704,7 +702,7 @@ class Drill:
         # Status changes, counted from the last status seen before the fault.
         before = [s for s in self.watcher.samples if s.at < fault and s.http == 200 and s.status is not None]
         series = before[-1:] + readable
-        changes = sum(1 for a, b in zip(series, series[1:]) if a.status != b.status)
+        changes = sum(1 for a, b in zip(series, series[1:], strict=False) if a.status != b.status)
         last = self.watcher.last
 
         # Detection and recovery at the browsers.

@@ -9,7 +9,8 @@ real Redis Cluster, MariaDB and the reference bot elsewhere.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred

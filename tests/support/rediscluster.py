@@ -28,6 +28,7 @@ test set-up, run before the code under test starts using the reactor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -35,7 +36,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import hiredis
 
@@ -156,7 +158,7 @@ class RedisCluster:
         """Start a killed master again on its port: it keeps its id and slots (its nodes.conf)."""
         if self.processes[node].poll() is None:
             raise RedisClusterError(f"node {node[1]} is still running")
-        log = open(os.path.join(self.directory, f"redis-{node[1]}.log"), "ab")
+        log = open(os.path.join(self.directory, f"redis-{node[1]}.log"), "ab")  # noqa: SIM115 - the child's stdout
         self.processes[node] = subprocess.Popen(self.argv[node], stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         log.close()
@@ -238,10 +240,8 @@ class RedisCluster:
             if process.poll() is None:
                 process.kill()
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         self._frozen.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -275,7 +275,7 @@ def start_cluster(testcase: Any | None = None, masters: int = 3, *,
     try:
         for port in free_ports(masters):
             node = (HOST, port)
-            log = open(os.path.join(directory, f"redis-{port}.log"), "wb")
+            log = open(os.path.join(directory, f"redis-{port}.log"), "wb")  # noqa: SIM115 - the child's stdout
             argv = [server, "--port", str(port), "--bind", HOST,
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", os.path.join(directory, f"nodes-{port}.conf"),
@@ -291,7 +291,7 @@ def start_cluster(testcase: Any | None = None, masters: int = 3, *,
             cluster.nodes.append(node)
         deadline = time.monotonic() + timeout
         for node in cluster.nodes:
-            _wait(lambda: _answers(node), deadline, f"redis-server on port {node[1]} to start",
+            _wait(lambda node=node: _answers(node), deadline, f"redis-server on port {node[1]} to start",
                   directory)
         created = subprocess.run(
             [cli, "--cluster", "create", *[f"{h}:{p}" for h, p in cluster.nodes],
@@ -304,10 +304,10 @@ def start_cluster(testcase: Any | None = None, masters: int = 3, *,
                 f"redis-cli --cluster create failed: {created.stdout.decode(errors='replace')}"
             )
         for node in cluster.nodes:
-            _wait(lambda: "cluster_state:ok" in str(command(node, "CLUSTER", "INFO")), deadline,
+            _wait(lambda node=node: "cluster_state:ok" in str(command(node, "CLUSTER", "INFO")), deadline,
                   f"node {node[1]} to report cluster_state:ok", directory)
             # Every node must also know every master's slots.
-            _wait(lambda: _covered(node), deadline, f"node {node[1]} to know all slots", directory)
+            _wait(lambda node=node: _covered(node), deadline, f"node {node[1]} to know all slots", directory)
     except BaseException:
         if testcase is None:
             cluster.stop()

@@ -9,13 +9,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 
+from tests.support.http import JSONClient
+from tests.support.sessions import session_cookie
 from webtesting.config import RegistryConfig
 from webtesting.web.accounts import SessionStore
 from webtesting.web.http import RegistryAPI, make_site
 from webtesting.web.origins import Origins
 from webtesting.web.registry import Registry, open_registry
-from tests.support.http import JSONClient
-from tests.support.sessions import session_cookie
 
 SERVICE = "/WebTesting/Service"
 SESSION_SECRET = "test-session-secret-0123456789"

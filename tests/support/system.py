@@ -12,9 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 
+from tests.support import mariadb, wsclient
+from tests.support.agent import SECRET, RunningAgent
+from tests.support.rediscluster import start_cluster
+from tests.support.sessions import session_cookie
+from tests.support.wait import eventually, free_port
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentSettings
 from webtesting.config import RegistryConfig, from_mapping
@@ -26,11 +31,6 @@ from webtesting.web.sessions import Relay
 from webtesting.web.ws import BrowserFactory
 from webtesting.wxsim.config import WxsimConfig
 from webtesting.wxsim.server import make_bot_service
-from tests.support import mariadb, wsclient
-from tests.support.agent import SECRET, RunningAgent
-from tests.support.rediscluster import start_cluster
-from tests.support.sessions import session_cookie
-from tests.support.wait import eventually, free_port
 
 FOLLOWUP_DELAY = 0.3
 

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IListeningPort
 
 
 class _Upstream(protocol.Protocol):
-    def __init__(self, peer: "_Downstream") -> None:
+    def __init__(self, peer: _Downstream) -> None:
         self.peer = peer
 
     def connectionMade(self) -> None:
@@ -33,7 +33,7 @@ class _Upstream(protocol.Protocol):
 
 
 class _Downstream(protocol.Protocol):
-    factory: "_ProxyFactory"
+    factory: _ProxyFactory
 
     def __init__(self) -> None:
         self.upstream: _Upstream | None = None
@@ -82,7 +82,7 @@ class _Downstream(protocol.Protocol):
 class _ProxyFactory(protocol.ServerFactory):
     protocol = _Downstream
 
-    def __init__(self, proxy: "TCPProxy") -> None:
+    def __init__(self, proxy: TCPProxy) -> None:
         self.proxy = proxy
 
 

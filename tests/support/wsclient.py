@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
@@ -15,7 +16,7 @@ Match = Callable[[dict[str, Any]], bool]
 
 
 class JSONClientProtocol(WebSocketClientProtocol):
-    factory: "_Factory"
+    factory: _Factory
 
     def __init__(self) -> None:
         super().__init__()

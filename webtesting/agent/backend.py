@@ -17,7 +17,9 @@ The reading and the differences are L{webtesting.agent.status}'s.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -30,6 +32,8 @@ from webtesting.agent.health import Finding
 from webtesting.agent.status import Dictionary, ReadError, StateReader, StatusPoller
 from webtesting.lifecycle import Backoff, DeferredDialer, Fault, Health, Lifecycle, Reason
 from webtesting.statelayout import StateLayout
+
+DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=4.0)
 
 # on_health(part, ok, why): something noticed without a check (a sign, not a verdict).
 Signs = Callable[[str, bool, str], None]
@@ -57,7 +61,7 @@ class ServiceState:
         on_health: Signs,
         *,
         timeout: float = 2.0,
-        backoff: Backoff = Backoff(initial=0.5, maximum=4.0),
+        backoff: Backoff = DEFAULT_BACKOFF,
         poll_interval: float = 1.0,
         watch_ping: tuple[float, float] | None = None,
     ) -> None:
@@ -154,10 +158,8 @@ class ServiceState:
         first: Deferred[Any] = defer.DeferredList([_waiter(self._redis_tried), self.db.ready()],
                                                   consumeErrors=True)
         first.addTimeout(self._timeout, self._reactor)
-        try:
+        with contextlib.suppress(defer.TimeoutError):
             await first
-        except defer.TimeoutError:
-            pass
         parts = [self._check_wxservice(wx_url), self._check_redis(), self._check_mysql()]
         return await defer.gatherResults(parts, consumeErrors=True)
 
@@ -201,15 +203,15 @@ class ServiceState:
         cluster = self.cluster
         if cluster is None:
             return Finding("redis", False, "redis_unreachable", self.redis.health.msg)
-        try:
-            await cluster.refresh()  # the masters now (after a failover, say)
-        except rediscluster.ClusterError:
-            pass  # no node answers: every PING below says so
+        # The masters now (after a failover, say); when no node answers,
+        # every PING below says so.
+        with contextlib.suppress(rediscluster.ClusterError):
+            await cluster.refresh()
         ranges = cluster.slot_ranges()
         masters = cluster.masters
         # consumeErrors: a check cancelled on stop must not leave unhandled failures.
         replies = await defer.gatherResults([cluster.ping(m) for m in masters], consumeErrors=True)
-        down = [(m, r) for m, r in zip(masters, replies) if isinstance(r, Exception)]
+        down = [(m, r) for m, r in zip(masters, replies, strict=False) if isinstance(r, Exception)]
         if not down:
             return Finding("redis", True)
         if len(down) == len(masters) and cluster is self.cluster:

@@ -26,8 +26,9 @@ clock):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -158,7 +159,7 @@ class HealthMonitor:
         self.checks += 1
         try:
             d = self._check()
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{name}: starting a health check", name=self.name)
             self._ended()
             return
@@ -217,5 +218,5 @@ class HealthMonitor:
             self._log.warn("{name}: down ({code}: {msg})", name=self.name, code=health.code, msg=health.msg)
         try:
             self._report(health)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("{name}: reporting its health", name=self.name)

@@ -14,26 +14,26 @@ and reported with ``agentStatusReq`` once per change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from webtesting import framebatch, linkauth
 from webtesting.agent.health import Finding, HealthMonitor
 from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
-from webtesting import framebatch, linkauth
-from webtesting.lifecycle import Health
-from webtesting.wslink import DialGate
-from webtesting.handshake import BoundedHandshake
 from webtesting.givenstate import commands as given_commands
 from webtesting.givenstate import describe as given_describe
+from webtesting.handshake import BoundedHandshake
+from webtesting.lifecycle import Health
 from webtesting.protocol import (
     BROWSER_REQUESTS,
     ROUTE,
@@ -49,6 +49,7 @@ from webtesting.protocol import (
     validate_agent_info,
 )
 from webtesting.statelayout import StateLayout
+from webtesting.wslink import DialGate
 
 
 class StateSource(Protocol):
@@ -126,7 +127,7 @@ class AgentSettings:
 class Holder:
     """Who is logged in as one bot user at this agent."""
 
-    link: "WebLink"
+    link: WebLink
     uuid: str
     account: str
     since: int  # Unix seconds
@@ -148,7 +149,7 @@ class WebLink:
         state_factory: StateSourceFactory,
         *,
         service_id: int | None = None,
-        holders: "Holders | None" = None,
+        holders: Holders | None = None,
     ) -> None:
         self._send = send
         # The one service the web server proved this link for (None: not bound, in unit tests).
@@ -302,7 +303,7 @@ class WebLink:
             self.frame(uuid, ROUTE, {"method": "loginResp", **fields, "result": int(Result.BAD_REQUEST),
                                      "code": "bad_request", "msg": "already logged in; log out first"})
             return
-        account = message.get("account") if isinstance(message.get("account"), str) else ""
+        account = message["account"] if isinstance(message.get("account"), str) else ""
         key = (message["serviceId"], message["appid"], message["uname"])
         holder = self.holders.get(key)
         if holder is not None:
@@ -534,11 +535,13 @@ def _is_uuid(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) == 32 and value.isascii() and value.isalnum()
 
 
-class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
+# Ignored (misc): Autobahn's own two bases of WebSocketServerProtocol
+# disagree on the types of peer and _transport_details.
+class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
     """One web server link; the decisions are the L{WebLink}'s."""
 
     _log = Logger()
-    factory: "AgentFactory"
+    factory: AgentFactory
     link: WebLink | None = None
 
     _auth: linkauth.AgentSide | None = None
@@ -562,7 +565,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
             self._auth_timer = self.factory.reactor.callLater(
                 self.factory.auth_deadline, self._refuse, "no authReq in time")
             self._deliver(json.dumps(self._auth.challenge()).encode())
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("opening a web server link")
             self.dropConnection(abort=True)
 
@@ -619,7 +622,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
                 return
             try:
                 self.link.handle(message)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 self._log.failure("handling a frame from the web server")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -635,7 +638,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):
         self._log.info("web server link closed ({code})", code=code)
         try:
             link.shutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("clearing a closed web server link")
 
 

@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -108,7 +109,7 @@ def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
     # Plain lists first: the ABC check for Mapping is slow and this runs
     # four times per user per poll.
     if isinstance(reply, (list, tuple)):
-        return zip(reply[0::2], reply[1::2])
+        return zip(reply[0::2], reply[1::2], strict=False)
     if reply is None:
         return ()
     if isinstance(reply, Mapping):
@@ -608,11 +609,12 @@ class StateReader:
         replies = await self._fetch([command("EVALSHA", n) for n in range(len(users))])
         missing = [n for n, reply in enumerate(replies) if _script_missing(reply)]
         if missing:  # a node that has not seen the script yet (new, restarted, flushed)
-            for n, reply in zip(missing, await self._fetch([command("EVAL", n) for n in missing])):
+            for n, reply in zip(missing, await self._fetch([command("EVAL", n) for n in missing]), strict=False):
                 replies[n] = reply
         refused = next((reply for reply in replies if _scripting_refused(reply)), None)
         if refused is not None:
-            _log.warn("Redis refuses scripts ({error}): reading whole states every poll from now on", error=str(refused))
+            _log.warn("Redis refuses scripts ({error}): reading whole states every poll from now on",
+                      error=str(refused))
             self.digests = False
             return None
         items: list[Any] = []
@@ -641,7 +643,7 @@ class StateReader:
         pending: dict[User, tuple[Any, RawState]] = {}
         tag_ids: set[int] = set()
         topic_ids: set[int] = set()
-        for user, last, item in zip(users, before, items):
+        for user, last, item in zip(users, before, items, strict=False):
             if item is _UNCHANGED:
                 out[user] = last[1]  # type: ignore[index]
                 continue

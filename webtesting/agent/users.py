@@ -13,7 +13,8 @@ it calls its L{UserHost} (the agent's link object), which frames and sends.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -41,10 +42,10 @@ class UserHost(Protocol):
     def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
         """Send a browser-ready message for session C{uuid}."""
 
-    def user_online(self, user: "UserSession") -> None:
+    def user_online(self, user: UserSession) -> None:
         """The user is logged in (again): watch its state and push it now."""
 
-    def user_ended(self, user: "UserSession") -> None:
+    def user_ended(self, user: UserSession) -> None:
         """The user session is over; forget it."""
 
     def wxservice_trouble(self) -> None:
@@ -55,6 +56,7 @@ class UserHost(Protocol):
 
 
 LinkFactory = Callable[["UserSession"], wxservice.WxServiceLink]
+DEFAULT_LINK_SETTINGS = wxservice.LinkSettings()
 
 
 class UserSession:
@@ -73,7 +75,7 @@ class UserSession:
         appid: str,
         uname: str,
         *,
-        link_settings: wxservice.LinkSettings = wxservice.LinkSettings(),
+        link_settings: wxservice.LinkSettings = DEFAULT_LINK_SETTINGS,
         make_link: LinkFactory | None = None,
     ) -> None:
         self.host = host

@@ -29,15 +29,16 @@ its interface:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionResponse
 from autobahn.websocket.util import parse_url
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -105,14 +106,14 @@ class _ClientProtocol(WebSocketClientProtocol):
     def onConnect(self, response: ConnectionResponse) -> None:
         try:
             self._log.debug("wxservice {peer} upgraded", peer=response.peer)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onConnect")
 
     def onOpen(self) -> None:
         try:
             factory: _ClientFactory = self.factory  # type: ignore[assignment]
             factory.opened(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onOpen")
             self.dropConnection(abort=True)
 
@@ -120,7 +121,7 @@ class _ClientProtocol(WebSocketClientProtocol):
         try:
             if self.owner is not None:
                 self.owner._received(payload, isBinary)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             # A listener's bug must not go unseen, nor stop the next message.
             self._log.failure("wxservice message from the bot")
 
@@ -132,7 +133,7 @@ class _ClientProtocol(WebSocketClientProtocol):
             else:
                 factory: _ClientFactory = self.factory  # type: ignore[assignment]
                 factory.failed(why)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onClose")
 
 

@@ -29,8 +29,9 @@ import hmac
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
@@ -183,7 +184,7 @@ def session_key(token: str) -> str:
 
 
 def _token_ok(token: str | None) -> bool:
-    return bool(token) and len(token) <= 64 and token.isascii()  # type: ignore[union-attr]
+    return token is not None and 0 < len(token) <= 64 and token.isascii()
 
 
 class SessionStore:
@@ -330,7 +331,7 @@ class SessionStore:
         def work(cursor: Any) -> list[dict[str, Any]]:
             cursor.execute(statement, [now])
             names = ("id", "username", "role", "address", "userAgent", "createdAt", "lastSeen", "expiresAt")
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
 
         return self.db.run(work)
 
@@ -574,10 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "list":
             for username, role in list_users_sync(connection, dialect_name):
                 print(f"{username}\t{role}")
-        elif args.command == "delete":
-            if not delete_user_sync(connection, dialect_name, args.username):
-                print(f"no such user: {args.username}", file=sys.stderr)
-                return 1
+        elif args.command == "delete" and not delete_user_sync(connection, dialect_name, args.username):
+            print(f"no such user: {args.username}", file=sys.stderr)
+            return 1
     finally:
         connection.close()
     return 0

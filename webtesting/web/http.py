@@ -10,31 +10,31 @@ naming what was wrong. Bodies are size-limited while they arrive
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from klein import Klein
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
-from twisted.protocols.policies import WrappingFactory
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-import os
-
-from twisted.internet.defer import DeferredSemaphore
-
+from webtesting import loadtest
+from webtesting.cases import Case, CaseError
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.protocol import (
+    MAX_UNAME,
     PASSWORD_MASK,
     InvalidInput,
     NotJSON,
     Result,
-    MAX_UNAME,
     parse_json,
     require_appid,
     require_int,
@@ -54,14 +54,19 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
-from webtesting.cases import Case, CaseError
 from webtesting.web.history import History
-from webtesting.web.testruns import (
-    MAX_YAML, CaseStore, NoSuchCase, TestRuns, TooManyRuns, check_case_text, describe_load, describe_run,
-)
-from webtesting import loadtest
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
+from webtesting.web.testruns import (
+    MAX_YAML,
+    CaseStore,
+    NoSuchCase,
+    TestRuns,
+    TooManyRuns,
+    check_case_text,
+    describe_load,
+    describe_run,
+)
 from webtesting.web.throttle import LoginThrottle, Throttled
 
 PREFIX = "/WebTesting"
@@ -140,7 +145,7 @@ class Pages(File):
         super().__init__(path, **kwargs)
         self.root = os.path.realpath(root or path)
 
-    def createSimilarFile(self, path: str) -> "Pages":
+    def createSimilarFile(self, path: str) -> Pages:
         similar = Pages(path, self.root, defaultType=self.defaultType, ignoredExts=self.ignoredExts,
                         registry=self.registry)
         similar.processors = self.processors
@@ -347,7 +352,8 @@ class RegistryAPI:
         return session
 
     def _same_origin(self, request: Any) -> None:
-        """Refuse a state-changing request sent by a page of another origin (browsers send Origin on POST/PUT/DELETE)."""
+        """Refuse a state-changing request sent by a page of another origin (browsers send Origin on
+        POST/PUT/DELETE)."""
         if not self.origins.permit(request.getHeader(b"origin")):
             self._log.warn("refused a {method} from origin {origin}", method=request.method,
                            origin=request.getHeader(b"origin"))

@@ -27,10 +27,12 @@ changed ``agentAddr`` reconnects, other changed settings are sent again.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,7 +71,7 @@ class AgentLink:
         reactor: Any,
         relay: Relay,
         secret: str,
-        on_health: Callable[["AgentLink"], None],
+        on_health: Callable[[AgentLink], None],
         backoff: Backoff,
         connect_timeout: float = 5.0,
         max_message: int = 1024 * 1024,
@@ -98,7 +100,7 @@ class AgentLink:
                 "maxFramePayloadSize": max_message,
             },
             protocols=[framebatch.SUBPROTOCOL],
-            **({"tls": tls} if tls is not None else {}),
+            tls=tls if tls is not None else optionsForClientTLS,
         )
         self._proto: LinkProtocol | None = None
         self._batch: framebatch.Batcher | None = None  # the agent takes several messages per frame
@@ -337,7 +339,10 @@ class AgentLink:
             return fail(LinkDown(self.service_id))
         self._next_req += 1
         req_id = self._next_req
-        d: Deferred[list[dict[str, Any]]] = Deferred(lambda _: self._asked.pop(req_id, None))
+        def forget(_: object) -> None:
+            self._asked.pop(req_id, None)
+
+        d: Deferred[list[dict[str, Any]]] = Deferred(forget)
         self._asked[req_id] = d
         d.addTimeout(timeout, self._reactor)
         self.send({"method": "listLoginsReq", "reqId": req_id})
@@ -489,7 +494,7 @@ class AgentLinks(service.Service):
         results = await DeferredList([link.list_logins() for link in links], consumeErrors=True)
         logins: list[dict[str, Any]] = []
         unknown: list[int] = []
-        for link, (ok, value) in zip(links, results):
+        for link, (ok, value) in zip(links, results, strict=False):
             if ok:
                 logins.extend(entry for entry in value
                               if isinstance(entry, dict) and entry.get("serviceId") == link.service_id)

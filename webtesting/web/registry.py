@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from webtesting import dbpool
 from webtesting.config import RegistryConfig
+from webtesting.protocol import (
+    OPTIONAL_FIELDS,
+    PASSWORD_MASK,
+    SERVICE_FIELDS,
+    STATUS_MSG_LIMIT,
+    InvalidInput,
+    json_text,
+)
 from webtesting.web.accounts import (
     SESSION_INDEX_SQLITE,
     SESSION_SCHEMA_MYSQL,
@@ -28,14 +37,6 @@ from webtesting.web.accounts import (
 )
 from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
 from webtesting.web.testruns import CASE_SCHEMA_MYSQL, CASE_SCHEMA_SQLITE
-from webtesting.protocol import (
-    OPTIONAL_FIELDS,
-    PASSWORD_MASK,
-    InvalidInput,
-    SERVICE_FIELDS,
-    STATUS_MSG_LIMIT,
-    json_text,
-)
 
 TABLE = "tb_service_info"
 _JSON_FIELDS = ("redisCluster", "allowedAppids")
@@ -124,7 +125,7 @@ def _to_row(service: dict[str, Any], fields: Sequence[str]) -> list[Any]:
 
 
 def _from_row(row: Sequence[Any]) -> dict[str, Any]:
-    record = dict(zip(_COLUMNS, row))
+    record = dict(zip(_COLUMNS, row, strict=False))
     service: dict[str, Any] = {"serviceId": record.pop("id")}
     for f in SERVICE_FIELDS:
         value = record[f]
@@ -223,7 +224,7 @@ class Registry:
 
         def work(cursor: Any) -> int:
             cursor.execute(select, ids)
-            found = {row[0]: dict(zip(_PASSWORD_BOUND, row[1:])) for row in cursor.fetchall()}
+            found = {row[0]: dict(zip(_PASSWORD_BOUND, row[1:], strict=False)) for row in cursor.fetchall()}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise UnknownServices(missing)

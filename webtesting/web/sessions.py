@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import uuid as uuidlib
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -77,8 +78,8 @@ class Pending:
 
     __slots__ = ("deadline", "session", "service_id", "answer", "login", "done")
 
-    def __init__(self, deadline: float, session: "BrowserSession", service_id: int, answer: str,
-                 login: "Login") -> None:
+    def __init__(self, deadline: float, session: BrowserSession, service_id: int, answer: str,
+                 login: Login) -> None:
         self.deadline = deadline
         self.session = session
         self.service_id = service_id

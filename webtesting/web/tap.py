@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -25,12 +26,12 @@ from webtesting.config import ConfigError, WebConfig, default_webroot, listening
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.history import History
-from webtesting.web.testruns import TestRuns
 from webtesting.web.http import HTTPListener, RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.origins import Origins, public_urls
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
+from webtesting.web.testruns import TestRuns
 from webtesting.web.throttle import LoginThrottle
 from webtesting.web.ws import BrowserFactory, BrowserListener
 from webtesting.wslink import pinned_tls
@@ -67,7 +68,7 @@ class StopInTurn(MultiService):
         for child in reversed(list(self)):
             try:
                 yield child.stopService()
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 self._log.failure("stopping {child}", child=child)
 
 

@@ -220,7 +220,7 @@ def describe_run(run: Run) -> dict[str, Any]:
                 {"index": sa.index,
                  "rows": [{"name": name, "a": left, "b": right, "same": left == right}
                           for name, left, right in _rows(sa, sb)]}
-                for sa, sb in zip(item.a.steps, item.b.steps)
+                for sa, sb in zip(item.a.steps, item.b.steps, strict=False)
             ]
         cases.append(entry)
     return {"runId": run.id, "serviceId": run.service, "against": run.against, "account": run.account,

@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 class Throttled(Exception):
@@ -59,7 +59,7 @@ class Limit:
 class Attempt:
     """One login attempt let through; say how it ended with L{done}."""
 
-    throttle: "LoginThrottle"
+    throttle: LoginThrottle
     keys: list[tuple[str, Limit]]
     username: str
     address: str

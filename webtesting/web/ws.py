@@ -27,19 +27,20 @@ next server rather than guessing what happened.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from webtesting.protocol import Result
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.handshake import BoundedHandshake
+from webtesting.protocol import Result
 from webtesting.web.accounts import Session, cookie_value
 from webtesting.web.origins import Origins
 from webtesting.web.sessions import BrowserSession, Relay
@@ -60,16 +61,19 @@ class SessionChecker(Protocol):
     def alive(self, keys: Sequence[str]) -> Deferred[set[str]]: ...
 
 
-class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
+# Ignored (misc): Autobahn's own two bases of WebSocketServerProtocol
+# disagree on the types of peer and _transport_details.
+class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
     _log = Logger()
-    factory: "BrowserFactory"
+    factory: BrowserFactory
     session: BrowserSession | None = None
     user: Session | None = None
     _counted = False
     _expiry: Any = None
     _too_large = False
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
+    # Autobahn waits for a Deferred from onConnect; its annotation does not say so.
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         if self.factory.going_away:
             raise ConnectionDeny(503, "the server is shutting down")
         if request.path != self.factory.path:
@@ -113,7 +117,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
             self.session = self.factory.relay.open_session(
                 self._deliver, self.user.username if self.user is not None else "")
             self.factory.opened(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("opening a browser session")
             self.dropConnection(abort=True)
 
@@ -166,7 +170,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
             return
         try:
             self.factory.relay.from_browser(self.session, payload)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("handling a browser message")
             self._deliver(_INTERNAL)
 
@@ -176,7 +180,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
             self.factory.release(self.user.username if self.user is not None else "")
         try:
             self.factory.closed(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("forgetting a closed browser WebSocket")
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -186,7 +190,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):
         session, self.session = self.session, None
         try:
             self.factory.relay.close_session(session)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("closing a browser session")
 
 
@@ -216,7 +220,7 @@ class BrowserFactory(WebSocketServerFactory):
         self._recheck = LoopingCall(self.recheck)
         self._recheck.clock = self.reactor
         self._recheck_interval = recheck_interval
-        self._rechecking: Deferred[None] | None = None
+        self._rechecking: Deferred[Any] | None = None
         self._again = False
         self.path = path
         # Pages from these origins only (scheme, host and port, exactly).
@@ -265,7 +269,7 @@ class BrowserFactory(WebSocketServerFactory):
         else:
             self._per_account.pop(username, None)
 
-    def recheck(self) -> Deferred[None] | None:
+    def recheck(self) -> Deferred[Any] | None:
         """Close the WebSockets whose login session has ended (one query for all of them)."""
         if self._rechecking is not None:
             # It may have read before the latest change: once more when it is done.

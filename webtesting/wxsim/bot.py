@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from webtesting.statelayout import StateLayout
 
@@ -366,7 +367,8 @@ class Bot:
         if _has(content, _GOOD_MOOD):
             return Message("听到你开心我也很高兴！" if zh else "Glad to hear you are in a good mood!", "mood")
         if _has(content, _BAD_MOOD):
-            return Message("抱歉听到这个，希望你很快好起来。" if zh else "Sorry to hear that; I hope you feel better soon.", "mood")
+            return Message("抱歉听到这个，希望你很快好起来。" if zh
+                           else "Sorry to hear that; I hope you feel better soon.", "mood")
         if switched and self._cur_topic is not None and self._cur_topic != TOPIC_SMALL_TALK:
             desc = TOPIC_DICT[self._cur_topic].split(" / ")[1 if zh else 0]
             return Message(f"我们来聊聊{desc}吧。" if zh else f"Let's talk about {desc}.", "topic")
@@ -400,7 +402,7 @@ def memory_from_reply(reply: Any) -> dict[str, str]:
     if isinstance(reply, Mapping):
         items = list(reply.items())
     elif isinstance(reply, (list, tuple)):
-        items = list(zip(reply[0::2], reply[1::2]))
+        items = list(zip(reply[0::2], reply[1::2], strict=False))
     else:
         return {}
     return {_text(k): _text(v) for k, v in items}

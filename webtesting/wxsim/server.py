@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -348,7 +349,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
         try:
             self._where = f"{request.peer} {request.path}"
             self._log.debug("wxservice connection from {where}", where=self._where)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onConnect")
             raise ConnectionDeny(500, "internal error") from None
 
@@ -361,7 +362,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             self._received(payload, isBinary)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice message from {where}", where=self._where)
             self._answer("error", Result.INTERNAL, "internal error")
 
@@ -372,7 +373,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
             self._cancel_timers()
             self.factory.connections.discard(self)
             self.factory.closed(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onClose")
 
     # -- parsing ----------------------------------------------------------
@@ -394,7 +395,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
             self._queued -= 1
             try:
                 return self._handle(method, answer, message)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 # The queue must keep going whatever one request did.
                 self._log.failure("wxservice {method} from {where}", method=method, where=self._where)
                 self._answer(answer, Result.INTERNAL, "internal error")
@@ -479,7 +480,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
         try:
             uid = await factory.uids.uid_for(appid, uname)
             replies = await factory.store.pipeline(login_commands(factory.layout, appid, uid))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every failure of the login is answered (StoreUnavailable with its reason)
             self._state = _State.IDLE if self._state is _State.LOGGING_IN else self._state
             if not isinstance(e, StoreUnavailable):
                 self._log.failure("wxservice login of {appid}/{uname}", appid=appid, uname=uname)
@@ -571,7 +572,7 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
             try:
                 if session == self._session and self._state is _State.LOGGED_IN:
                     self._send_bot_message(later.message)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 self._log.failure("wxservice unprompted message")
 
         call = self.factory.clock.callLater(later.delay, fire)
@@ -599,7 +600,8 @@ class WxServiceServerProtocol(WebSocketServerProtocol):
 def _only(message: dict[str, Any], allowed: Sequence[str]) -> None:
     for key in message:
         if key not in allowed:
-            raise InvalidInput(str(key)[:40], f"unknown field (a {message['method']} has {', '.join(allowed[1:]) or 'no other fields'})")
+            others = ", ".join(allowed[1:]) or "no other fields"
+            raise InvalidInput(str(key)[:40], f"unknown field (a {message['method']} has {others})")
 
 
 def _reason(error: BaseException | None) -> str:
@@ -658,7 +660,7 @@ class WxServiceServerFactory(WebSocketServerFactory):
             try:
                 # Autobahn lets an application send only 1000 or 3000-4999.
                 protocol.sendClose(code=1000, reason="the bot is stopping")
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
                 self._log.failure("closing a wxservice connection")
                 protocol.dropConnection(abort=True)
         return d
