@@ -201,6 +201,23 @@ class LifecycleTests(unittest.TestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
 
+class KeptInputsTests(LifecycleTests):
+    """The same, with the machine's inputs made once (as the web server's agent links do)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.life = Lifecycle("test link", self.reports.append, keep_inputs=True)
+        self.dialer = DeferredDialer(
+            self.life, self.attempts.open, classify, clock=self.clock, backoff=NO_JITTER,
+            on_open=self.opened.append, close=self.attempts.closed.append,
+        )
+
+    def test_inputs_are_kept_only_when_asked(self) -> None:
+        """Kept inputs live on the instance (9 KB of code copies); by default nothing does."""
+        self.assertIn("attempting", vars(self.life))
+        self.assertNotIn("attempting", vars(Lifecycle("another", self.reports.append)))
+
+
 class BackoffTests(unittest.TestCase):
     def test_jitter_spreads_within_bounds(self) -> None:
         """Jitter spreads a delay by at most its fraction either way, and never beyond the longest."""

@@ -316,6 +316,18 @@ class PollerTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.reader.reads), 1)  # nobody to poll
 
+    def test_slow_poll_is_measured_and_logged(self) -> None:
+        """A poll that outlasts its interval is timed and logged, and the tick that came meanwhile is skipped."""
+        logged: list[str] = []
+        observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.clock.advance(1)
+        self.clock.advance(1.5)
+        self.reader.answer({("1.00002", "1"): snap(), ("1.00002", "2"): snap()})
+        self.assertEqual((self.poller.last_seconds, self.poller.slowest, self.poller.skipped), (1.5, 1.5, 1))
+        self.assertTrue(any("state poll of 2 users took 1.50 s" in line for line in logged), logged)
+
     def test_chunks(self) -> None:
         """Many users are read a chunk at a time, the next chunk once the last one answered."""
         self.poller.chunk = 2

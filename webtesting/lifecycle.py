@@ -142,6 +142,8 @@ class Lifecycle:
     @param name: names the connection in the log ("agent link 3").
     @param on_health: called with the new L{Health} whenever it changes.
     @param initial: the health reported before the first attempt ends.
+    @param keep_inputs: make the machine's inputs once, for a connection
+        that is retried often and of which there are few (see below).
     """
 
     _machine = MethodicalMachine()
@@ -153,6 +155,7 @@ class Lifecycle:
         on_health: Callable[[Health], None],
         *,
         initial: Health = Health(False, "connecting", "connecting"),
+        keep_inputs: bool = False,
     ) -> None:
         self.name = name
         self._on_health = on_health
@@ -166,12 +169,15 @@ class Lifecycle:
         # tenth attempt, not every retry.
         self.failures = 0
         self._logged_detail: str | None = None
-        # Automat makes a new function (copying its code object) each time an
-        # input is looked up on an instance; a thousand dead links look up two
-        # per attempt. Each lifecycle keeps its own, made once.
-        for name in ("start", "attempting", "connected", "failed", "lost", "changed", "stop",
-                     "_unusable_input"):
-            setattr(self, name, getattr(self, name))
+        # Automat makes a new function (copying its code object: 6 us) each
+        # time an input is looked up on an instance; a thousand dead agent
+        # links look up two per attempt. Those keep their own, made once; but
+        # the copies weigh 9 KB, so the agent's per-user links (10,000 of
+        # them, retried only while their bot is away) make them as they go.
+        if keep_inputs:
+            for name in ("start", "attempting", "connected", "failed", "lost", "changed", "stop",
+                         "_unusable_input"):
+                setattr(self, name, getattr(self, name))
 
     # -- states --------------------------------------------------------------
 

@@ -725,6 +725,8 @@ class StatusPoller:
         self._running: Deferred[None] | None = None
         self.skipped = 0
         self.polls = 0
+        self.last_seconds = 0.0  # how long the last poll took
+        self.slowest = 0.0
 
     # -- who --
 
@@ -822,12 +824,18 @@ class StatusPoller:
         if not watches:
             return None
         self.polls += 1
+        started = self._clock.seconds()
         d: Deferred[Any] = defer.ensureDeferred(self._poll(watches))
         d.addErrback(lambda f: _log.failure("state poll", f))
         self._running = d
 
         def ended(_: object) -> None:
             self._running = None
+            self.last_seconds = took = self._clock.seconds() - started
+            self.slowest = max(self.slowest, took)
+            if took > self._interval:
+                _log.warn("the state poll of {users} users took {took:.2f} s, more than its interval: "
+                          "the next poll is late", users=len(watches), took=took)
 
         d.addBoth(ended)
         return d

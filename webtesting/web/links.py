@@ -86,7 +86,7 @@ class AgentLink:
         self._secret = secret
         self._on_health = on_health
         self.lifecycle = Lifecycle(f"agent link {self.service_id}", lambda _: self._update_health(),
-                                   initial=WAITING)
+                                   initial=WAITING, keep_inputs=True)
         self._dialer = WebSocketDialer(
             self.lifecycle, self, AGENT, reactor=reactor, backoff=backoff,
             url=lambda: str(self.record["agentAddr"]),
