@@ -45,6 +45,7 @@ from webtesting.protocol import (
     validate_service_ids,
     validate_service_list,
 )
+from webtesting.web import openapi
 from webtesting.web.accounts import (
     Accounts,
     DeviceSigner,
@@ -260,6 +261,8 @@ def _check_json_media_type(header: bytes | None) -> None:
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8")
 
+
+_OPENAPI = json.dumps(openapi.document(), indent=1).encode("utf-8")
 
 _API_METHODS = {
     "getLogins": "GET",
@@ -745,6 +748,15 @@ class RegistryAPI:
         if allowed is None:
             raise NotFound()
         raise MethodNotAllowed(valid_methods=[allowed])
+
+    # -- the API's own description ---------------------------------------------
+
+    @app.route(f"{PREFIX}/openapi.json", methods=["GET"])
+    def openapi_json(self, request: Any) -> bytes:
+        """The HTTP API as OpenAPI 3.1 (webtesting.web.openapi); public: it holds no data."""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")  # for API tools on other origins; no cookies
+        return _OPENAPI
 
     # -- pages ----------------------------------------------------------------
 
