@@ -195,6 +195,7 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
     agent_config = write_config(bench, "agent", merge({
         "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
         "auth": {"secret": secret, "secret_file": ""},
+        "metrics": {"listen": ""},  # not the shipped :2022, which ./wt run may hold
     }, agent_changes or {}), name)
     bindir = os.path.dirname(sys.executable)
     tokens = {}

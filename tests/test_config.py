@@ -34,6 +34,9 @@ class LoadTests(unittest.TestCase):
         agent = config.load(config.AgentConfig, os.path.join(ETC, "agent.yaml"))
         self.assertEqual(agent.websocket.listen, "tcp:2021")
         self.assertEqual(agent.websocket.path, "/WebTesting/Agent")
+        self.assertEqual(agent.metrics.listen, "tcp:2022:interface=127.0.0.1")
+        self.assertTrue(web.http.metrics)
+        self.assertEqual(config.load(config.AgentConfig, None).metrics.listen, "")  # no listener unless asked
 
     def test_defaults(self) -> None:
         """Without a file the SPEC's default ports and the SQLite registry are used."""
@@ -41,6 +44,12 @@ class LoadTests(unittest.TestCase):
         self.assertEqual((web.http.listen, web.websocket.listen), ("tcp:2019", "tcp:2020"))
         self.assertIsNone(web.registry.mysql)
         self.assertEqual(config.load(config.AgentConfig, None).websocket.listen, "tcp:2021")
+
+    def test_metrics_listener_is_checked(self) -> None:
+        """A metrics address that does not parse is refused by key; an empty one means no listener."""
+        path = self.write("metrics:\n  listen: 'tcp:notaport'\n")
+        e = self.assertRaises(config.ConfigError, config.load, config.AgentConfig, path)
+        self.assertIn(f"{path}: metrics.listen: not a valid endpoint string", str(e))
 
     def test_every_problem_at_once(self) -> None:
         """Unknown keys, wrong types, bad ranges and bad endpoints are all reported together, by key."""

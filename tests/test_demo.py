@@ -59,7 +59,7 @@ class DemoTests(unittest.TestCase):
 
     def setUp(self) -> None:
         # Redis Cluster nodes also need their port + 10000 free: free_ports checks that.
-        self.ports = Ports(free_port(), free_port(), free_port(), free_port(), tuple(free_ports(3)))
+        self.ports = Ports(free_port(), free_port(), free_port(), free_port(), tuple(free_ports(3)), free_port())
         self.http = f"http://127.0.0.1:{self.ports.http}"
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
@@ -71,7 +71,8 @@ class DemoTests(unittest.TestCase):
         p = self.ports
         self.demo = subprocess.Popen(
             [sys.executable, "-m", "webtesting.demo", "--bot-port", str(p.bot), "--http-port", str(p.http),
-             "--agent-port", str(p.agent), "--redis-ports", ",".join(map(str, p.redis))],
+             "--agent-port", str(p.agent), "--agent-metrics-port", str(p.agent_metrics),
+             "--redis-ports", ",".join(map(str, p.redis))],
             # One port through the environment, as the README shows.
             env={**os.environ, "WT_WEBSOCKET_PORT": str(p.websocket)},
             cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,

@@ -323,6 +323,8 @@ class HTTPConfig:
     public_url: str = field(default="", metadata={"check": _check_page_url})
     webroot: str = path_field("")
     max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
+    # Prometheus metrics at /metrics on this port (webtesting/metrics.py).
+    metrics: bool = True
     sessions: SessionConfig = SessionConfig()
     login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 
@@ -443,6 +445,16 @@ class AgentHealthConfig:
     confirm: int = number_field(2, 1, 100)  # agreeing checks in a row before a change is reported
 
 
+def _check_optional_endpoint(value: str) -> str | None:
+    return check_server_endpoint(value) if value else None
+
+
+@dataclass(frozen=True)
+class AgentMetricsConfig:
+    # Where Prometheus scrapes /metrics (a Twisted endpoint string); empty: nowhere.
+    listen: str = field(default="", metadata={"check": _check_optional_endpoint})
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything ``twistd webtesting-agent`` reads; see etc/agent.yaml."""
@@ -452,6 +464,7 @@ class AgentConfig:
     users: AgentUsersConfig = AgentUsersConfig()
     backends: AgentBackendConfig = AgentBackendConfig()
     health: AgentHealthConfig = AgentHealthConfig()
+    metrics: AgentMetricsConfig = AgentMetricsConfig()
     state: StateLayout = StateLayout()
 
 

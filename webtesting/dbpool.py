@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from webtesting.lifecycle import Backoff, DeferredDialer, Health, Lifecycle, Reason
+from webtesting.metrics import DB_FAILURES
 
 T = TypeVar("T")
 
@@ -288,6 +289,7 @@ class Database(service.Service):
         exception, a connection lost during the commit).
         """
         if not self.available:
+            DB_FAILURES.labels(self.name).inc()
             return defer.fail(DatabaseUnavailable(self.reason))
         d: Deferred[T] = self._submit(work, self._request_timeout, self._queue_timeout)
         d.addErrback(self._request_failed)
@@ -362,6 +364,7 @@ class Database(service.Service):
         request.result.errback(failure)
 
     def _request_failed(self, failure: Failure) -> Failure:
+        DB_FAILURES.labels(self.name).inc()
         if failure.check(DatabaseUnavailable):
             return failure
         if failure.check(defer.TimeoutError) or self._is_fault(_error(failure)):

@@ -66,6 +66,7 @@ class Ports:
     websocket: int = 2020
     agent: int = 2021
     redis: tuple[int, ...] = (7000, 7001, 7002)
+    agent_metrics: int = 2022
 
     @property
     def http_url(self) -> str:
@@ -74,7 +75,7 @@ class Ports:
     def daemons(self) -> dict[int, str]:
         """Each port the daemons will listen on, with what listens there."""
         return {self.bot: "the reference bot", self.http: "HTTP", self.websocket: "the browser WebSocket",
-                self.agent: "the agent"}
+                self.agent: "the agent", self.agent_metrics: "the agent's metrics"}
 
 
 # Option, environment variable, field of Ports.
@@ -83,6 +84,7 @@ _PORT_OPTIONS = (
     ("--http-port", "WT_HTTP_PORT", "http"),
     ("--websocket-port", "WT_WEBSOCKET_PORT", "websocket"),
     ("--agent-port", "WT_AGENT_PORT", "agent"),
+    ("--agent-metrics-port", "WT_AGENT_METRICS_PORT", "agent_metrics"),
 )
 
 
@@ -118,8 +120,8 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Ports:
                         default=environ.get("WT_REDIS_PORTS") or ",".join(map(str, defaults.redis)),
                         help="the Redis Cluster's three master ports; default $WT_REDIS_PORTS or 7000,7001,7002")
     args = parser.parse_args(list(argv))
-    ports = Ports(args.bot, args.http, args.websocket, args.agent, args.redis)
-    every = [ports.bot, ports.http, ports.websocket, ports.agent, *ports.redis]
+    ports = Ports(args.bot, args.http, args.websocket, args.agent, args.redis, args.agent_metrics)
+    every = [ports.bot, ports.http, ports.websocket, ports.agent, ports.agent_metrics, *ports.redis]
     if len(set(every)) != len(every):
         parser.error(f"the ports must all differ: {ports}")
     return ports
@@ -202,6 +204,7 @@ class Demo:
 
         def agent(c: dict[str, Any]) -> None:
             listen(c, "websocket", "tcp:2021", p.agent)
+            listen(c, "metrics", "tcp:2022:interface=127.0.0.1", p.agent_metrics)
 
         def wxsim(c: dict[str, Any]) -> None:
             listen(c, "websocket", "tcp:1443", p.bot)

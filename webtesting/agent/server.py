@@ -34,6 +34,7 @@ from webtesting.givenstate import commands as given_commands
 from webtesting.givenstate import describe as given_describe
 from webtesting.handshake import BoundedHandshake
 from webtesting.lifecycle import Health
+from webtesting.metrics import FRAMES, HEALTH_CHANGES
 from webtesting.protocol import (
     BROWSER_REQUESTS,
     ROUTE,
@@ -50,6 +51,8 @@ from webtesting.protocol import (
 )
 from webtesting.statelayout import StateLayout
 from webtesting.wslink import DialGate
+
+_WEB_IN, _WEB_OUT = ("agent", "web", "in"), ("agent", "web", "out")
 
 
 class StateSource(Protocol):
@@ -511,6 +514,7 @@ class WebLink:
             return
         self._json({"method": "agentStatusReq", "serviceId": self.service["serviceId"],
                     "status": 1 if health.up else 0, "code": health.code, "msg": health.msg})
+        HEALTH_CHANGES.labels("agent", str(self.service["serviceId"]), "1" if health.up else "0").inc()
         if health.up:
             # Users waiting out their backoff need not: the bot answers again.
             for user in list(self.users.values()):
@@ -604,6 +608,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         self._auth_timer = None
 
     def _deliver(self, data: bytes) -> None:
+        FRAMES[_WEB_OUT] += 1
         if self._batch is not None:
             self._batch.add(data)
         elif self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -615,6 +620,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         for message in framebatch.split(payload) if self._batched else (payload,):
+            FRAMES[_WEB_IN] += 1
             if self._auth is not None:
                 self._authenticate(message)
                 continue

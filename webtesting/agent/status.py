@@ -62,6 +62,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting import rediscluster
+from webtesting.metrics import POLL_SECONDS
 from webtesting.statelayout import StateLayout
 
 T = TypeVar("T")
@@ -833,6 +834,7 @@ class StatusPoller:
             self._running = None
             self.last_seconds = took = self._clock.seconds() - started
             self.slowest = max(self.slowest, took)
+            POLL_SECONDS.observe(took)
             if took > self._interval:
                 _log.warn("the state poll of {users} users took {took:.2f} s, more than its interval: "
                           "the next poll is late", users=len(watches), took=took)

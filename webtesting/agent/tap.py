@@ -13,7 +13,9 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.python import usage
+from twisted.web.server import Site
 
+from webtesting import metrics
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
 from webtesting.config import AgentConfig, ConfigError, listening_endpoint, load
@@ -64,4 +66,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
     listener.setName("websocket")
     listener.setServiceParent(top)
+    # The metrics read the factory while the service tree lives (webtesting.metrics).
+    top.metrics = metrics.watch_agent(metrics.AgentParts(factory))  # type: ignore[attr-defined]
+    if config.metrics.listen:
+        site = Site(metrics.resource())
+        site.displayTracebacks = False
+        scrape = StreamServerEndpointService(listening_endpoint(reactor, config.metrics.listen), site)
+        scrape.setName("metrics")
+        scrape.setServiceParent(top)
     return top

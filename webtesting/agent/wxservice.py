@@ -44,12 +44,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
+from webtesting.metrics import FRAMES
 from webtesting.protocol import InvalidInput, parse_json_object
 from webtesting.wslink import BOT, DialGate, LinkProtocol, WebSocketDialer
 
 OK = 1
 INTERNAL = 500
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+_BOT_IN, _BOT_OUT = ("agent", "bot", "in"), ("agent", "bot", "out")
 
 
 class WxServiceError(Exception):
@@ -335,11 +338,13 @@ class WxServiceConnection:
         # Autobahn would raise Disconnected; we say NotOpen, which callers handle.
         if not self.open or self._closing or self._protocol.state != _ClientProtocol.STATE_OPEN:
             raise NotOpen("the WxService connection is closed")
+        FRAMES[_BOT_OUT] += 1
         self._protocol.sendMessage(json.dumps(message, ensure_ascii=False).encode("utf-8"), isBinary=False)
 
     # -- from the protocol ------------------------------------------------
 
     def _received(self, payload: bytes, is_binary: bool) -> None:
+        FRAMES[_BOT_IN] += 1
         try:
             if is_binary:
                 raise InvalidInput("", "a binary frame")

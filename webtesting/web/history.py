@@ -149,6 +149,7 @@ class History(service.Service):
         self.batch = batch
         self.max_buffer = max_buffer
         self._buffer: list[Event] = []
+        self._in_flight: list[Event] = []  # the batch being written
         self._timer: Any = None
         self._flushing: Deferred[None] | None = None
         self._recorded = 0  # events recorded so far
@@ -206,12 +207,14 @@ class History(service.Service):
             self._timer.cancel()
             self._timer = None
         events, self._buffer = self._buffer, []
+        self._in_flight = events
         upto = self._recorded
         self._flushing = self.db.run(lambda cursor: self._write(cursor, events))
         self._flushing.addCallbacks(lambda _: self._done(upto), lambda f: self._failed(f, events))
 
     def _failed(self, failure: Any, events: list[Event]) -> None:
         # Put the batch back in front of what came meanwhile; keep the newest.
+        self._in_flight = []
         self._buffer = events + self._buffer
         over = len(self._buffer) - self.max_buffer
         if over > 0:
@@ -226,6 +229,7 @@ class History(service.Service):
 
     def _done(self, upto: int | None) -> None:
         self._flushing = None
+        self._in_flight = []
         if upto is not None:
             self._written = upto
         # After a failure every waiter goes on (a read shows what is written).
@@ -384,6 +388,12 @@ class History(service.Service):
             self._timer.cancel()
             self._timer = None
         return self.flush()
+
+    def backlog(self) -> dict[str, Any]:
+        """What waits to be written: how many events, the oldest one's age, and how many were dropped."""
+        oldest = [batch[0][5] for batch in (self._in_flight, self._buffer) if batch]
+        lag = max(0.0, self._clock.seconds() - min(oldest) / 1000) if oldest else 0.0
+        return {"waiting": len(self._buffer) + len(self._in_flight), "lagSeconds": lag, "dropped": self._dropped}
 
     def describe(self) -> dict[str, int]:
         """Counters for logs and metrics."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -29,6 +30,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from webtesting import loadtest
 from webtesting.cases import Case, CaseError
 from webtesting.dbpool import DatabaseUnavailable
+from webtesting.metrics import CONTENT_TYPE_LATEST, HTTP_SECONDS, scrape
 from webtesting.protocol import (
     MAX_UNAME,
     PASSWORD_MASK,
@@ -90,6 +92,7 @@ class LimitedRequest(Request):
 
     def __init__(self, *args: Any, max_body: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._arrived = time.monotonic()
         # Twisted would parse a POSTed form (multipart or urlencoded) into
         # request.args before any route runs, and answer a malformed one
         # with a bare text 400 and a dropped connection. The API reads JSON
@@ -103,6 +106,10 @@ class LimitedRequest(Request):
         super().gotLength(length)
         if length is not None and length > self.max_body:
             self.body_too_large = True
+
+    def finish(self) -> None:
+        HTTP_SECONDS.labels(_route_label(self.path)).observe(time.monotonic() - self._arrived)
+        super().finish()
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_seen += len(data)
@@ -263,6 +270,19 @@ def _check_json_media_type(header: bytes | None) -> None:
 
 
 _OPENAPI = json.dumps(openapi.document(), indent=1).encode("utf-8")
+# The API's own paths label the request-time histogram; anything else is
+# "pages" or "other", so that odd paths cannot grow the metric without end.
+_API_ROUTES = {path.split("/{")[0] for path in openapi.document()["paths"]}
+
+
+def _route_label(path: bytes) -> str:
+    text = path.decode("latin-1")
+    for route in (text, text.rsplit("/", 1)[0], text.rsplit("/", 2)[0]):
+        if route in _API_ROUTES:
+            return route.removeprefix(f"{PREFIX}/")
+    if text == "/metrics":
+        return "metrics"
+    return "pages" if text.startswith(f"{PREFIX}/") or text == "/" else "other"
 
 _API_METHODS = {
     "getLogins": "GET",
@@ -307,6 +327,7 @@ class RegistryAPI:
         public_url: str | None = None,
         history: History | None = None,
         runs: TestRuns | None = None,
+        serve_metrics: bool = True,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -342,6 +363,7 @@ class RegistryAPI:
         # Saved test cases, and runs of them started from the Tests page.
         self.cases = CaseStore(registry.db, registry.dialect_name)
         self.runs = runs
+        self.serve_metrics = serve_metrics
 
     # -- who is asking ----------------------------------------------------------
 
@@ -748,6 +770,16 @@ class RegistryAPI:
         if allowed is None:
             raise NotFound()
         raise MethodNotAllowed(valid_methods=[allowed])
+
+    # -- operations ---------------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> bytes:
+        """Prometheus metrics of this process (webtesting.metrics); off with http.metrics: false."""
+        if not self.serve_metrics:
+            raise NotFound()
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return scrape()
 
     # -- the API's own description ---------------------------------------------
 

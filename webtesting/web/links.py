@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from webtesting import framebatch, linkauth
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.lifecycle import Backoff, Fault, Health, Lifecycle, Reason
+from webtesting.metrics import FRAMES, HEALTH_CHANGES
 from webtesting.protocol import SERVICE_FIELDS, tester_reason
 from webtesting.web.sessions import Relay
 from webtesting.wslink import AGENT, LinkProtocol, WebSocketDialer
@@ -49,6 +50,8 @@ AGENT_FIELDS = tuple(f for f in SERVICE_FIELDS if f != "agentAddr")
 
 WAITING = Health(False, "waiting_for_agent", "waiting for the agent link")
 WAITING_ANSWER = Health(False, "waiting_for_agent", "waiting for the agent's answer")
+
+_AGENT_IN, _AGENT_OUT = ("web", "agent", "in"), ("web", "agent", "out")
 
 
 class LinkDown(Exception):
@@ -141,6 +144,7 @@ class AgentLink:
     def send(self, message: dict[str, Any]) -> None:
         if self._proto is not None and self._proto.state == LinkProtocol.STATE_OPEN:
             data = json.dumps(message, ensure_ascii=False).encode()
+            FRAMES[_AGENT_OUT] += 1
             if self._batch is not None:
                 self._batch.add(data)
             else:
@@ -244,6 +248,7 @@ class AgentLink:
         self._link_message(proto, payload)
 
     def _link_message(self, proto: LinkProtocol, payload: bytes) -> None:
+        FRAMES[_AGENT_IN] += 1
         if self._auth is not None:
             self._authenticate(proto, payload)
             return
@@ -477,6 +482,7 @@ class AgentLinks(service.Service):
         if self._written.get(link.service_id) == (status, msg):
             return
         self._written[link.service_id] = (status, msg)
+        HEALTH_CHANGES.labels("web", str(link.service_id), str(status)).inc()
         d = self.registry.set_status(link.service_id, status, msg)
 
         def failed(failure: Failure) -> None:

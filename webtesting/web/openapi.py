@@ -135,6 +135,10 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
                     "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}
     by_id = {"type": "object", "required": ["id"], "properties": {"id": _INT32}}
     paths: dict[str, Any] = {
+        "/metrics": {"get": _operation(
+            "Operations: Prometheus metrics of this web server", who="anyone",
+            description="The text exposition format (README: Metrics). 404 with http.metrics: false.",
+            content={"content": {"text/plain": {"schema": {"type": "string"}}}})},
         f"{PREFIX}/openapi.json": {"get": _operation(
             "API: this description", who="anyone",
             content={"content": {"application/json": {"schema": {"type": "object"}}}})},

@@ -210,6 +210,10 @@ class Relay:
         # Where each turn is recorded (webtesting.web.history.History), if anywhere.
         self.history: Any = None
 
+    def logins_by_service(self) -> dict[int, int]:
+        """How many browser sessions hold a bot login on each service (for the metrics)."""
+        return {sid: len(uuids) for sid, uuids in self._on_service.items() if uuids}
+
     # -- browser side -------------------------------------------------------
 
     def open_session(self, deliver: Deliver, account: str = "") -> BrowserSession:

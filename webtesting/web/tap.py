@@ -22,6 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
+from webtesting import metrics
 from webtesting.config import ConfigError, WebConfig, default_webroot, listening_endpoint, load
 from webtesting.lifecycle import Backoff
 from webtesting.web.accounts import DeviceSigner, SessionStore
@@ -152,7 +153,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         history=history,
         runs=TestRuns(public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                   config.websocket.public_url, config.websocket.path)[0], reactor),
+        serve_metrics=config.http.metrics,
     )
+    # The metrics read these while the service tree lives (webtesting.metrics).
+    top.metrics = metrics.watch_web(metrics.WebParts(relay, browsers, links, history))  # type: ignore[attr-defined]
     site = make_site(api.app.resource(), config.http.max_body_bytes)
     http = HTTPListener(listening_endpoint(reactor, config.http.listen), site)
     http.setName("http")

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.handshake import BoundedHandshake
+from webtesting.metrics import FRAMES
 from webtesting.protocol import Result
 from webtesting.web.accounts import Session, cookie_value
 from webtesting.web.origins import Origins
@@ -48,6 +49,8 @@ from webtesting.web.sessions import BrowserSession, Relay
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
 GOING_AWAY = 1001
 GOING_AWAY_REASON = "the server is shutting down"
+
+_BROWSER_IN, _BROWSER_OUT = ("web", "browser", "in"), ("web", "browser", "out")
 
 
 SESSION_ENDED = 4401
@@ -135,6 +138,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignor
 
     def _deliver(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
+            FRAMES[_BROWSER_OUT] += 1
             self.sendMessage(data, isBinary=False)
 
     # -- size limit: drop the message as it arrives, answer at its end -------
@@ -163,6 +167,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignor
         super().onMessageEnd()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        FRAMES[_BROWSER_IN] += 1
         if self.session is None:
             return
         if isBinary:

@@ -1,0 +1,207 @@
+"""
+Prometheus metrics of the web server and the agent (prometheus_client).
+
+One rule keeps them cheap: the relay's hot paths only add 1 to a plain
+integer here (L{FRAMES}); what can be read from the live objects (sessions,
+logins, links, users, the history's backlog) is read when C{/metrics} is
+scraped, by one collector that walks the objects each daemon registered
+with L{watch_web} or L{watch_agent} (weakly: a stopped server's objects just
+go away). Latencies are histograms.
+
+The web server serves them at C{/metrics} on its HTTP port
+(C{http.metrics}); the agent on a small listener of its own
+(C{metrics.listen} in etc/agent.yaml). README.md lists every metric with a
+sample scrape.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+
+__all__ = [
+    "CONTENT_TYPE_LATEST", "DB_FAILURES", "FRAMES", "HEALTH_CHANGES", "HTTP_SECONDS", "POLL_SECONDS",
+    "scrape", "watch_agent", "watch_web",
+]
+
+# No *_created series: a scrape is long enough without a timestamp per label set.
+disable_created_metrics()
+
+# (daemon, leg, direction) -> frames: ("web", "browser", "in"), ("agent", "bot", "out"), ...
+FRAMES: Counter[tuple[str, str, str]] = Counter()
+
+HTTP_SECONDS = Histogram(
+    "webtesting_web_http_request_seconds", "Time from a request's arrival to its answer, per API route",
+    ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+POLL_SECONDS = Histogram(
+    "webtesting_agent_state_poll_seconds", "Time one state poll of a service's watched users took",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DB_FAILURES = PromCounter(
+    "webtesting_db_failures", "Database requests that failed (the registry, a bot's MySQL)", ["database"],
+)
+HEALTH_CHANGES = PromCounter(
+    "webtesting_health_changes", "Changes of a service's health: as the agent reports them, and as the web "
+    "server records them in the registry", ["daemon", "service", "status"],
+)
+
+_web: weakref.WeakSet[Any] = weakref.WeakSet()
+_agent: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class WebParts:
+    """What the web server's collector reads: set by the web server's service tree."""
+
+    def __init__(self, relay: Any, browsers: Any, links: Any, history: Any = None) -> None:
+        self.relay = relay
+        self.browsers = browsers
+        self.links = links
+        self.history = history
+
+
+class AgentParts:
+    """What the agent's collector reads."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+
+def watch_web(parts: WebParts) -> WebParts:
+    _web.add(parts)
+    return parts
+
+
+def watch_agent(parts: AgentParts) -> AgentParts:
+    _agent.add(parts)
+    return parts
+
+
+class _Collector:
+    """Reads the live objects at scrape time."""
+
+    def collect(self) -> Iterator[Any]:
+        frames = CounterMetricFamily("webtesting_frames", "WebSocket messages per daemon, leg and direction",
+                                     labels=["daemon", "leg", "direction"])
+        for (daemon, leg, direction), count in sorted(FRAMES.items()):
+            frames.add_metric([daemon, leg, direction], count)
+        yield frames
+        # Each daemon's scrape shows its own families (both, in a test process running both).
+        if _web:
+            yield from self._web()
+        if _agent:
+            yield from self._agent()
+
+    def _web(self) -> Iterator[Any]:
+        sessions = GaugeMetricFamily("webtesting_web_browser_sessions", "Open browser WebSockets")
+        logins = GaugeMetricFamily("webtesting_web_bot_logins", "Bot logins held by browsers, per service",
+                                   labels=["service"])
+        links = GaugeMetricFamily("webtesting_web_agent_links", "Agent links by state", labels=["state"])
+        up = GaugeMetricFamily("webtesting_web_service_up", "1 while a service's agent link and everything "
+                               "behind it answer", labels=["service"])
+        lag = GaugeMetricFamily("webtesting_web_history_lag_seconds",
+                                "Age of the oldest conversation event not yet written")
+        waiting = GaugeMetricFamily("webtesting_web_history_waiting_events", "Events waiting to be written")
+        dropped = CounterMetricFamily("webtesting_web_history_dropped_events",
+                                      "Events dropped while the database was away too long")
+        total_sessions = 0
+        per_service: Counter[int] = Counter()
+        per_state: Counter[str] = Counter()
+        service_up: dict[int, int] = {}
+        lag_seconds = 0.0
+        waiting_events = dropped_events = 0
+        for parts in list(_web):
+            total_sessions += len(parts.browsers.open_protocols)
+            for sid, uuids in parts.relay.logins_by_service().items():
+                per_service[sid] += uuids
+            for sid, link in list(parts.links.links.items()):
+                per_state[link.lifecycle.state] += 1
+                service_up[sid] = max(service_up.get(sid, 0), int(bool(link.up)))
+            if parts.history is not None:
+                backlog = parts.history.backlog()
+                lag_seconds = max(lag_seconds, backlog["lagSeconds"])
+                waiting_events += backlog["waiting"]
+                dropped_events += backlog["dropped"]
+        sessions.add_metric([], total_sessions)
+        for sid, count in sorted(per_service.items()):
+            logins.add_metric([str(sid)], count)
+        for state, count in sorted(per_state.items()):
+            links.add_metric([state], count)
+        for sid, value in sorted(service_up.items()):
+            up.add_metric([str(sid)], value)
+        lag.add_metric([], lag_seconds)
+        waiting.add_metric([], waiting_events)
+        dropped.add_metric([], dropped_events)
+        yield from (sessions, logins, links, up, lag, waiting, dropped)
+
+    def _agent(self) -> Iterator[Any]:
+        web_links = GaugeMetricFamily("webtesting_agent_web_links", "Open links from web servers")
+        users = GaugeMetricFamily("webtesting_agent_bot_users", "Logged-in bot users per service and state",
+                                  labels=["service", "state"])
+        polls = CounterMetricFamily("webtesting_agent_state_polls", "State polls per service", labels=["service"])
+        skipped = CounterMetricFamily("webtesting_agent_state_polls_skipped",
+                                      "Poll ticks skipped because the last poll was still running",
+                                      labels=["service"])
+        watched = GaugeMetricFamily("webtesting_agent_state_watched_users", "Users whose state is polled",
+                                    labels=["service"])
+        open_links = 0
+        per_user: Counter[tuple[int, str]] = Counter()
+        poll_counts: Counter[int] = Counter()
+        skip_counts: Counter[int] = Counter()
+        watch_counts: Counter[int] = Counter()
+        for parts in list(_agent):
+            for proto in list(parts.factory.open_links):
+                open_links += 1
+                link = proto.link
+                if link is None:
+                    continue
+                for user in list(link.users.values()):
+                    per_user[(user.service_id, user.state.name.lower())] += 1
+                source = link.source
+                poller = getattr(source, "poller", None)
+                if poller is not None and link.service is not None:
+                    sid = int(link.service["serviceId"])
+                    poll_counts[sid] += poller.polls
+                    skip_counts[sid] += poller.skipped
+                    watch_counts[sid] += len(poller.watching())
+        web_links.add_metric([], open_links)
+        for (sid, state), count in sorted(per_user.items()):
+            users.add_metric([str(sid), state], count)
+        for sid in sorted(poll_counts):
+            polls.add_metric([str(sid)], poll_counts[sid])
+            skipped.add_metric([str(sid)], skip_counts[sid])
+            watched.add_metric([str(sid)], watch_counts[sid])
+        yield from (web_links, users, polls, skipped, watched)
+
+
+REGISTRY.register(_Collector())
+
+
+def scrape(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """The text exposition format of every metric of this process."""
+    return generate_latest(registry)
+
+
+class _Metrics(Resource):
+    """C{GET /metrics} (the agent's own listener); everything else is 404."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.postpath not in ([b"metrics"], [b"metrics", b""]):
+            request.setResponseCode(404)
+            return b"not found; the metrics are at /metrics\n"
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return scrape()
+
+
+def resource() -> Resource:
+    return _Metrics()
