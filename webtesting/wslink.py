@@ -92,6 +92,11 @@ class DialGate:
         self.busy = 0
         self._waiting: deque[GateTicket] = deque()
 
+    def set_limit(self, limit: int) -> None:
+        """A live reload: a new bound, at once (a larger one lets waiting dials in now)."""
+        self.limit = limit
+        self._next()
+
     @property
     def waiting(self) -> int:
         return sum(1 for t in self._waiting if t.state == "waiting")

@@ -325,6 +325,17 @@ class WebLink:
         self.holders[key] = Holder(self, uuid, account, int(time.time()))
         user.start()
 
+    def reconfigure(self, settings: AgentSettings) -> None:
+        """A live reload: the poll interval now; the users' link settings for every login from now on."""
+        self._settings = settings
+        gate = self._link_settings.gate
+        self._link_settings = dataclasses.replace(settings.link_settings(), gate=gate)
+        if gate is not None:
+            gate.set_limit(settings.connects_in_flight)
+        poller = getattr(self.source, "poller", None)
+        if poller is not None:
+            poller.set_interval(settings.poll_interval)
+
     def taken_over(self, uuid: str, account: str) -> None:
         """Another login of the same bot user, anywhere: this one ends, and its page hears why."""
         user = self.users.get(uuid)

@@ -791,6 +791,14 @@ class StatusPoller:
         d = self._loop.start(self._interval, now=False)
         d.addErrback(lambda f: _log.failure("state poll timer stopped", f))
 
+    def set_interval(self, interval: float) -> None:
+        """Poll every C{interval} seconds from now on (a live reload)."""
+        self._interval = interval
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+            self._loop = None
+            self.start()
+
     def stop(self) -> Deferred[None]:
         """Stop polling; fire once the poll that may be running has ended."""
         if self._loop is not None and self._loop.running:

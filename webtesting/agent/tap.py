@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -19,6 +21,7 @@ from webtesting import metrics
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
 from webtesting.config import AgentConfig, ConfigError, listening_endpoint, load
+from webtesting.reload import Reloader
 
 
 class Options(usage.Options):
@@ -32,6 +35,36 @@ class Options(usage.Options):
             self.secret = self.config.auth.read(f"{self['config'] or '<defaults>'}: auth")
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
+
+
+def _load_checked(path: str | None) -> AgentConfig:
+    """The configuration, its secret readable (ConfigError otherwise), for a reload."""
+    new = load(AgentConfig, path)
+    new.auth.read(f"{path or '<defaults>'}: auth")
+    return new
+
+
+_FOR_NEW_LOGINS = {"users.login_timeout", "users.link_ping_interval", "users.ping_timeout", "users.retry_initial",
+                   "users.retry_max"}
+
+
+def _apply_agent(old: AgentConfig, new: AgentConfig, changed: set[str], *, factory: AgentFactory) -> set[str]:
+    """A live reload (webtesting.reload): apply what can change while the listeners stay open."""
+    users = new.users
+    applied: set[str] = set()
+    if any(key.startswith("auth.") for key in changed):
+        factory.secret = new.auth.read("reload: auth")  # every web server link authenticates with it from now on
+        applied |= {key for key in changed if key.startswith("auth.")}
+    settings = dataclasses.replace(
+        factory.settings, poll_interval=users.poll_interval, login_timeout=users.login_timeout,
+        link_ping_interval=users.link_ping_interval, ping_timeout=users.ping_timeout,
+        retry_initial=users.retry_initial, retry_max=users.retry_max, connects_in_flight=users.connects_in_flight)
+    factory.settings = settings
+    for proto in list(factory.open_links):
+        if proto.link is not None:
+            proto.link.reconfigure(settings)
+    applied |= changed & (_FOR_NEW_LOGINS | {"users.poll_interval", "users.connects_in_flight"})
+    return applied
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -66,6 +99,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
     listener.setName("websocket")
     listener.setServiceParent(top)
+    reloader = Reloader("agent", options["config"], config, _load_checked,
+                        partial(_apply_agent, factory=factory), reactor)
+    reloader.setName("reload")
+    reloader.setServiceParent(top)
     # The metrics read the factory while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_agent(metrics.AgentParts(factory))  # type: ignore[attr-defined]
     if config.metrics.listen:

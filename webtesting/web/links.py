@@ -86,7 +86,7 @@ class AgentLink:
         self._reactor = reactor
         self.record = record
         self._relay = relay
-        self._secret = secret
+        self.secret = secret  # what the agent must prove it knows (a live reload may change it)
         self._on_health = on_health
         self.lifecycle = Lifecycle(f"agent link {self.service_id}", lambda _: self._update_health(),
                                    initial=WAITING, keep_inputs=True)
@@ -190,7 +190,7 @@ class AgentLink:
         self._answered = False
         self._refused = None
         self._agent_status = Health(True, "ok", "ok")
-        self._auth = linkauth.WebSide(self._secret, self.service_id)
+        self._auth = linkauth.WebSide(self.secret, self.service_id)
         self._auth_timer = self._reactor.callLater(
             linkauth.DEADLINE, self._auth_failed, proto, "the agent did not authenticate in time")
 
@@ -493,6 +493,20 @@ class AgentLinks(service.Service):
                                   service_id=link.service_id)
 
         d.addErrback(failed)
+
+    def reconfigure(self, *, sync_interval: float | None = None, secret: str | None = None) -> None:
+        """A live reload: the registry sync's interval now; the secret for every authentication from now on."""
+        if sync_interval is not None and sync_interval != self._sync_interval:
+            self._sync_interval = sync_interval
+            if self._loop.running:
+                self._loop.stop()
+                self._loop = LoopingCall(self.sync)
+                self._loop.clock = self._reactor
+                self._loop.start(sync_interval, now=False)
+        if secret is not None:
+            self._secret = secret
+            for link in self.links.values():
+                link.secret = secret
 
     async def list_logins(self) -> tuple[list[dict[str, Any]], list[int]]:
         """Every agent's bot logins, and the services whose agent could not say (down, or no answer in 2 s)."""

@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -25,15 +26,16 @@ from twisted.python import usage
 from webtesting import metrics
 from webtesting.config import ConfigError, WebConfig, default_webroot, listening_endpoint, load
 from webtesting.lifecycle import Backoff
+from webtesting.reload import Reloader
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.history import History
-from webtesting.web.http import HTTPListener, RegistryAPI, make_site
+from webtesting.web.http import HTTPListener, LimitedRequest, RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
 from webtesting.web.origins import Origins, public_urls
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 from webtesting.web.testruns import TestRuns
-from webtesting.web.throttle import LoginThrottle
+from webtesting.web.throttle import Limit, LoginThrottle
 from webtesting.web.ws import BrowserFactory, BrowserListener
 from webtesting.wslink import pinned_tls
 
@@ -88,6 +90,59 @@ def origins_for(config: WebConfig) -> Origins:
     page, _ws = public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                             config.websocket.public_url, config.websocket.path)
     return Origins(page, config.websocket.allowed_origins)
+
+
+def _load_checked(path: str | None) -> WebConfig:
+    """The configuration, its secrets readable (ConfigError otherwise), for a reload."""
+    new = load(WebConfig, path)
+    source = path or "<defaults>"
+    new.agents.auth.read(f"{source}: agents.auth")
+    new.http.sessions.read(f"{source}: http.sessions")
+    return new
+
+
+def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Relay, browsers: BrowserFactory,
+               api: RegistryAPI, site: Any, links: AgentLinks, history: History) -> set[str]:
+    """A live reload (webtesting.reload): apply what can change while the listeners stay open."""
+    ws, http, agents, h = new.websocket, new.http, new.agents, new.history
+    now: dict[str, Callable[[], None]] = {
+        "websocket.request_deadline": lambda: setattr(relay, "deadline", ws.request_deadline),
+        "websocket.login_deadline": lambda: setattr(relay, "login_deadline", ws.login_deadline),
+        "websocket.max_logins_per_account": lambda: setattr(relay, "max_logins_per_account",
+                                                            ws.max_logins_per_account),
+        "websocket.max_per_account": lambda: setattr(browsers, "max_per_account", ws.max_per_account),
+        "websocket.max_message_bytes": lambda: setattr(browsers, "max_message", ws.max_message_bytes),
+        "http.max_body_bytes": lambda: setattr(site, "requestFactory",
+                                               partial(LimitedRequest, max_body=http.max_body_bytes)),
+        "http.metrics": lambda: setattr(api, "serve_metrics", http.metrics),
+        "http.sessions.lifetime": lambda: setattr(api.sessions, "lifetime", http.sessions.lifetime),
+        "http.login_throttle.per_username_hour": lambda: setattr(
+            api.throttle, "username", Limit(api.throttle.username.burst, http.login_throttle.per_username_hour)),
+        "http.login_throttle.per_address_hour": lambda: setattr(
+            api.throttle, "address", Limit(api.throttle.address.burst, http.login_throttle.per_address_hour)),
+        "agents.sync_interval": lambda: links.reconfigure(sync_interval=agents.sync_interval),
+        "history.flush_interval": lambda: setattr(history, "flush_interval", h.flush_interval),
+        "history.batch": lambda: setattr(history, "batch", h.batch),
+        "history.max_buffer": lambda: setattr(history, "max_buffer", h.max_buffer),
+        "history.record": lambda: setattr(relay, "history", history if h.record else None),
+    }
+    applied = set()
+    for key in sorted(changed & set(now)):
+        now[key]()
+        applied.add(key)
+    if "websocket.allowed_origins" in changed:
+        origins = origins_for(new)
+        browsers.origins = api.origins = origins
+        applied.add("websocket.allowed_origins")
+    source = "reload"
+    secrets = {key for key in changed if key.startswith(("agents.auth.", "http.sessions.secret"))}
+    if any(key.startswith("agents.auth.") for key in secrets):
+        links.reconfigure(secret=agents.auth.read(f"{source}: agents.auth"))
+        applied |= {key for key in secrets if key.startswith("agents.auth.")}
+    if any(key.startswith("http.sessions.secret") for key in secrets):
+        api.device = DeviceSigner(http.sessions.read(f"{source}: http.sessions"))
+        applied |= {key for key in secrets if key.startswith("http.sessions.secret")}
+    return applied
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -158,6 +213,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # The metrics read these while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_web(metrics.WebParts(relay, browsers, links, history))  # type: ignore[attr-defined]
     site = make_site(api.app.resource(), config.http.max_body_bytes)
+    reloader = Reloader("web server", options["config"], config, _load_checked,
+                        partial(_apply_web, relay=relay, browsers=browsers, api=api, site=site, links=links,
+                                history=history), reactor)
+    reloader.setName("reload")
+    reloader.setServiceParent(top)
     http = HTTPListener(listening_endpoint(reactor, config.http.listen), site)
     http.setName("http")
     http.setServiceParent(top)
