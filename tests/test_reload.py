@@ -127,7 +127,7 @@ class WebReloadTests(unittest.TestCase):
         await self.wait_for_log(log_path, "now in effect: websocket.max_per_account")
         first = await wsclient.connect(url, headers={"Cookie": client.cookie})
         self.addCleanup(first.close)
-        with self.assertRaises(Exception) as refused:
+        with self.assertRaises(ConnectionError) as refused:
             await wsclient.connect(url, headers={"Cookie": client.cookie})
         self.assertIn("429", str(refused.exception))
 
@@ -140,8 +140,9 @@ class WebReloadTests(unittest.TestCase):
             self.assertIn("websocket.max_per_account: expected an integer", f.read())
         status, _ = await client.call("GET", "/WebTesting/Account/me", content_type=None)
         self.assertEqual(status, 200)  # still serving, with the limit it had
-        with self.assertRaises(Exception):
+        with self.assertRaises(ConnectionError) as again:
             await wsclient.connect(url, headers={"Cookie": client.cookie})
+        self.assertIn("429", str(again.exception))
 
     async def wait_for_log(self, path: str, text: str) -> None:
         for _ in range(100):
