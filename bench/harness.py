@@ -185,7 +185,8 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
     secret = "bench-agent-secret-" + os.urandom(8).hex()
     changes: dict[str, Any] = {
         "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1", "webroot": os.path.join(ROOT, "webroot"),
-                 "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""}},
+                 "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""},
+                 "access_log": {"path": os.path.join(bench.folder, f"access{name}.log")}},
         "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1"},
         "agents": {"auth": {"secret": secret, "secret_file": ""}},
         "registry": {"sqlite_path": os.path.join(bench.folder, f"registry{name}.sqlite3")},

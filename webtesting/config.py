@@ -315,6 +315,17 @@ def _check_page_url(value: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig:
+    """The HTTP access log (combined format), apart from the application's log."""
+
+    # Empty: no access log. A relative path is relative to the config file.
+    path: str = path_field("")
+    # Rotated when it passes max_bytes; keep rotated files (path.1 ... path.N).
+    max_bytes: int = number_field(10 * 1024 * 1024, 1024, 2**40)
+    keep: int = number_field(5, 1, 1000)
+
+
+@dataclass(frozen=True)
 class HTTPConfig:
     listen: str = endpoint_field("tcp:2019")
     # Where people open the pages (scheme://host[:port]); the only origin
@@ -325,6 +336,7 @@ class HTTPConfig:
     max_body_bytes: int = number_field(1024 * 1024, 1024, 64 * 1024 * 1024)
     # Prometheus metrics at /metrics on this port (webtesting/metrics.py).
     metrics: bool = True
+    access_log: AccessLogConfig = AccessLogConfig()
     sessions: SessionConfig = SessionConfig()
     login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 

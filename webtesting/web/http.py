@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -137,8 +138,31 @@ class HTTPListener(StreamServerEndpointService):
         return stopped
 
 
-def make_site(resource: Resource, max_body: int) -> Site:
-    site = Site(resource, requestFactory=partial(LimitedRequest, max_body=max_body))
+class WebSite(Site):
+    """
+    The HTTP site: its access log (combined format) goes to a file of its
+    own, rotated by size, or nowhere; never into the application's log.
+    """
+
+    def __init__(self, resource: Resource, *, access_log: str = "", max_bytes: int = 10 * 1024 * 1024,
+                 keep: int = 5, **kwargs: Any) -> None:
+        super().__init__(resource, logPath=access_log or None, **kwargs)
+        self.rotate_bytes = max_bytes
+        self.keep = keep
+
+    def _openLogFile(self, path: str | bytes) -> Any:
+        full = os.fsdecode(path)
+        os.makedirs(os.path.dirname(full) or ".", exist_ok=True)
+        return LogFile.fromFullPath(full, rotateLength=self.rotate_bytes, maxRotatedFiles=self.keep)
+
+    def log(self, request: Any) -> None:
+        if self.logPath:  # else Twisted would write the line into the application's log
+            super().log(request)
+
+
+def make_site(resource: Resource, max_body: int, **access_log: Any) -> Site:
+    """The site; C{access_log}: WebSite's C{access_log} (a path), C{max_bytes} and C{keep}."""
+    site = WebSite(resource, requestFactory=partial(LimitedRequest, max_body=max_body), **access_log)
     site.displayTracebacks = False
     return site
 

@@ -212,7 +212,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     )
     # The metrics read these while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_web(metrics.WebParts(relay, browsers, links, history))  # type: ignore[attr-defined]
-    site = make_site(api.app.resource(), config.http.max_body_bytes)
+    access = config.http.access_log
+    site = make_site(api.app.resource(), config.http.max_body_bytes, access_log=access.path,
+                     max_bytes=access.max_bytes, keep=access.keep)
     reloader = Reloader("web server", options["config"], config, _load_checked,
                         partial(_apply_web, relay=relay, browsers=browsers, api=api, site=site, links=links,
                                 history=history), reactor)
