@@ -485,16 +485,30 @@ def default_webroot() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "webroot")
 
 
+def listen_address(description: str) -> tuple[bool, str, int] | None:
+    """
+    Where a server endpoint string would listen: (TLS or not, interface,
+    port), or None for one that is not TCP (a UNIX socket, say).
+
+    Asked of Twisted itself, through public API only: the endpoint listens
+    on a L{MemoryReactor}, which records the arguments without opening any
+    socket. Raises like C{serverFromString} for a string that does not parse.
+    """
+    from twisted.internet.protocol import Factory
+    from twisted.internet.testing import MemoryReactor
+
+    reactor = MemoryReactor()
+    endpoints.serverFromString(reactor, description).listen(Factory())
+    if reactor.tcpServers:
+        port, _factory, _backlog, interface = reactor.tcpServers[0]
+        return False, interface, port
+    if reactor.sslServers:
+        port, _factory, _context, _backlog, interface = reactor.sslServers[0]
+        return True, interface, port
+    return None
+
+
 def endpoint_port(description: str) -> int | None:
     """The port of a tcp/tcp6/ssl endpoint string, or None (e.g. a UNIX socket)."""
-    # The tokenizer serverFromString itself uses (it handles escaped colons).
-    from twisted.internet.endpoints import _parse
-
-    args, kwargs = _parse(description)  # type: ignore[no-untyped-call]
-    if not args or str(args[0]).lower() not in ("tcp", "tcp6", "ssl"):
-        return None
-    port = kwargs.get("port", args[1] if len(args) > 1 else None)
-    try:
-        return int(port) if port is not None else None
-    except ValueError:
-        return None
+    address = listen_address(description)
+    return address[2] if address is not None else None

@@ -68,22 +68,18 @@ def public_urls(http_listen: str, http_public: str, ws_listen: str, ws_public: s
     them: the configured ones, else built from the listen endpoints (their
     interface, or 127.0.0.1 when they listen on every interface).
     """
-    from twisted.internet.endpoints import _parse
+    from webtesting.config import listen_address
 
     def parts(listen: str) -> tuple[bool, str, int | None]:
-        args, kwargs = _parse(listen)  # type: ignore[no-untyped-call]
-        kind = str(args[0]).lower() if args else ""
-        port = kwargs.get("port", args[1] if len(args) > 1 else None)
-        interface = str(kwargs.get("interface", "") or "")
+        address = listen_address(listen)
+        if address is None:  # not TCP: only the host can be guessed
+            return False, "127.0.0.1", None
+        secure, interface, port = address
         if interface in ("", "0.0.0.0", "::"):
             interface = "127.0.0.1"
         if ":" in interface:
             interface = f"[{interface}]"
-        try:
-            number = int(port) if port is not None else None
-        except ValueError:
-            number = None
-        return kind == "ssl", interface, number
+        return secure, interface, port
 
     page = http_public.rstrip("/")
     if not page:
