@@ -43,7 +43,8 @@ from twisted.internet import defer, task  # noqa: E402
 
 from tests.support.rediscluster import start_cluster  # noqa: E402
 from webtesting import rediscluster  # noqa: E402
-from webtesting.agent.status import Dictionary, StateReader, StatusPoller, StatusUpdate  # noqa: E402
+from webtesting.agent.statereader import Dictionary, StateReader  # noqa: E402
+from webtesting.agent.status import StatusPoller, StatusUpdate  # noqa: E402
 from webtesting.statelayout import StateLayout  # noqa: E402
 
 LAYOUT = StateLayout()

@@ -64,7 +64,7 @@ class RedisTests(unittest.TestCase):
 
     async def test_written_in_the_layout_the_agent_reads(self) -> None:
         """reset deletes what was there; tags, topics and memory land where the agent's reader finds them."""
-        from webtesting.agent.status import parse_state
+        from webtesting.agent.snapshot import parse_state
 
         cluster_nodes = start_cluster(self)
         cluster = await rediscluster.connect(reactor, cluster_nodes.nodes)

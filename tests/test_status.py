@@ -20,14 +20,9 @@ from twisted.trial import unittest
 from tests.support import mariadb
 from tests.support.rediscluster import start_cluster
 from webtesting import rediscluster
-from webtesting.agent.status import (
-    Dictionary,
+from webtesting.agent.snapshot import (
     RawState,
-    ReadError,
     Snapshot,
-    StateReader,
-    StatusPoller,
-    StatusUpdate,
     TagValue,
     Texts,
     User,
@@ -36,6 +31,8 @@ from webtesting.agent.status import (
     resolve,
     status_fields,
 )
+from webtesting.agent.statereader import Dictionary, ReadError, StateReader
+from webtesting.agent.status import StatusPoller, StatusUpdate
 from webtesting.dbpool import Database, mysql_connector, mysql_is_fault
 from webtesting.statelayout import StateLayout
 

@@ -12,7 +12,7 @@ L{webtesting.dbpool.Database}, which keeps itself connected; when it comes
 back, the tag/topic text cache forgets its failures so that descriptions are
 filled in again at the next poll.
 
-The reading and the differences are L{webtesting.agent.status}'s.
+The reading is L{webtesting.agent.statereader}'s, the differences L{webtesting.agent.snapshot}'s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from webtesting import dbpool, rediscluster
 from webtesting.agent import wxservice
 from webtesting.agent.health import Finding
-from webtesting.agent.status import Dictionary, ReadError, StateReader, StatusPoller
+from webtesting.agent.statereader import Dictionary, ReadError, StateReader
+from webtesting.agent.status import StatusPoller
 from webtesting.lifecycle import Backoff, DeferredDialer, Fault, Health, Lifecycle, Reason
 from webtesting.statelayout import StateLayout
 
