@@ -19,7 +19,8 @@ from tests.support.registry import seed_service
 from tests.support.wait import autobahn_timers_settled, eventually, free_port
 from webtesting.config import RegistryConfig
 from webtesting.lifecycle import Backoff
-from webtesting.web.links import AgentLink, AgentLinks
+from webtesting.web.agentlink import AgentLink
+from webtesting.web.links import AgentLinks
 from webtesting.web.registry import open_registry
 from webtesting.web.sessions import Relay
 
