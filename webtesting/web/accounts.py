@@ -39,6 +39,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.protocol import InvalidInput, require_str
+from webtesting.web.schema import (
+    SESSION_INDEX_SQLITE,
+    SESSION_SCHEMA_MYSQL,
+    SESSION_SCHEMA_SQLITE,
+    USER_SCHEMA_MYSQL,
+    USER_SCHEMA_SQLITE,
+)
 
 COOKIE = "wt_session"
 _log = Logger()
@@ -46,27 +53,6 @@ ROLES = ("tester", "admin")
 MAX_USERNAME = 64
 MIN_PASSWORD = 8
 
-USER_SCHEMA_MYSQL = """\
-CREATE TABLE IF NOT EXISTS `tb_user` (
-  `id` int(11) NOT NULL AUTO_INCREMENT,
-  `username` varchar(64) NOT NULL,
-  `passwordHash` varchar(255) NOT NULL COMMENT 'scrypt$n$r$p$salt$hash',
-  `role` varchar(16) NOT NULL COMMENT 'tester or admin',
-  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
-  PRIMARY KEY (`id`),
-  UNIQUE KEY `username` (`username`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-USER_SCHEMA_SQLITE = """\
-CREATE TABLE IF NOT EXISTS tb_user (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  username TEXT NOT NULL UNIQUE,
-  passwordHash TEXT NOT NULL,
-  role TEXT NOT NULL,
-  createdAt INTEGER NOT NULL
-)
-"""
 
 # -- passwords -------------------------------------------------------------------
 
@@ -125,35 +111,6 @@ def _dummy_hash() -> str:
 
 # -- sessions --------------------------------------------------------------------
 
-SESSION_SCHEMA_MYSQL = """\
-CREATE TABLE IF NOT EXISTS `tb_session` (
-  `id` char(64) NOT NULL COMMENT 'SHA-256 of the cookie token, hex',
-  `publicId` char(16) NOT NULL COMMENT 'names the session in lists',
-  `username` varchar(64) NOT NULL,
-  `address` varchar(64) NOT NULL DEFAULT '',
-  `userAgent` varchar(256) NOT NULL DEFAULT '',
-  `createdAt` bigint NOT NULL COMMENT 'Unix seconds',
-  `lastSeen` bigint NOT NULL COMMENT 'Unix seconds',
-  `expiresAt` bigint NOT NULL COMMENT 'Unix seconds',
-  PRIMARY KEY (`id`),
-  UNIQUE KEY `publicId` (`publicId`),
-  KEY `username` (`username`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-SESSION_SCHEMA_SQLITE = """\
-CREATE TABLE IF NOT EXISTS tb_session (
-  id TEXT PRIMARY KEY,
-  publicId TEXT NOT NULL UNIQUE,
-  username TEXT NOT NULL,
-  address TEXT NOT NULL DEFAULT '',
-  userAgent TEXT NOT NULL DEFAULT '',
-  createdAt INTEGER NOT NULL,
-  lastSeen INTEGER NOT NULL,
-  expiresAt INTEGER NOT NULL
-)
-"""
-SESSION_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_session_username ON tb_session (username)"
 
 # API tokens are sessions whose public id starts so; they last a year and are
 # not among the sessions a new login pushes out.

@@ -28,14 +28,16 @@ from webtesting.protocol import (
     InvalidInput,
     json_text,
 )
-from webtesting.web.accounts import (
+from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
+from webtesting.web.schema import (
+    SERVICE_SCHEMA_MYSQL,
+    SERVICE_SCHEMA_SQLITE,
     SESSION_INDEX_SQLITE,
     SESSION_SCHEMA_MYSQL,
     SESSION_SCHEMA_SQLITE,
     USER_SCHEMA_MYSQL,
     USER_SCHEMA_SQLITE,
 )
-from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
 from webtesting.web.testruns import CASE_SCHEMA_MYSQL, CASE_SCHEMA_SQLITE
 
 TABLE = "tb_service_info"
@@ -43,45 +45,6 @@ _JSON_FIELDS = ("redisCluster", "allowedAppids")
 _COLUMNS = ("id",) + SERVICE_FIELDS + ("status", "msg")
 
 _log = Logger()
-
-MYSQL_SCHEMA = """\
-CREATE TABLE IF NOT EXISTS `tb_service_info` (
-  `id` int(11) NOT NULL AUTO_INCREMENT COMMENT 'the serviceId',
-  `redisCluster` varchar(1024) DEFAULT NULL COMMENT 'JSON [{"host":..,"port":..}] of all masters',
-  `mysqlAddr` varchar(64) DEFAULT NULL COMMENT 'the bot''s MySQL: tag and topic dictionaries',
-  `mysqlPort` int(11) DEFAULT '3306',
-  `mysqlUser` varchar(64) DEFAULT NULL,
-  `mysqlPwd` varchar(64) DEFAULT NULL,
-  `mysqlDbname` varchar(64) DEFAULT NULL,
-  `wxServiceAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:1443/5.00034',
-  `agentAddr` varchar(64) DEFAULT NULL COMMENT 'e.g. ws://127.0.0.1:2021/WebTesting/Agent',
-  `allowedAppids` varchar(1024) DEFAULT NULL COMMENT 'JSON ["1.00002","1.00003"]',
-  `description` varchar(1024) DEFAULT NULL,
-  `allowStateWrites` tinyint(1) NOT NULL DEFAULT '0' COMMENT 'testers may write users'' state (test cases'' given)',
-  `status` int(11) DEFAULT '1' COMMENT '1 ok, 0 down; written by the web server',
-  `msg` varchar(256) DEFAULT 'ok' COMMENT 'why the service is down',
-  PRIMARY KEY (`id`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-SQLITE_SCHEMA = """\
-CREATE TABLE IF NOT EXISTS tb_service_info (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  redisCluster TEXT,
-  mysqlAddr TEXT,
-  mysqlPort INTEGER DEFAULT 3306,
-  mysqlUser TEXT,
-  mysqlPwd TEXT,
-  mysqlDbname TEXT,
-  wxServiceAddr TEXT,
-  agentAddr TEXT,
-  allowedAppids TEXT,
-  description TEXT,
-  allowStateWrites INTEGER NOT NULL DEFAULT 0,
-  status INTEGER DEFAULT 1,
-  msg TEXT DEFAULT 'ok'
-)
-"""
 
 # A new service is not known to be up until its agent link says so.
 NEW_SERVICE_STATUS = (0, "waiting for the agent link")
@@ -106,9 +69,9 @@ class _Dialect:
         return statement if self.name == "mysql" else statement.replace("%s", "?")
 
 
-MYSQL = _Dialect("mysql", (MYSQL_SCHEMA, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,
+MYSQL = _Dialect("mysql", (SERVICE_SCHEMA_MYSQL, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,
                            CASE_SCHEMA_MYSQL), " FOR UPDATE")
-SQLITE = _Dialect("sqlite", (SQLITE_SCHEMA, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
+SQLITE = _Dialect("sqlite", (SERVICE_SCHEMA_SQLITE, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
                              HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE, CASE_SCHEMA_SQLITE), "")
 
 
