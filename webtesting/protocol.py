@@ -451,7 +451,8 @@ def frame_method(frame: bytes) -> bytes:
     return frame[start:end] if end > 0 else b""
 
 
-def error_answer(method: str, result: Result, msg: str, **fields: Any) -> dict[str, Any]:
+def answer_message(method: str, result: int, msg: str, **fields: Any) -> dict[str, Any]:
+    """An answer as the browsers read it (SPEC §3): C{method}, its fields, then C{result} and C{msg}."""
     return {"method": method, **fields, "result": int(result), "msg": msg}
 
 

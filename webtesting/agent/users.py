@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from webtesting.agent import wxservice
 from webtesting.lifecycle import Health
-from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, Result
+from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, Result, answer_message
 
 
 class UserState(enum.Enum):
@@ -107,8 +107,7 @@ class UserSession:
         """Send C{method} to the browser; an answer that is not a success carries C{code}."""
         if int(result) != int(Result.OK) and "code" not in fields:
             fields["code"] = "internal"
-        self.host.frame(self.uuid, mark, {"method": method, **self._fields(), **fields,
-                                          "result": int(result), "msg": msg})
+        self.host.frame(self.uuid, mark, answer_message(method, result, msg, **self._fields(), **fields))
 
     def _set(self, state: UserState) -> None:
         self._log.debug("user {uuid}: {old} -> {new}", uuid=self.uuid, old=self.state.value, new=state.value)

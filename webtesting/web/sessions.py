@@ -38,6 +38,7 @@ from webtesting.protocol import (
     UUID_LEN,
     InvalidInput,
     Result,
+    answer_message,
     check_browser_request,
     frame_method,
     parse_json_object,
@@ -166,7 +167,7 @@ _CODES = {
 
 
 def _answer(deliver: Deliver, method: str, result: Result, msg: str, code: str = "", **fields: Any) -> None:
-    message = {"method": method, **fields, "result": int(result), "msg": msg}
+    message = answer_message(method, result, msg, **fields)
     if result != Result.OK:
         message["code"] = code or _CODES.get(result, "internal")
     deliver(_encode(message))
