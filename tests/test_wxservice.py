@@ -180,7 +180,7 @@ class WxServiceTests(TestCase):
         # The bot's timers run on a Clock, so the logout surely comes first
         # however slow the machine is.
         clock = task.Clock()
-        self.bot.getServiceNamed("websocket")._factory.clock = clock  # type: ignore[attr-defined]
+        self.bot.getServiceNamed("websocket").factory.clock = clock  # type: ignore[attr-defined]
         conn, recorder = await self.connect()
         await conn.login("1.00002", "rae")
         conn.chat("why is the sky blue?")

@@ -72,7 +72,7 @@ class Bot:
         if self.service is None:
             return
         service, self.service = self.service, None
-        factory = service.getServiceNamed("websocket")._factory
+        factory = service.getServiceNamed("websocket").factory
         for proto in list(getattr(factory, "connections", ())):
             proto.dropConnection(abort=True)
         await service.stopService()

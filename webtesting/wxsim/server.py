@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -666,47 +667,25 @@ class WxServiceServerFactory(WebSocketServerFactory):
         return d
 
 
-class ListenService(service.Service):
-    """Listens on C{endpoint}; when stopped, also closes open connections."""
+class ListenService(StreamServerEndpointService):
+    """
+    Twisted's endpoint listener; stopping it also closes the bot's open
+    connections. A port that cannot be had stops twistd at start (rather than
+    run a bot nobody can reach).
+    """
 
-    _log = Logger()
+    # StreamServerEndpointService's documented switch: raise a failed listen()
+    # from startService instead of logging it.
+    _raiseSynchronously = True
 
-    def __init__(self, endpoint: Any, factory: WxServiceServerFactory) -> None:
-        # endpoint: an IStreamServerEndpoint
-        self._endpoint = endpoint
-        self._factory = factory
-        self.port: Any = None  # IListeningPort once listening
-        self._listening: Deferred[IListeningPort] | None = None
+    factory: WxServiceServerFactory
 
-    def startService(self) -> None:
-        super().startService()
-        d = self._endpoint.listen(self._factory)
-
-        def listening(port: Any) -> Any:  # IListeningPort
-            self.port = port
-            address = port.getHost()
-            self._log.info("wxservice listening on {host}:{port}",
-                           host=getattr(address, "host", "?"), port=getattr(address, "port", "?"))
-            return port
-
-        failed_now: list[Failure] = []
-
-        def failed(failure: Failure) -> Failure:
-            failed_now.append(failure)
-            self._log.failure("wxservice cannot listen", failure)
-            return failure
-
-        d.addCallbacks(listening, failed)
-        self._listening = d
-        if failed_now:
-            # A port in use or a bad interface: make twistd stop at start
-            # rather than run a bot nobody can reach.
-            d.addErrback(lambda _: None)
-            failed_now[0].raiseException()
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: WxServiceServerFactory) -> None:
+        super().__init__(endpoint, factory)
 
     def listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once listening (fails if that failed)."""
-        if self._listening is None:
+        if self._waitingForPort is None:
             return defer.fail(RuntimeError("not started"))
         d: Deferred[IListeningPort] = Deferred()
 
@@ -717,14 +696,12 @@ class ListenService(service.Service):
                 d.callback(result)
             return result
 
-        self._listening.addBoth(relay)
+        self._waitingForPort.addBoth(relay)
         return d
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        stopped: Deferred[Any] = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
-        return stopped.addCallback(lambda _: self._factory.close_all())
+        d: Deferred[Any] = super().stopService()
+        return d.addCallback(lambda _: self.factory.close_all())
 
 
 def make_bot_service(
