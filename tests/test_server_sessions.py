@@ -75,6 +75,15 @@ class SessionStoreTests(unittest.TestCase):
         self.now[0] += 61  # expired: a new check asks again, and says so
         self.assertIsNone(await self.store.check(token))
         self.assertEqual(len(runs), 3)
+        # A caller that gives up (its request went away) leaves the others their answer.
+        self.now[0] -= 61
+        gone, staying = self.store.check(token), self.store.check(token)
+        gone.cancel()
+        self.failureResultOf(gone, defer.CancelledError)
+        session = await staying
+        assert session is not None
+        self.assertEqual(session.username, "ann")
+        self.assertEqual(len(runs), 4)
 
     async def test_only_the_hash_is_stored(self) -> None:
         """The table holds the token's SHA-256, never the token: a copy of the database opens nothing."""

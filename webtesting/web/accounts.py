@@ -197,23 +197,30 @@ class SessionStore:
         if not _token_ok(token):
             return succeed(None)
         key = session_key(token)  # type: ignore[arg-type]
+        # Every caller gets a Deferred of its own: one that is cancelled (its
+        # request went away) leaves the query and the other callers alone.
         waiting = self._checking.get(key)
-        if waiting is not None:
-            follower: Deferred[Session | None] = Deferred()
-            waiting.append(follower)
-            return follower
-        self._checking[key] = []
-        d = self._check(key)
+        first = waiting is None
+        if waiting is None:
+            waiting = self._checking[key] = []
 
-        def share(result: Any) -> Any:
-            for follower in self._checking.pop(key, []):
-                if isinstance(result, Failure):
-                    follower.errback(result)
-                else:
-                    follower.callback(result)
-            return result
+        def forget(d: Deferred[Session | None]) -> None:
+            if d in waiting:
+                waiting.remove(d)
 
-        return d.addBoth(share)
+        mine: Deferred[Session | None] = Deferred(forget)
+        waiting.append(mine)
+        if first:
+
+            def share(result: Any) -> None:
+                for caller in self._checking.pop(key, []):
+                    if isinstance(result, Failure):
+                        caller.errback(result)
+                    else:
+                        caller.callback(result)
+
+            self._check(key).addBoth(share)
+        return mine
 
     def _check(self, key: str) -> Deferred[Session | None]:
         now = self._now()
