@@ -293,10 +293,11 @@ def _check_json_media_type(header: bytes | None) -> None:
             raise HTTPError(Result.UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8")
 
 
-_OPENAPI = json.dumps(openapi.document(), indent=1).encode("utf-8")
+_OPENAPI_DOCUMENT = openapi.document()
+_OPENAPI = json.dumps(_OPENAPI_DOCUMENT, indent=1).encode("utf-8")
 # The API's own paths label the request-time histogram; anything else is
 # "pages" or "other", so that odd paths cannot grow the metric without end.
-_API_ROUTES = {path.split("/{")[0] for path in openapi.document()["paths"]}
+_API_ROUTES = {path.split("/{")[0] for path in _OPENAPI_DOCUMENT["paths"]}
 
 
 def _route_label(path: bytes) -> str:
