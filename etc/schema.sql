@@ -76,3 +76,19 @@ CREATE TABLE IF NOT EXISTS `tb_case` (
   PRIMARY KEY (`id`),
   KEY `owner` (`owner`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The audit trail (webtesting/web/audit.py): who changed the registry, written with each change.
+CREATE TABLE IF NOT EXISTS `tb_audit` (
+  `id` bigint NOT NULL AUTO_INCREMENT,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds',
+  `actor` varchar(64) NOT NULL COMMENT 'the account, or cli:<os user> for webtesting-account',
+  `address` varchar(64) NOT NULL DEFAULT '' COMMENT 'where the change came from',
+  `action` varchar(32) NOT NULL,
+  `kind` varchar(16) NOT NULL COMMENT 'service, user or session',
+  `target` varchar(64) NOT NULL COMMENT 'the serviceId, username or session id changed',
+  `serviceId` int(11) DEFAULT NULL,
+  `beforeValues` text COMMENT 'JSON: the changed fields before (passwords masked)',
+  `afterValues` text COMMENT 'JSON: the changed fields after (passwords masked)',
+  PRIMARY KEY (`id`),
+  KEY `serviceId` (`serviceId`, `id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -134,3 +134,42 @@ class CommandTests(unittest.TestCase):
         self.assertRaises(InvalidInput, add_user_sync, connection, dialect, "bob", "long-enough-pw", "root")
         self.assertTrue(delete_user_sync(connection, dialect, "ann"))
         self.assertFalse(delete_user_sync(connection, dialect, "ann"))
+
+    def test_command_changes_are_audited(self) -> None:
+        """webtesting-account's add, re-role, token and delete each leave an audit row naming the OS user; no
+        password or token is in the trail."""
+        import io
+        import json
+        import os
+        from unittest import mock
+
+        from webtesting.web.accounts import main
+
+        db = os.path.abspath(self.mktemp() + ".sqlite3")
+        config = self.mktemp() + ".yaml"
+        with open(config, "w") as f:
+            f.write(f"http:\n  sessions:\n    secret: 'test-secret-0123456789'\nregistry:\n  sqlite_path: '{db}'\n"
+                    "agents:\n  auth:\n    secret: 'test-secret-0123456789'\n")
+        for argv, stdin in ((["add", "ann", "--password-stdin"], "ann-password-1\n"),
+                            (["add", "ann", "--role", "admin", "--password-stdin"], "ann-password-2\n"),
+                            (["token", "ann", "--label", "ci"], ""),
+                            (["delete", "ann"], "")):
+            out = io.StringIO()
+            with mock.patch("sys.stdin", io.StringIO(stdin)), mock.patch("sys.stdout", out):
+                self.assertEqual(main(["--config", config, *argv]), 0, argv)
+        connection, _dialect = connect_sync(RegistryConfig(sqlite_path=db))
+        self.addCleanup(connection.close)
+        cursor = connection.cursor()
+        cursor.execute("SELECT actor, address, action, kind, target, beforeValues, afterValues FROM tb_audit "
+                       "ORDER BY id")
+        rows = cursor.fetchall()
+        self.assertEqual([(r[2], r[3], r[4]) for r in rows][:2], [("addUser", "user", "ann"),
+                                                                   ("updateUser", "user", "ann")])
+        self.assertEqual([r[2] for r in rows], ["addUser", "updateUser", "makeToken", "deleteUser"])
+        for actor, address, *_ in rows:
+            self.assertTrue(actor.startswith("cli:"), actor)
+            self.assertEqual(address, "local")
+        self.assertEqual(json.loads(rows[1][5]), {"password": "********", "role": "tester"})
+        self.assertEqual(json.loads(rows[1][6]), {"password": "********", "role": "admin"})
+        self.assertEqual(json.loads(rows[3][5]), {"role": "admin", "username": "ann"})
+        self.assertNotIn("ann-password", json.dumps(rows))

@@ -12,6 +12,7 @@ import pymysql
 from twisted.trial import unittest
 
 from tests.support import mariadb
+from tests.support.http import JSONClient
 from tests.support.registry import SERVICE, RunningRegistry, seed_service
 from webtesting.config import MySQLConfig, RegistryConfig
 from webtesting.protocol import PASSWORD_MASK
@@ -93,6 +94,96 @@ class RegistryAPITestsMixin:
         status, answer = await self.call("GET", "getServices")
         self.assertEqual((status, answer["result"], answer["msg"]), (200, 1, "ok"))
         return answer["servicdLists"]
+
+    async def audit(self, query: str = "") -> list[dict[str, Any]]:
+        status, answer = await self.client.call("GET", f"/WebTesting/Audit/list{query}")
+        self.assertEqual((status, answer["result"]), (200, 1), answer)
+        return answer["entries"]
+
+    # -- the audit trail ----------------------------------------------------------
+
+    async def test_audit_trail_of_service_changes(self) -> None:
+        """Add, update and delete each leave who, when, from where and the fields before and after; the password
+        is masked everywhere in the trail."""
+        [sid] = await self.add(seed_service(mysqlPwd="first-secret"))
+        status, answer = await self.call("POST", "updateServices", [seed_service(
+            serviceId=sid, description="renamed", mysqlPwd="second-secret")])
+        self.assertEqual(status, 200, answer)
+        # Nothing changed: nothing to record.
+        status, answer = await self.call("POST", "updateServices", [seed_service(
+            serviceId=sid, description="renamed", mysqlPwd=PASSWORD_MASK)])
+        self.assertEqual(status, 200, answer)
+        await self.call("DELETE", "delServices", {"serviceIds": [sid]})
+        status, answer = await self.client.call("GET", f"/WebTesting/Audit/list?serviceId={sid}")
+        raw = json.dumps(answer)
+        self.assertNotIn("first-secret", raw)
+        self.assertNotIn("second-secret", raw)
+        deleted, updated, added = answer["entries"]
+        for entry in (added, updated, deleted):
+            self.assertEqual((entry["actor"], entry["address"], entry["kind"], entry["target"], entry["serviceId"]),
+                             ("admin", "127.0.0.1", "service", str(sid), sid))
+            self.assertGreater(entry["at"], 1_700_000_000_000)
+        self.assertEqual([e["action"] for e in (added, updated, deleted)],
+                         ["addServices", "updateServices", "delServices"])
+        self.assertIsNone(added["before"])
+        self.assertEqual(added["after"]["description"], seed_service()["description"])
+        self.assertEqual(added["after"]["mysqlPwd"], PASSWORD_MASK)
+        self.assertEqual(updated["before"], {"description": seed_service()["description"], "mysqlPwd": PASSWORD_MASK})
+        self.assertEqual(updated["after"], {"description": "renamed", "mysqlPwd": PASSWORD_MASK})
+        self.assertEqual(deleted["before"]["description"], "renamed")
+        self.assertIsNone(deleted["after"])
+        # The whole trail holds them too, with the admin's own login first.
+        everything = await self.audit()
+        self.assertEqual([e["action"] for e in everything][:3], ["delServices", "updateServices", "addServices"])
+        self.assertEqual(everything[-1]["action"], "login")
+
+    async def test_refused_change_leaves_no_audit_row(self) -> None:
+        """A change refused as a whole (an unknown serviceId) records nothing."""
+        [sid] = await self.add(seed_service())
+        before = await self.audit()
+        status, _answer = await self.call("POST", "updateServices", [
+            seed_service(serviceId=sid, description="x"), seed_service(serviceId=sid + 100)])
+        self.assertEqual(status, 404)
+        status, _answer = await self.call("DELETE", "delServices", {"serviceIds": [sid, sid + 100]})
+        self.assertEqual(status, 404)
+        self.assertEqual(await self.audit(), before)
+
+    async def test_audit_of_sessions(self) -> None:
+        """An admin ending another account's sessions, and that account logging out, are in the trail."""
+        tester = JSONClient(self.client.base)
+        self.addCleanup(tester.close)
+        tester.cookie = await self.running.cookie("tess", "tester")
+        status, _answer = await tester.call("POST", "/WebTesting/Account/logout")
+        self.assertEqual(status, 200)
+        tester.cookie = await self.running.cookie("tess", "tester")
+        status, answer = await self.client.call("POST", "/WebTesting/Account/endSessions", {"username": "tess"})
+        self.assertEqual((status, answer["ended"]), (200, 1))
+        entries = await self.audit("?kind=session&limit=4")
+        self.assertEqual([(e["action"], e["actor"]) for e in entries],
+                         [("endSessions", "admin"), ("login", "tess"), ("logout", "tess"), ("login", "tess")])
+        self.assertEqual(entries[0]["before"], {"username": "tess"})
+        self.assertEqual(entries[0]["target"], entries[1]["target"])  # the session that login opened
+        paged = await self.audit(f"?kind=session&before={entries[1]['id']}&limit=2")
+        self.assertEqual(paged, entries[2:4])
+
+    async def test_audit_is_read_only_and_for_admins(self) -> None:
+        """The trail has no write route, testers may not read it, and bad queries are refused by name."""
+        for method in ("POST", "PUT", "DELETE"):
+            status, answer = await self.client.call(method, "/WebTesting/Audit/list", {"entries": []})
+            self.assertEqual((status, answer["result"]), (405, 405), method)
+        for path in ("/WebTesting/Audit/add", "/WebTesting/Audit/delete"):
+            status, _answer = await self.client.call("POST", path, {})
+            self.assertEqual(status, 404, path)
+        for query, field in (("?serviceId=x", "serviceId"), ("?limit=0", "limit"), ("?limit=1001", "limit"),
+                             ("?kind=everything", "kind"), ("?before=1&before=2", "before")):
+            status, answer = await self.client.call("GET", f"/WebTesting/Audit/list{query}")
+            self.assertEqual(status, 400, query)
+            self.assertTrue(answer["msg"].startswith(field), answer)
+        tester = JSONClient(self.client.base)
+        self.addCleanup(tester.close)
+        tester.cookie = await self.running.cookie("tess", "tester")
+        status, _answer = await tester.call("GET", "/WebTesting/Audit/list")
+        self.assertEqual(status, 403)
 
     # -- add ------------------------------------------------------------------
 
@@ -309,7 +400,7 @@ class RegistryAPITestsMixin:
         await self.add(seed_service(mysqlPwd="s3cret-pw"))
         status, answer = await self.call("GET", "getServiceList")
         self.assertEqual((status, answer["result"], answer["msg"]), (200, 1, "ok"))
-        self.assertEqual(answer["wsAddr"], "ws://example.test:2020/WebTesting")
+        self.assertEqual(answer["wsAddr"], "ws://127.0.0.1:2999/WebTesting")
         [service] = answer["serviceLists"]
         self.assertEqual(
             sorted(service), ["allowStateWrites", "allowedAppids", "code", "description", "msg", "serviceId", "status"]

@@ -27,16 +27,16 @@ ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}|:\d{2,5}\b|://|\.internal|::1")
 SERVICE = {
     "redisCluster": [{"host": "redis-1.internal", "port": 7000}], "mysqlAddr": "db.internal", "mysqlPort": 3306,
     "mysqlUser": "botuser", "mysqlPwd": "s3cret", "mysqlDbname": "botdb",
-    "wxServiceAddr": "ws://bot.internal:1443/5.00034", "agentAddr": "ws://10.1.2.3:2021/WebTesting/Agent",
+    "wxServiceAddr": "ws://bot.internal:1443/5.00034", "agentAddr": "ws://127.1.2.3:2021/WebTesting/Agent",
 }
 
 # (code, detail) as each source words them.
 SOURCES = [
-    ("agent_unreachable", classify_connect_failure(Failure(error.ConnectionRefusedError()), AGENT, "10.1.2.3").detail),
+    ("agent_unreachable", classify_connect_failure(Failure(error.ConnectionRefusedError()), AGENT, "127.1.2.3").detail),
     ("agent_unknown_host",
      classify_connect_failure(Failure(error.DNSLookupError("x")), AGENT, "agents.internal").detail),
     ("agent_tls_failed",
-     "the agent's TLS certificate was refused: SSL error: certificate verify failed (10.1.2.3:2021)"),
+     "the agent's TLS certificate was refused: SSL error: certificate verify failed (127.1.2.3:2021)"),
     ("agent_auth_failed", "the peer at the agent address could not prove it is the agent: a wrong proof"),
     ("agent_not_responding", "the agent stopped answering (no pong in time)"),
     ("bot_unreachable", classify_connect_failure(Failure(error.ConnectionRefusedError()), BOT, "bot.internal").detail

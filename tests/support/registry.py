@@ -53,7 +53,7 @@ class RunningRegistry:
     def __init__(self, config: RegistryConfig, max_body: int = 1024 * 1024) -> None:
         self.registry: Registry = open_registry(config, reactor)
         self.sessions = SessionStore(self.registry.db, self.registry.dialect_name, 3600)
-        self.api = api = RegistryAPI(self.registry, "webroot", lambda request: "ws://example.test:2020/WebTesting",
+        self.api = api = RegistryAPI(self.registry, "webroot", lambda request: "ws://127.0.0.1:2999/WebTesting",
                                      self.sessions)
         self.site = make_site(api.app.resource(), max_body)
         self.port: Any = None

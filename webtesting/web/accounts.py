@@ -39,7 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.protocol import InvalidInput, require_str
+from webtesting.web import audit
+from webtesting.web.audit import Actor
 from webtesting.web.schema import (
+    AUDIT_INDEX_SQLITE,
+    AUDIT_SCHEMA_MYSQL,
+    AUDIT_SCHEMA_SQLITE,
     SESSION_INDEX_SQLITE,
     SESSION_SCHEMA_MYSQL,
     SESSION_SCHEMA_SQLITE,
@@ -161,12 +166,19 @@ class SessionStore:
         return int(self._clock())
 
     def create(self, username: str, address: str = "", user_agent: str = "",
-               token: str | None = None) -> Deferred[str]:
-        """A new session for C{username}; fires with the cookie token (a new random one unless given)."""
+               token: str | None = None, audited: bool = True) -> Deferred[str]:
+        """
+        A new session for C{username}; fires with the cookie token (a new
+        random one unless given). It is a login in the audit trail unless
+        not C{audited}.
+        """
         token = token or _b64(os.urandom(32))
         now = self._now()
-        row = [session_key(token), os.urandom(8).hex(), username, address[:64], user_agent[:256],
+        public_id = os.urandom(8).hex()
+        row = [session_key(token), public_id, username, address[:64], user_agent[:256],
                now, now, int(now + self.lifetime)]
+        actor = Actor(username, address) if audited else None
+        dialect = self._dialect
         statement = _sql(self._dialect, "INSERT INTO tb_session (id, publicId, username, address, userAgent, "
                                          "createdAt, lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
         oldest = _sql(self._dialect, f"SELECT id FROM tb_session WHERE username = %s AND publicId NOT LIKE "
@@ -180,6 +192,8 @@ class SessionStore:
             cursor.execute(oldest, [username, keep])
             for (key,) in cursor.fetchall():
                 cursor.execute(drop, [key])
+            audit.record(cursor, dialect, actor, "login", "session", public_id,
+                         after={"username": username, "userAgent": user_agent[:256]}, at=now)
             return token
 
         return self.db.run(work)
@@ -257,28 +271,47 @@ class SessionStore:
 
         return self.db.run(work) if keys else succeed(set())
 
-    def _delete(self, where: str, params: list[Any]) -> Deferred[int]:
+    def _delete(self, where: str, params: list[Any], actor: Actor | None = None, action: str = "",
+                owner_acts: bool = False) -> Deferred[int]:
+        """
+        Delete the sessions C{where} says; each one ended gets an audit row
+        (C{action}) by C{actor}, or by its own user from C{actor}'s address
+        when C{owner_acts} (a logout).
+        """
+        select = _sql(self._dialect, f"SELECT publicId, username FROM tb_session WHERE {where}")
         statement = _sql(self._dialect, f"DELETE FROM tb_session WHERE {where}")
+        dialect = self._dialect
 
         def work(cursor: Any) -> int:
+            if actor is None:
+                cursor.execute(statement, params)
+                return int(cursor.rowcount)
+            cursor.execute(select, params)
+            ended = cursor.fetchall()
             cursor.execute(statement, params)
-            return int(cursor.rowcount)
+            count = int(cursor.rowcount)
+            for public_id, username in ended:
+                by = Actor(str(username), actor.address) if owner_acts else actor
+                audit.record(cursor, dialect, by, action, "session", str(public_id),
+                             before={"username": str(username)})
+            return count
 
         return self.db.run(work)
 
-    def end(self, token: str | None) -> Deferred[int]:
-        """End the session of this token (logout)."""
+    def end(self, token: str | None, address: str | None = None) -> Deferred[int]:
+        """End the session of this token (logout; audited when the caller's C{address} is given)."""
         if not _token_ok(token):
             return succeed(0)
-        return self._delete("id = %s", [session_key(token)])  # type: ignore[arg-type]
+        actor = None if address is None else Actor("", address)
+        return self._delete("id = %s", [session_key(token)], actor, "logout", owner_acts=True)  # type: ignore[arg-type]
 
-    def end_user(self, username: str) -> Deferred[int]:
-        """End every session of C{username} (log out everywhere)."""
-        return self._delete("username = %s", [username])
+    def end_user(self, username: str, actor: Actor | None = None, action: str = "endSessions") -> Deferred[int]:
+        """End every session of C{username} (log out everywhere, or an admin's doing)."""
+        return self._delete("username = %s", [username], actor, action)
 
-    def end_public(self, public_id: str) -> Deferred[int]:
+    def end_public(self, public_id: str, actor: Actor | None = None) -> Deferred[int]:
         """End the session an admin picked from the list."""
-        return self._delete("publicId = %s", [public_id])
+        return self._delete("publicId = %s", [public_id], actor, "endSessions")
 
     def purge(self) -> Deferred[int]:
         """Forget expired sessions."""
@@ -411,8 +444,29 @@ class Accounts:
         return self.db.run(lambda cursor: cursor.execute(statement, [new, username, old]))
 
 
-def add_user_sync(connection: Any, dialect_name: str, username: str, password: str, role: str) -> None:
-    """Create or update a user on an open DB-API connection (the command line and tests use this)."""
+def cli_actor() -> Actor:
+    """Who the audit trail names for a change made with webtesting-account: the OS user, on this machine."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return Actor(f"cli:{name}", "local")
+
+
+def _audit_schema_sync(cursor: Any, dialect_name: str) -> None:
+    if dialect_name == "mysql":
+        cursor.execute(AUDIT_SCHEMA_MYSQL)
+    else:
+        cursor.execute(AUDIT_SCHEMA_SQLITE)
+        cursor.execute(AUDIT_INDEX_SQLITE)
+
+
+def add_user_sync(connection: Any, dialect_name: str, username: str, password: str, role: str,
+                  actor: Actor | None = None) -> None:
+    """
+    Create or update a user on an open DB-API connection (the command line
+    and tests use this); audited when C{actor} is given.
+    """
     check_username(username)
     check_new_password(password)
     if role not in ROLES:
@@ -420,16 +474,22 @@ def add_user_sync(connection: Any, dialect_name: str, username: str, password: s
     cursor = connection.cursor()
     cursor.execute(USER_SCHEMA_MYSQL if dialect_name == "mysql" else USER_SCHEMA_SQLITE)
     _session_schema_sync(cursor, dialect_name)
+    _audit_schema_sync(cursor, dialect_name)
     digest = hash_password(password)
-    cursor.execute(_sql(dialect_name, "SELECT id FROM tb_user WHERE username = %s"), [username])
-    if cursor.fetchone():
+    cursor.execute(_sql(dialect_name, "SELECT role FROM tb_user WHERE username = %s"), [username])
+    existing = cursor.fetchone()
+    if existing:
         cursor.execute(_sql(dialect_name, "UPDATE tb_user SET passwordHash = %s, role = %s WHERE username = %s"),
                        [digest, role, username])
+        audit.record(cursor, dialect_name, actor, "updateUser", "user", username,
+                     before={"role": str(existing[0]), "password": "old"}, after={"role": role, "password": "new"})
     else:
         cursor.execute(
             _sql(dialect_name, "INSERT INTO tb_user (username, passwordHash, role, createdAt) VALUES (%s, %s, %s, %s)"),
             [username, digest, role, int(time.time())],
         )
+        audit.record(cursor, dialect_name, actor, "addUser", "user", username,
+                     after={"username": username, "role": role, "password": "set"})
     # A new password or role: whoever was logged in as this user logs in again.
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_session WHERE username = %s"), [username])
     connection.commit()
@@ -451,7 +511,7 @@ def list_users_sync(connection: Any, dialect_name: str) -> list[tuple[str, str]]
 
 
 def make_token_sync(connection: Any, dialect_name: str, username: str, label: str = "",
-                    lifetime: float = TOKEN_LIFETIME) -> str:
+                    lifetime: float = TOKEN_LIFETIME, actor: Actor | None = None) -> str:
     """
     An API token for C{username} (for CI: ``webtesting-test --token-file``): a
     long-lived session, listed among the sessions (id ``tok-…``) and ended
@@ -463,22 +523,32 @@ def make_token_sync(connection: Any, dialect_name: str, username: str, label: st
     cursor.execute(_sql(dialect_name, "SELECT id FROM tb_user WHERE username = %s"), [username])
     if not cursor.fetchone():
         raise InvalidInput("username", f"no such user: {username}")
+    _audit_schema_sync(cursor, dialect_name)
     token = _b64(os.urandom(32))
     now = int(time.time())
+    public_id = TOKEN_PREFIX + os.urandom(6).hex()
+    user_agent = f"API token {label}".strip()[:256]
     cursor.execute(
         _sql(dialect_name, "INSERT INTO tb_session (id, publicId, username, address, userAgent, createdAt, "
                            "lastSeen, expiresAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
-        [session_key(token), TOKEN_PREFIX + os.urandom(6).hex(), username, "", f"API token {label}".strip()[:256],
-         now, now, int(now + lifetime)],
+        [session_key(token), public_id, username, "", user_agent, now, now, int(now + lifetime)],
     )
+    audit.record(cursor, dialect_name, actor, "makeToken", "session", public_id,
+                 after={"username": username, "userAgent": user_agent})
     connection.commit()
     return token
 
 
-def delete_user_sync(connection: Any, dialect_name: str, username: str) -> bool:
+def delete_user_sync(connection: Any, dialect_name: str, username: str, actor: Actor | None = None) -> bool:
     cursor = connection.cursor()
+    cursor.execute(_sql(dialect_name, "SELECT role FROM tb_user WHERE username = %s"), [username])
+    existing = cursor.fetchone()
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_user WHERE username = %s"), [username])
     deleted = bool(cursor.rowcount)
+    if existing:
+        _audit_schema_sync(cursor, dialect_name)
+        audit.record(cursor, dialect_name, actor, "deleteUser", "user", username,
+                     before={"username": username, "role": str(existing[0])})
     _session_schema_sync(cursor, dialect_name)
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_session WHERE username = %s"), [username])
     connection.commit()
@@ -525,21 +595,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("the passwords differ", file=sys.stderr)
                     return 1
             try:
-                add_user_sync(connection, dialect_name, args.username, password, args.role)
+                add_user_sync(connection, dialect_name, args.username, password, args.role, cli_actor())
             except InvalidInput as e:
                 print(e, file=sys.stderr)
                 return 1
             print(f"{args.username}: {args.role}")
         elif args.command == "token":
             try:
-                print(make_token_sync(connection, dialect_name, args.username, args.label))
+                print(make_token_sync(connection, dialect_name, args.username, args.label, actor=cli_actor()))
             except InvalidInput as e:
                 print(e, file=sys.stderr)
                 return 1
         elif args.command == "list":
             for username, role in list_users_sync(connection, dialect_name):
                 print(f"{username}\t{role}")
-        elif args.command == "delete" and not delete_user_sync(connection, dialect_name, args.username):
+        elif args.command == "delete" and not delete_user_sync(connection, dialect_name, args.username,
+                                                                    cli_actor()):
             print(f"no such user: {args.username}", file=sys.stderr)
             return 1
     finally:

@@ -58,6 +58,8 @@ from webtesting.web.accounts import (
     cookie_value,
     set_cookie_header,
 )
+from webtesting.web.audit import KINDS as AUDIT_KINDS
+from webtesting.web.audit import Actor, AuditLog
 from webtesting.web.history import History
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
@@ -78,6 +80,7 @@ SERVICE = f"{PREFIX}/Service"
 ACCOUNT = f"{PREFIX}/Account"
 HISTORY = f"{PREFIX}/History"
 CASES = f"{PREFIX}/Cases"
+AUDIT = f"{PREFIX}/Audit"
 # The login throttle's device cookie (webtesting.web.throttle): a year.
 DEVICE_COOKIE = "wt_device"
 DEVICE_LIFETIME = 365 * 86400
@@ -300,6 +303,32 @@ _OPENAPI = json.dumps(_OPENAPI_DOCUMENT, indent=1).encode("utf-8")
 _API_ROUTES = {path.split("/{")[0] for path in _OPENAPI_DOCUMENT["paths"]}
 
 
+def _str_arg(request: Any, name: str, limit: int = 64) -> str | None:
+    """One query-string argument, or None when absent (InvalidInput when repeated or too long)."""
+    values = (request.args or {}).get(name.encode(), [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidInput(name, "give it once")
+    try:
+        text = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(name, "must be UTF-8") from None
+    if len(text) > limit:
+        raise InvalidInput(name, f"must be at most {limit} characters")
+    return text
+
+
+def _int_arg(request: Any, name: str) -> int | None:
+    """A whole-number query-string argument (1 to 2**53), or None when absent."""
+    text = _str_arg(request, name, 16)
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 2**53:
+        raise InvalidInput(name, "must be a whole number from 1")
+    return int(text)
+
+
 def _route_label(path: bytes) -> str:
     text = path.decode("latin-1")
     for route in (text, text.rsplit("/", 1)[0], text.rsplit("/", 2)[0]):
@@ -387,6 +416,7 @@ class RegistryAPI:
         self.history = history
         # Saved test cases, and runs of them started from the Tests page.
         self.cases = CaseStore(registry.db, registry.dialect_name)
+        self.audit = AuditLog(registry.db, registry.dialect_name)
         self.runs = runs
         self.serve_metrics = serve_metrics
 
@@ -400,6 +430,11 @@ class RegistryAPI:
         if role == "admin" and not session.is_admin:
             raise HTTPError(Result.FORBIDDEN, "only an admin may do this")
         return session
+
+    @staticmethod
+    def _actor(request: Any, session: Session) -> Actor:
+        """Who the audit trail names for this request's change."""
+        return Actor(session.username, request.getClientAddress().host)
 
     def _same_origin(self, request: Any) -> None:
         """Refuse a state-changing request sent by a page of another origin (browsers send Origin on
@@ -427,27 +462,27 @@ class RegistryAPI:
 
     @app.route(f"{SERVICE}/addServices", methods=["PUT"])
     async def add_services(self, request: Any) -> bytes:
-        await self._session(request, "admin")
+        admin = await self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=False)
-        count = await self.registry.add_services(services)
+        count = await self.registry.add_services(services, self._actor(request, admin))
         self._log.info("added {count} services", count=count)
         self.on_change()
         return ok(request, affectedRows=count)
 
     @app.route(f"{SERVICE}/delServices", methods=["DELETE"])
     async def del_services(self, request: Any) -> bytes:
-        await self._session(request, "admin")
+        admin = await self._session(request, "admin")
         ids = validate_service_ids(self._json_body(request))
-        count = await self.registry.delete_services(ids)
+        count = await self.registry.delete_services(ids, self._actor(request, admin))
         self._log.info("deleted services {ids}", ids=ids)
         self.on_change()
         return ok(request, affectedRows=count)
 
     @app.route(f"{SERVICE}/updateServices", methods=["POST"])
     async def update_services(self, request: Any) -> bytes:
-        await self._session(request, "admin")
+        admin = await self._session(request, "admin")
         services = validate_service_list(self._json_body(request), with_id=True)
-        count = await self.registry.update_services(services)
+        count = await self.registry.update_services(services, self._actor(request, admin))
         self._log.info("updated services {ids}", ids=[s["serviceId"] for s in services])
         self.on_change()
         return ok(request, affectedRows=count)
@@ -520,7 +555,7 @@ class RegistryAPI:
     async def logout(self, request: Any) -> bytes:
         self._same_origin(request)
         request.setHeader(b"Set-Cookie", set_cookie_header("", 0, bool(request.isSecure())).encode())
-        if await self.sessions.end(cookie_value(request.getHeader(b"cookie"))):
+        if await self.sessions.end(cookie_value(request.getHeader(b"cookie")), request.getClientAddress().host):
             self.sessions_ended()
         return ok(request)
 
@@ -529,7 +564,7 @@ class RegistryAPI:
         """Log out everywhere: every session of the caller, in every browser, ends now."""
         self._same_origin(request)
         session = await self._session(request)
-        ended = await self.sessions.end_user(session.username)
+        ended = await self.sessions.end_user(session.username, self._actor(request, session), "logoutAll")
         request.setHeader(b"Set-Cookie", set_cookie_header("", 0, bool(request.isSecure())).encode())
         self._log.info("{username} logged out everywhere ({ended} sessions)", username=session.username, ended=ended)
         self.sessions_ended()
@@ -549,11 +584,11 @@ class RegistryAPI:
             raise InvalidInput("", "give either id (one session) or username (all of that account's)")
         if "id" in body:
             public_id = require_str(body["id"], "id", 64)
-            ended = await self.sessions.end_public(public_id)
+            ended = await self.sessions.end_public(public_id, self._actor(request, admin))
             what = f"session {public_id}"
         else:
             username = check_username(body["username"])
-            ended = await self.sessions.end_user(username)
+            ended = await self.sessions.end_user(username, self._actor(request, admin))
             what = f"every session of {username}"
         self._log.info("{admin} ended {what} ({ended})", admin=admin.username, what=what, ended=ended)
         self.sessions_ended()
@@ -563,6 +598,24 @@ class RegistryAPI:
     async def me(self, request: Any) -> bytes:
         session = await self._session(request)
         return ok(request, username=session.username, role=session.role)
+
+    # -- the audit trail (read only) --------------------------------------------
+
+    @app.route(f"{AUDIT}/list", methods=["GET"])
+    async def list_audit(self, request: Any) -> bytes:
+        """The registry's changes, newest first: all, one service's (serviceId) or one kind's; paged by before."""
+        await self._session(request, "admin")
+        service_id = _int_arg(request, "serviceId")
+        before = _int_arg(request, "before")
+        limit = _int_arg(request, "limit")
+        kind = _str_arg(request, "kind")
+        if kind is not None and kind not in AUDIT_KINDS:
+            raise InvalidInput("kind", f"must be one of {', '.join(AUDIT_KINDS)}")
+        limit = 100 if limit is None else limit
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit", "must be from 1 to 1000")
+        entries = await self.audit.list(service_id=service_id, kind=kind, before_id=before, limit=limit)
+        return ok(request, entries=entries)
 
     # -- history ----------------------------------------------------------------
 
@@ -779,6 +832,13 @@ class RegistryAPI:
         if allowed is None:
             raise NotFound()
         raise MethodNotAllowed(valid_methods=[allowed])
+
+    @app.route(f"{AUDIT}/<path:rest>")
+    def audit_fallback(self, request: Any, rest: str) -> bytes:
+        # The trail is read only: no method but GET, and no other path.
+        if rest != "list":
+            raise NotFound()
+        raise MethodNotAllowed(valid_methods=["GET"])
 
     @app.route(f"{HISTORY}/<path:rest>")
     def history_fallback(self, request: Any, rest: str) -> bytes:

@@ -72,6 +72,10 @@ def _path_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+def _query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
 def _schemas() -> dict[str, Any]:
     redis_node = {
         "type": "object", "additionalProperties": False, "required": ["host", "port"],
@@ -122,6 +126,19 @@ def _schemas() -> dict[str, Any]:
         },
         "CaseSummary": {"type": "object", "properties": {
             "id": _INT32, "name": {"type": "string"}, "account": {"type": "string"}, "shared": {"type": "boolean"},
+        }},
+        "AuditEntry": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "at": {"type": "integer", "description": "Unix milliseconds"},
+            "actor": {"type": "string", "description": "the account, or cli:<os user> (webtesting-account)"},
+            "address": {"type": "string", "description": "where the change came from"},
+            "action": {"type": "string", "examples": ["addServices", "updateServices", "delServices", "login",
+                                                      "logout", "logoutAll", "endSessions", "addUser", "deleteUser"]},
+            "kind": {"type": "string", "enum": ["service", "user", "session"]},
+            "target": {"type": "string", "description": "the serviceId, username or session id changed"},
+            "serviceId": {"type": ["integer", "null"]},
+            "before": {"type": ["object", "null"],
+                       "description": f"changed fields before; passwords show as {PASSWORD_MASK!r}"},
+            "after": {"type": ["object", "null"], "description": "changed fields after"},
         }},
         "Report": {"type": "object",
                    "description": "a run's or a load's progress and results, as the Tests page shows them"},
@@ -229,6 +246,17 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         f"{cases}/load/{{load_id}}/report.html": {"get": _operation(
             "Cases: a load's report page", parameters=[_path_parameter("load_id", {"type": "string"})],
             content={"content": {"text/html": {"schema": {"type": "string"}}}})},
+        f"{PREFIX}/Audit/list": {"get": _operation(
+            "Audit: who changed what in the registry, newest first",
+            _answer(entries={"type": "array", "items": _ref("AuditEntry")}), who="admin",
+            description="Read only: nothing in the API writes, edits or deletes the trail.",
+            parameters=[_query_parameter("serviceId", _INT32, "only this service's changes"),
+                        _query_parameter("kind", {"type": "string", "enum": ["service", "user", "session"]},
+                                         "only changes of this kind"),
+                        _query_parameter("before", {"type": "integer", "minimum": 1},
+                                         "only entries older than this id (the next page)"),
+                        _query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 1000},
+                                         "at most this many (100)")])},
     }
     return {
         "openapi": "3.1.0",

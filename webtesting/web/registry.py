@@ -28,8 +28,13 @@ from webtesting.protocol import (
     InvalidInput,
     json_text,
 )
+from webtesting.web import audit
+from webtesting.web.audit import Actor
 from webtesting.web.history import HISTORY_INDEX_SQLITE, HISTORY_SCHEMA_MYSQL, HISTORY_SCHEMA_SQLITE
 from webtesting.web.schema import (
+    AUDIT_INDEX_SQLITE,
+    AUDIT_SCHEMA_MYSQL,
+    AUDIT_SCHEMA_SQLITE,
     SERVICE_SCHEMA_MYSQL,
     SERVICE_SCHEMA_SQLITE,
     SESSION_INDEX_SQLITE,
@@ -70,9 +75,10 @@ class _Dialect:
 
 
 MYSQL = _Dialect("mysql", (SERVICE_SCHEMA_MYSQL, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,
-                           CASE_SCHEMA_MYSQL), " FOR UPDATE")
+                           CASE_SCHEMA_MYSQL, AUDIT_SCHEMA_MYSQL), " FOR UPDATE")
 SQLITE = _Dialect("sqlite", (SERVICE_SCHEMA_SQLITE, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
-                             HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE, CASE_SCHEMA_SQLITE), "")
+                             HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE, CASE_SCHEMA_SQLITE, AUDIT_SCHEMA_SQLITE,
+                             AUDIT_INDEX_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:
@@ -123,40 +129,54 @@ class Registry:
         self._dialect = dialect
         self.dialect_name = dialect.name
 
-    def add_services(self, services: Sequence[dict[str, Any]]) -> Deferred[int]:
-        """Insert every service or none; fire with the number inserted."""
+    def add_services(self, services: Sequence[dict[str, Any]], actor: Actor | None = None) -> Deferred[int]:
+        """Insert every service or none, with an audit row each when C{actor} is given; fire with the number
+        inserted."""
         fields = SERVICE_FIELDS + ("status", "msg")
         rows = [_to_row(s, SERVICE_FIELDS) + list(NEW_SERVICE_STATUS) for s in services]
         statement = self._dialect.sql(
             f"INSERT INTO {TABLE} ({', '.join(fields)}) VALUES ({_placeholders(len(fields))})"
         )
+        dialect = self.dialect_name
 
         def work(cursor: Any) -> int:
-            cursor.executemany(statement, rows)
+            if actor is None:
+                cursor.executemany(statement, rows)
+                return len(rows)
+            # One at a time: each audit row names the serviceId its insert got.
+            for service, row in zip(services, rows, strict=True):
+                cursor.execute(statement, row)
+                after = {f: service.get(f, OPTIONAL_FIELDS.get(f)) for f in SERVICE_FIELDS}
+                audit.record(cursor, dialect, actor, "addServices", "service", cursor.lastrowid,
+                             service_id=cursor.lastrowid, after=after)
             return len(rows)
 
         return self.db.run(work)
 
-    def delete_services(self, ids: Sequence[int]) -> Deferred[int]:
+    def delete_services(self, ids: Sequence[int], actor: Actor | None = None) -> Deferred[int]:
         """Delete every given service, or none if any is unknown (L{UnknownServices})."""
         marks = _placeholders(len(ids))
         select = self._dialect.sql(
-            f"SELECT id FROM {TABLE} WHERE id IN ({marks}){self._dialect.for_update}"
+            f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE id IN ({marks}){self._dialect.for_update}"
         )
         delete = self._dialect.sql(f"DELETE FROM {TABLE} WHERE id IN ({marks})")
+        dialect = self.dialect_name
 
         def work(cursor: Any) -> int:
             cursor.execute(select, list(ids))
-            found = {row[0] for row in cursor.fetchall()}
+            found = {row[0]: _from_row(row) for row in cursor.fetchall()}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise UnknownServices(missing)
             cursor.execute(delete, list(ids))
-            return int(cursor.rowcount)
+            for sid in dict.fromkeys(ids):
+                before = {f: found[sid][f] for f in SERVICE_FIELDS}
+                audit.record(cursor, dialect, actor, "delServices", "service", sid, service_id=sid, before=before)
+            return int(cursor.rowcount) if actor is None else len(found)
 
         return self.db.run(work)
 
-    def update_services(self, services: Sequence[dict[str, Any]]) -> Deferred[int]:
+    def update_services(self, services: Sequence[dict[str, Any]], actor: Actor | None = None) -> Deferred[int]:
         """
         Change the given fields of every given service, or of none if any is
         unknown (L{UnknownServices}). A C{mysqlPwd} equal to L{PASSWORD_MASK}
@@ -165,10 +185,13 @@ class Registry:
         the stored password must not follow an address nobody retyped it for
         (L{InvalidInput}). The agent is given the password; whoever can point
         a service at their own listener must know the password already.
+        Each service whose fields changed gets an audit row with the changed
+        fields before and after, when C{actor} is given.
         """
         ids = [s["serviceId"] for s in services]
+        dialect = self.dialect_name
         select = self._dialect.sql(
-            f"SELECT id, {', '.join(_PASSWORD_BOUND)} FROM {TABLE} "
+            f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} "
             f"WHERE id IN ({_placeholders(len(ids))}){self._dialect.for_update}"
         )
         updates: list[tuple[str, list[Any]]] = []
@@ -187,7 +210,7 @@ class Registry:
 
         def work(cursor: Any) -> int:
             cursor.execute(select, ids)
-            found = {row[0]: dict(zip(_PASSWORD_BOUND, row[1:], strict=False)) for row in cursor.fetchall()}
+            found = {row[0]: _from_row(row) for row in cursor.fetchall()}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise UnknownServices(missing)
@@ -200,6 +223,14 @@ class Registry:
                                        "the stored one does not follow a new address")
             for statement, params in updates:
                 cursor.execute(statement, params)
+            for s in services:
+                sid = s["serviceId"]
+                given = {f: s[f] for f in SERVICE_FIELDS
+                         if f in s and not (f == "mysqlPwd" and s[f] == PASSWORD_MASK)}
+                before, after = audit.changes(found[sid], given)
+                if after:
+                    audit.record(cursor, dialect, actor, "updateServices", "service", sid, service_id=sid,
+                                 before=before, after=after)
             return len(ids)
 
         return self.db.run(work)

@@ -95,3 +95,36 @@ CREATE TABLE IF NOT EXISTS tb_session (
 )
 """
 SESSION_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_session_username ON tb_session (username)"
+
+AUDIT_SCHEMA_MYSQL = """\
+CREATE TABLE IF NOT EXISTS `tb_audit` (
+  `id` bigint NOT NULL AUTO_INCREMENT,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds',
+  `actor` varchar(64) NOT NULL COMMENT 'the account, or cli:<os user> for webtesting-account',
+  `address` varchar(64) NOT NULL DEFAULT '' COMMENT 'where the change came from',
+  `action` varchar(32) NOT NULL,
+  `kind` varchar(16) NOT NULL COMMENT 'service, user or session',
+  `target` varchar(64) NOT NULL COMMENT 'the serviceId, username or session id changed',
+  `serviceId` int(11) DEFAULT NULL,
+  `beforeValues` text COMMENT 'JSON: the changed fields before (passwords masked)',
+  `afterValues` text COMMENT 'JSON: the changed fields after (passwords masked)',
+  PRIMARY KEY (`id`),
+  KEY `serviceId` (`serviceId`, `id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+AUDIT_SCHEMA_SQLITE = """\
+CREATE TABLE IF NOT EXISTS tb_audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at INTEGER NOT NULL,
+  actor TEXT NOT NULL,
+  address TEXT NOT NULL DEFAULT '',
+  action TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  target TEXT NOT NULL,
+  serviceId INTEGER,
+  beforeValues TEXT,
+  afterValues TEXT
+)
+"""
+AUDIT_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_audit_service ON tb_audit (serviceId, id)"
