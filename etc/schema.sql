@@ -92,3 +92,24 @@ CREATE TABLE IF NOT EXISTS `tb_audit` (
   PRIMARY KEY (`id`),
   KEY `serviceId` (`serviceId`, `id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Each service's health changes and latency samples (webtesting/web/healthhistory.py).
+CREATE TABLE IF NOT EXISTS `tb_health_event` (
+  `id` bigint NOT NULL AUTO_INCREMENT,
+  `serviceId` int(11) NOT NULL,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds the health changed',
+  `status` int(11) NOT NULL COMMENT '1 up, 0 down',
+  `code` varchar(32) NOT NULL DEFAULT '' COMMENT 'the reason code (docs/protocol.md)',
+  `msg` varchar(256) NOT NULL DEFAULT '',
+  PRIMARY KEY (`id`),
+  KEY `serviceAt` (`serviceId`, `at`),
+  KEY `at` (`at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS `tb_health_sample` (
+  `serviceId` int(11) NOT NULL,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds, the end of the sampled interval',
+  `latencyMs` double NOT NULL COMMENT 'median round trip web -> agent -> web (WebSocket ping) in the interval',
+  PRIMARY KEY (`serviceId`, `at`),
+  KEY `at` (`at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -90,6 +90,29 @@ class AgentLinkTests(LinkTestsBase):
         self.assertEqual(link.service["wxServiceAddr"], seed_service()["wxServiceAddr"])
         self.assertEqual(link.service["mysqlPwd"], "root")
 
+    async def test_health_changes_and_round_trips_are_recorded(self) -> None:
+        """Each health change is one event in the health history, with its code; the automatic pings' round
+        trips wait on the link for the health sampler."""
+        agent = self.agent()
+        sid = await self.add(agentAddr=agent.url)
+        links = AgentLinks(self.registry, self.relay, reactor, secret=SECRET, sync_interval=0.2, backoff=BACKOFF,
+                           connect_timeout=2, ping_interval=0.05)
+        links.startService()
+        self.addCleanup(links.stopService)
+        await eventually(lambda: self.status_is(sid, 0, "connection refused"), what="status 0, refused")
+        agent.start()
+        await eventually(lambda: self.status_is(sid, 1, "ok"), what="status 1")
+        await eventually(lambda: len(links.links[sid]._rtts) >= 2, what="two pongs")
+        rtts = links.links[sid].take_rtts()
+        self.assertTrue(all(0 < r < 1 for r in rtts), rtts)
+        self.assertLess(len(links.links[sid].take_rtts()), 2)  # taken: only what came since
+        events = await self.registry.db.run(
+            lambda c: (c.execute("SELECT serviceId, status, code FROM tb_health_event ORDER BY id"), c.fetchall())[1])
+        events = [tuple(e) for e in events]
+        self.assertEqual((events[0], events[-1]), ((sid, 0, "agent_unreachable"), (sid, 1, "ok")))
+        # Between them at most the link's own step: connected, the agent not yet taking its settings.
+        self.assertLessEqual(set(events[1:-1]), {(sid, 0, "waiting_for_agent")})
+
     async def test_agent_killed_and_back(self) -> None:
         """A killed agent makes the service status 0; when it is back the link is restored by itself."""
         agent = self.agent()

@@ -403,6 +403,17 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class HealthHistoryConfig:
+    """Each service's health changes and latency samples (webtesting/web/healthhistory.py)."""
+
+    keep_days: float = number_field(7.0, 0.01, 3650)
+    # One latency sample per service this often (seconds): the median agent-link ping round trip.
+    sample_interval: float = number_field(60.0, 1, 86400)
+    # Rows kept at most in each of the two tables; the oldest go first.
+    max_rows: int = number_field(2_000_000, 1000, 1_000_000_000)
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """Everything ``twistd webtesting-web`` reads; see etc/web.yaml."""
 
@@ -411,6 +422,7 @@ class WebConfig:
     registry: RegistryConfig = RegistryConfig()
     agents: AgentLinksConfig = AgentLinksConfig()
     history: HistoryConfig = HistoryConfig()
+    health_history: HealthHistoryConfig = HealthHistoryConfig()
 
 
 @dataclass(frozen=True)

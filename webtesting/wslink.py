@@ -196,6 +196,10 @@ class LinkProtocol(WebSocketClientProtocol):
         if self._alive_timer is not None:
             self._answered()
 
+    def onAutoPong(self, ping_sent: int, ping_seq: int, pong_received: int, pong_rtt: int, payload: bytes) -> None:
+        # Autobahn's pong_rtt is whole milliseconds; the nanosecond times say more.
+        self.factory.pong(self, (pong_received - ping_sent) / 1e9)
+
     def onOpen(self) -> None:
         try:
             self.opened = True
@@ -325,6 +329,13 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     def frame(self, proto: LinkProtocol, payload: bytes, is_binary: bool) -> None:
         if self.dialer is not None and proto is self.proto:
             self.dialer.owner.link_frame(proto, payload, is_binary)
+
+    def pong(self, proto: LinkProtocol, rtt: float) -> None:
+        """An automatic ping came back after C{rtt} seconds: told to an owner that has C{link_pong}."""
+        if self.dialer is not None and proto is self.proto:
+            hook = getattr(self.dialer.owner, "link_pong", None)
+            if hook is not None:
+                hook(proto, rtt)
 
     def closed(self, proto: LinkProtocol, was_clean: bool, code: int | None, reason: str | None) -> None:
         n = self.names

@@ -52,6 +52,10 @@ class LinkDown(Exception):
     """The service's agent link is not up (or went down before it answered)."""
 
 
+# Round trips kept between two health samples (a 60 s interval at 2 s pings holds 30).
+_MAX_RTTS = 4096
+
+
 class AgentLink:
     """
     One service's link to its agent, and its health.
@@ -110,6 +114,7 @@ class AgentLink:
         self._refused: Health | None = None  # the agent refused our settings
         self.current = WAITING
         self.up = False  # requests flow: the link is up and the agent took its settings
+        self._rtts: list[float] = []  # ping round trips (seconds) since the health history's last sample
 
     # -- what the relay sees -------------------------------------------------
 
@@ -134,6 +139,15 @@ class AgentLink:
     @property
     def state(self) -> str:
         return self.lifecycle.state
+
+    def link_pong(self, proto: LinkProtocol, rtt: float) -> None:
+        if len(self._rtts) < _MAX_RTTS:
+            self._rtts.append(rtt)
+
+    def take_rtts(self) -> list[float]:
+        """The ping round trips (seconds) since the last call."""
+        rtts, self._rtts = self._rtts, []
+        return rtts
 
     def send(self, message: dict[str, Any]) -> None:
         if self._proto is not None and self._proto.state == LinkProtocol.STATE_OPEN:

@@ -60,6 +60,7 @@ from webtesting.web.accounts import (
 )
 from webtesting.web.audit import KINDS as AUDIT_KINDS
 from webtesting.web.audit import Actor, AuditLog
+from webtesting.web.healthhistory import HealthHistory
 from webtesting.web.history import History
 from webtesting.web.origins import Origins, origin_of
 from webtesting.web.registry import Registry, UnknownServices
@@ -81,6 +82,9 @@ ACCOUNT = f"{PREFIX}/Account"
 HISTORY = f"{PREFIX}/History"
 CASES = f"{PREFIX}/Cases"
 AUDIT = f"{PREFIX}/Audit"
+HEALTH = f"{PREFIX}/Health"
+# The timeline of every service is worked out at most this often (seconds); the admin pages share it.
+TIMELINE_CACHE_SECONDS = 10.0
 # The login throttle's device cookie (webtesting.web.throttle): a year.
 DEVICE_COOKIE = "wt_device"
 DEVICE_LIFETIME = 365 * 86400
@@ -382,6 +386,7 @@ class RegistryAPI:
         history: History | None = None,
         runs: TestRuns | None = None,
         serve_metrics: bool = True,
+        health: HealthHistory | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -417,6 +422,9 @@ class RegistryAPI:
         # Saved test cases, and runs of them started from the Tests page.
         self.cases = CaseStore(registry.db, registry.dialect_name)
         self.audit = AuditLog(registry.db, registry.dialect_name)
+        # Each service's health over time (webtesting.web.healthhistory).
+        self.health = health or HealthHistory(registry.db, registry.dialect_name)
+        self._timeline_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
         self.runs = runs
         self.serve_metrics = serve_metrics
 
@@ -616,6 +624,40 @@ class RegistryAPI:
             raise InvalidInput("limit", "must be from 1 to 1000")
         entries = await self.audit.list(service_id=service_id, kind=kind, before_id=before, limit=limit)
         return ok(request, entries=entries)
+
+    # -- health history (read only) ---------------------------------------------
+
+    @app.route(f"{HEALTH}/timeline", methods=["GET"])
+    async def health_timeline(self, request: Any) -> bytes:
+        """Every service's last hours (24) in buckets (48): up, down, partial or none, reasons, p50 latency."""
+        await self._session(request, "admin")
+        hours = _int_arg(request, "hours") or 24
+        count = _int_arg(request, "buckets") or 48
+        if hours > 24 * 31:
+            raise InvalidInput("hours", "must be at most 744")
+        if count > 500:
+            raise InvalidInput("buckets", "must be at most 500")
+        ids = tuple(s["serviceId"] for s in await self.registry.list_services())
+        key = (hours, count, ids)
+        now = self._reactor.seconds()
+        cached = self._timeline_cache
+        if cached is not None and cached[1] == key and now - cached[0] < TIMELINE_CACHE_SECONDS:
+            timeline = cached[2]
+        else:
+            timeline = await self.health.timeline(ids, hours, count)
+            self._timeline_cache = (now, key, timeline)
+        return ok(request, **timeline)
+
+    @app.route(f"{HEALTH}/history", methods=["GET"])
+    async def health_history(self, request: Any) -> bytes:
+        """One service's outages (start, end, duration, reason), newest first, over the days kept."""
+        await self._session(request, "admin")
+        service_id = _int_arg(request, "serviceId")
+        if service_id is None:
+            raise InvalidInput("serviceId", "is required")
+        days = _int_arg(request, "days")
+        await self._require_services(("serviceId", service_id))
+        return ok(request, **await self.health.history(service_id, days))
 
     # -- history ----------------------------------------------------------------
 
@@ -832,6 +874,12 @@ class RegistryAPI:
         if allowed is None:
             raise NotFound()
         raise MethodNotAllowed(valid_methods=[allowed])
+
+    @app.route(f"{HEALTH}/<path:rest>")
+    def health_fallback(self, request: Any, rest: str) -> bytes:
+        if rest not in ("timeline", "history"):
+            raise NotFound()
+        raise MethodNotAllowed(valid_methods=["GET"])
 
     @app.route(f"{AUDIT}/<path:rest>")
     def audit_fallback(self, request: Any, rest: str) -> bytes:

@@ -150,7 +150,7 @@ class AgentLinks(service.Service):
             return
         self._written[link.service_id] = (status, msg)
         HEALTH_CHANGES.labels("web", str(link.service_id), str(status)).inc()
-        d = self.registry.set_status(link.service_id, status, msg)
+        d = self.registry.set_status(link.service_id, status, msg, link.code)
 
         def failed(failure: Failure) -> None:
             # Forget what we wrote so that the next sync writes it again.

@@ -127,6 +127,25 @@ def _schemas() -> dict[str, Any]:
         "CaseSummary": {"type": "object", "properties": {
             "id": _INT32, "name": {"type": "string"}, "account": {"type": "string"}, "shared": {"type": "boolean"},
         }},
+        "HealthTimeline": {"type": "object", "properties": {
+            "serviceId": _INT32,
+            "uptime": {"type": ["number", "null"], "description": "percent of the recorded time up"},
+            "buckets": {"type": "array", "items": {"type": "object", "properties": {
+                "start": {"type": "integer", "description": "Unix milliseconds"},
+                "state": {"type": "string", "enum": ["up", "down", "partial", "none"],
+                          "description": "partial: some time not up, or a partial outage; none: no record"},
+                "notUpMs": {"type": "integer"},
+                "code": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+                "at": {"type": ["integer", "null"], "description": "when the bucket's worst health began"},
+                "p50Ms": {"type": ["number", "null"],
+                          "description": "median agent-link ping round trip in the bucket"}}}},
+        }},
+        "Outage": {"type": "object", "properties": {
+            "start": {"type": "integer"}, "end": {"type": ["integer", "null"], "description": "null: not over"},
+            "durationMs": {"type": "integer"}, "state": {"type": "string", "enum": ["down", "partial"]},
+            "code": {"type": "string"}, "reason": {"type": "string", "description": "the first reason"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        }},
         "AuditEntry": {"type": "object", "properties": {
             "id": {"type": "integer"}, "at": {"type": "integer", "description": "Unix milliseconds"},
             "actor": {"type": "string", "description": "the account, or cli:<os user> (webtesting-account)"},
@@ -246,6 +265,22 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         f"{cases}/load/{{load_id}}/report.html": {"get": _operation(
             "Cases: a load's report page", parameters=[_path_parameter("load_id", {"type": "string"})],
             content={"content": {"text/html": {"schema": {"type": "string"}}}})},
+        f"{PREFIX}/Health/timeline": {"get": _operation(
+            "Health: every service's recent health in buckets",
+            _answer(since={"type": "integer"}, until={"type": "integer"}, bucketMs={"type": "integer"},
+                    services={"type": "array", "items": _ref("HealthTimeline")}), who="admin",
+            parameters=[_query_parameter("hours", {"type": "integer", "minimum": 1, "maximum": 744},
+                                         "how far back (24)"),
+                        _query_parameter("buckets", {"type": "integer", "minimum": 1, "maximum": 500},
+                                         "how many buckets (48)")])},
+        f"{PREFIX}/Health/history": {"get": _operation(
+            "Health: one service's outages",
+            _answer(serviceId=_INT32, since={"type": "integer"}, until={"type": "integer"},
+                    uptime={"type": ["number", "null"]}, p50Ms={"type": ["number", "null"]},
+                    outages={"type": "array", "items": _ref("Outage")}), who="admin",
+            parameters=[{**_query_parameter("serviceId", _INT32, "the service"), "required": True},
+                        _query_parameter("days", {"type": "integer", "minimum": 1},
+                                         "how far back (all that is kept: health_history.keep_days)")])},
         f"{PREFIX}/Audit/list": {"get": _operation(
             "Audit: who changed what in the registry, newest first",
             _answer(entries={"type": "array", "items": _ref("AuditEntry")}), who="admin",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,9 @@ from webtesting.web.schema import (
     AUDIT_INDEX_SQLITE,
     AUDIT_SCHEMA_MYSQL,
     AUDIT_SCHEMA_SQLITE,
+    HEALTH_EVENT_SCHEMA_MYSQL,
+    HEALTH_SAMPLE_SCHEMA_MYSQL,
+    HEALTH_SCHEMA_SQLITE,
     SERVICE_SCHEMA_MYSQL,
     SERVICE_SCHEMA_SQLITE,
     SESSION_INDEX_SQLITE,
@@ -75,10 +79,11 @@ class _Dialect:
 
 
 MYSQL = _Dialect("mysql", (SERVICE_SCHEMA_MYSQL, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,
-                           CASE_SCHEMA_MYSQL, AUDIT_SCHEMA_MYSQL), " FOR UPDATE")
+                           CASE_SCHEMA_MYSQL, AUDIT_SCHEMA_MYSQL, HEALTH_EVENT_SCHEMA_MYSQL,
+                           HEALTH_SAMPLE_SCHEMA_MYSQL), " FOR UPDATE")
 SQLITE = _Dialect("sqlite", (SERVICE_SCHEMA_SQLITE, USER_SCHEMA_SQLITE, SESSION_SCHEMA_SQLITE, SESSION_INDEX_SQLITE,
                              HISTORY_SCHEMA_SQLITE, HISTORY_INDEX_SQLITE, CASE_SCHEMA_SQLITE, AUDIT_SCHEMA_SQLITE,
-                             AUDIT_INDEX_SQLITE), "")
+                             AUDIT_INDEX_SQLITE, *HEALTH_SCHEMA_SQLITE), "")
 
 
 def _placeholders(n: int) -> str:
@@ -169,10 +174,12 @@ class Registry:
             if missing:
                 raise UnknownServices(missing)
             cursor.execute(delete, list(ids))
+            for table in ("tb_health_event", "tb_health_sample"):  # shown nowhere once the service is gone
+                cursor.execute(self._dialect.sql(f"DELETE FROM {table} WHERE serviceId IN ({marks})"), list(ids))
             for sid in dict.fromkeys(ids):
                 before = {f: found[sid][f] for f in SERVICE_FIELDS}
                 audit.record(cursor, dialect, actor, "delServices", "service", sid, service_id=sid, before=before)
-            return int(cursor.rowcount) if actor is None else len(found)
+            return len(found)
 
         return self.db.run(work)
 
@@ -245,14 +252,29 @@ class Registry:
 
         return self.db.run(work)
 
-    def set_status(self, service_id: int, status: int, msg: str) -> Deferred[bool]:
-        """Record a service's health; fire with whether the service still exists."""
-        statement = self._dialect.sql(f"UPDATE {TABLE} SET status = %s, msg = %s WHERE id = %s")
-        params = [status, msg[:STATUS_MSG_LIMIT], service_id]
+    def set_status(self, service_id: int, status: int, msg: str, code: str = "",
+                   at: float | None = None) -> Deferred[bool]:
+        """
+        Record a service's health, and the change in its health history
+        (once: a health already stored, by this web server or another, is
+        not a change); fire with whether the service still exists.
+        """
+        msg = msg[:STATUS_MSG_LIMIT]
+        select = self._dialect.sql(f"SELECT status, msg FROM {TABLE} WHERE id = %s{self._dialect.for_update}")
+        update = self._dialect.sql(f"UPDATE {TABLE} SET status = %s, msg = %s WHERE id = %s")
+        event = self._dialect.sql("INSERT INTO tb_health_event (serviceId, at, status, code, msg) "
+                                  "VALUES (%s, %s, %s, %s, %s)")
 
         def work(cursor: Any) -> bool:
-            cursor.execute(statement, params)
-            return bool(cursor.rowcount)
+            cursor.execute(select, [service_id])
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            if (row[0], row[1]) != (status, msg):
+                cursor.execute(update, [status, msg, service_id])
+                when = int((time.time() if at is None else at) * 1000)
+                cursor.execute(event, [service_id, when, status, code[:32], msg])
+            return True
 
         return self.db.run(work)
 

@@ -128,3 +128,51 @@ CREATE TABLE IF NOT EXISTS tb_audit (
 )
 """
 AUDIT_INDEX_SQLITE = "CREATE INDEX IF NOT EXISTS tb_audit_service ON tb_audit (serviceId, id)"
+
+HEALTH_EVENT_SCHEMA_MYSQL = """\
+CREATE TABLE IF NOT EXISTS `tb_health_event` (
+  `id` bigint NOT NULL AUTO_INCREMENT,
+  `serviceId` int(11) NOT NULL,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds the health changed',
+  `status` int(11) NOT NULL COMMENT '1 up, 0 down',
+  `code` varchar(32) NOT NULL DEFAULT '' COMMENT 'the reason code (docs/protocol.md)',
+  `msg` varchar(256) NOT NULL DEFAULT '',
+  PRIMARY KEY (`id`),
+  KEY `serviceAt` (`serviceId`, `at`),
+  KEY `at` (`at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+HEALTH_SAMPLE_SCHEMA_MYSQL = """\
+CREATE TABLE IF NOT EXISTS `tb_health_sample` (
+  `serviceId` int(11) NOT NULL,
+  `at` bigint NOT NULL COMMENT 'Unix milliseconds, the end of the sampled interval',
+  `latencyMs` double NOT NULL COMMENT 'median round trip web -> agent -> web (WebSocket ping) in the interval',
+  PRIMARY KEY (`serviceId`, `at`),
+  KEY `at` (`at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+HEALTH_SCHEMA_SQLITE = (
+    """\
+CREATE TABLE IF NOT EXISTS tb_health_event (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  serviceId INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  status INTEGER NOT NULL,
+  code TEXT NOT NULL DEFAULT '',
+  msg TEXT NOT NULL DEFAULT ''
+)
+""",
+    "CREATE INDEX IF NOT EXISTS tb_health_event_service ON tb_health_event (serviceId, at)",
+    "CREATE INDEX IF NOT EXISTS tb_health_event_at ON tb_health_event (at)",
+    """\
+CREATE TABLE IF NOT EXISTS tb_health_sample (
+  serviceId INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  latencyMs REAL NOT NULL,
+  PRIMARY KEY (serviceId, at)
+)
+""",
+    "CREATE INDEX IF NOT EXISTS tb_health_sample_at ON tb_health_sample (at)",
+)

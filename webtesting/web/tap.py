@@ -6,6 +6,7 @@
     │   ├── Database      the registry's connection pool and reconnect timer
     │   └── History       records every turn, written in batches to the registry database
     ├── AgentLinks        one WebSocket link per service; registry sync timer
+    ├── HealthSampler     latency samples of each agent link; prunes the health history
     ├── HTTP listener     Klein: registry API (SPEC §2) and pages
     └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay;
                           stopped first, it closes every browser with 1001
@@ -28,6 +29,7 @@ from webtesting.config import ConfigError, WebConfig, default_webroot, listening
 from webtesting.lifecycle import Backoff
 from webtesting.reload import Reloader
 from webtesting.web.accounts import DeviceSigner, SessionStore
+from webtesting.web.healthhistory import HealthHistory, HealthSampler
 from webtesting.web.history import History
 from webtesting.web.http import HTTPListener, LimitedRequest, RegistryAPI, make_site
 from webtesting.web.links import AgentLinks
@@ -102,7 +104,8 @@ def _load_checked(path: str | None) -> WebConfig:
 
 
 def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Relay, browsers: BrowserFactory,
-               api: RegistryAPI, site: Any, links: AgentLinks, history: History) -> set[str]:
+               api: RegistryAPI, site: Any, links: AgentLinks, history: History,
+               sampler: HealthSampler) -> set[str]:
     """A live reload (webtesting.reload): apply what can change while the listeners stay open."""
     ws, http, agents, h = new.websocket, new.http, new.agents, new.history
     now: dict[str, Callable[[], None]] = {
@@ -125,6 +128,9 @@ def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Rela
         "history.batch": lambda: setattr(history, "batch", h.batch),
         "history.max_buffer": lambda: setattr(history, "max_buffer", h.max_buffer),
         "history.record": lambda: setattr(relay, "history", history if h.record else None),
+        "health_history.sample_interval": lambda: sampler.set_interval(new.health_history.sample_interval),
+        "health_history.keep_days": lambda: setattr(sampler.history, "keep_days", new.health_history.keep_days),
+        "health_history.max_rows": lambda: setattr(sampler.history, "max_rows", new.health_history.max_rows),
     }
     applied = set()
     for key in sorted(changed & set(now)):
@@ -186,6 +192,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     )
     links.setName("agent-links")
     links.setServiceParent(top)
+    hh = config.health_history
+    health = HealthHistory(registry.db, registry.dialect_name, keep_days=hh.keep_days, max_rows=hh.max_rows)
+    sampler = HealthSampler(health, links.links, reactor, interval=hh.sample_interval)
+    sampler.setName("health-history")
+    sampler.setServiceParent(top)
 
     sessions = SessionStore(registry.db, registry.dialect_name, config.http.sessions.lifetime)
     purge = TimerService(3600, lambda: sessions.purge().addErrback(lambda _: None))  # next hour, then
@@ -209,6 +220,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         runs=TestRuns(public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                   config.websocket.public_url, config.websocket.path)[0], reactor),
         serve_metrics=config.http.metrics,
+        health=health,
     )
     # The metrics read these while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_web(metrics.WebParts(relay, browsers, links, history))  # type: ignore[attr-defined]
@@ -217,7 +229,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                      max_bytes=access.max_bytes, keep=access.keep)
     reloader = Reloader("web server", options["config"], config, _load_checked,
                         partial(_apply_web, relay=relay, browsers=browsers, api=api, site=site, links=links,
-                                history=history), reactor)
+                                history=history, sampler=sampler), reactor)
     reloader.setName("reload")
     reloader.setServiceParent(top)
     http = HTTPListener(listening_endpoint(reactor, config.http.listen), site)
