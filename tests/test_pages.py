@@ -720,6 +720,65 @@ class AdminPageTests(PageTestCase):
         self.assertEqual([x["description"] for x in await self.system.services()], ["reference bot"])
         await self.assert_no_page_errors(page)
 
+    async def test_health_history_and_audit_trail(self) -> None:
+        """Each row shows the last 24 h as a bar (hover: the reason and the time) and a latency sparkline;
+        clicking it opens the service's outages and who changed it; the whole audit trail is listed, without
+        the password."""
+        import time
+
+        sid = await self.system.add_service(description="watched bot")
+        await self.system.update_service(sid, description="watched bot, renamed")
+        now = int(time.time() * 1000)
+        connection, dialect = connect_sync(self.system.options.config.registry)
+        try:
+            cursor = connection.cursor()
+            q = (lambda sql: sql) if dialect == "mysql" else (lambda sql: sql.replace("%s", "?"))
+            # Up since yesterday but for half an hour three hours ago.
+            cursor.executemany(q("INSERT INTO tb_health_event (serviceId, at, status, code, msg) "
+                                 "VALUES (%s, %s, %s, %s, %s)"),
+                               [[sid, now - 30 * 3_600_000, 1, "ok", "ok"],
+                                [sid, now - 3 * 3_600_000, 0, "bot_unreachable", "bot unreachable: refused <x>"],
+                                [sid, now - 5 * 1_800_000, 1, "ok", "ok"]])
+            cursor.executemany(q("INSERT INTO tb_health_sample (serviceId, at, latencyMs) VALUES (%s, %s, %s)"),
+                               [[sid, now - i * 1_800_000, 0.5 + i % 3] for i in range(1, 40)])
+            connection.commit()
+        finally:
+            connection.close()
+        page = await self.page_as(ADMIN, "admin.html")
+
+        def look() -> None:
+            row = page.locator(f'#services tr[data-service-id="{sid}"]')
+            expect(row.locator(".timeline .beat")).to_have_count(48)
+            expect(row.locator('.beat[data-state="up"]').first).to_be_visible()
+            bad = row.locator('.beat[data-state="down"], .beat[data-state="partial"]')
+            assert bad.count() >= 1, "the outage shows in the bar"
+            assert "bot unreachable: refused <x>" in (bad.first.get_attribute("title") or "")
+            assert row.locator(".sparkline polyline").count() >= 1
+            row.locator(".timeline").click()
+            panel = page.locator("#service-history")
+            expect(panel).to_be_visible()
+            expect(panel.locator("#history-title")).to_contain_text(f"Service {sid}")
+            outage = panel.locator("#outages tbody tr").filter(has_text="refused <x>")
+            expect(outage).to_have_count(1)
+            expect(outage).to_contain_text("30 min 0 s")
+            expect(outage.locator(".reason-text")).to_have_text("The bot cannot be reached.")
+            changes = panel.locator("#service-audit tbody tr")
+            expect(changes.filter(has_text="updateServices")).to_contain_text("watched bot, renamed")
+            expect(changes.filter(has_text="addServices")).to_contain_text("root")
+            trail = page.locator("#audit tbody")
+            expect(trail.locator("tr").filter(has_text="login").first).to_contain_text(ADMIN)
+            expect(trail).to_contain_text("updateServices")
+            assert mariadb.PASSWORD == "" or mariadb.PASSWORD not in trail.inner_text()
+            screenshot(page, self, "admin-history.png")
+            page.click("#history-close")
+            expect(panel).to_be_hidden()
+            page.select_option("#lang", "zh")
+            expect(page.locator("#audit-title")).to_have_text("登记变更记录")
+            page.select_option("#lang", "en")
+
+        await self.step(look)
+        await self.assert_no_page_errors(page)
+
     async def test_admin_sees_sentence_and_raw_reason(self) -> None:
         """A service that is down reads on the admin page as its code's sentence with the raw msg visible beside it, as
         text."""

@@ -7,9 +7,11 @@ import { t } from "./i18n.js";
 import { sentence } from "./reasons.js";
 import { startPage } from "./shell.js";
 import { fill, read, clearErrors, showError, FieldError } from "./admin/form.js";
+import { mountHealth } from "./admin/health.js";
 import { mountPeople } from "./admin/people.js";
 
 const REFRESH_MS = 3000;
+const TIMELINE_MS = 30000; // the server works the timeline out at most every 10 s
 
 const user = await startPage({ role: "admin" });
 if (user) main();
@@ -21,6 +23,7 @@ function main() {
   let services = [];
   let shown = "";
   let editing = null; // serviceId being edited, 0 for a new one, null when closed
+  const health = mountHealth({ say: (text, isError) => say(text, isError) });
 
   const say = (text, isError = false) => {
     notice.textContent = text;
@@ -42,22 +45,24 @@ function main() {
         h("span", { className: up ? "badge up" : "badge down", dataset: { i18n: up ? "admin.status.up" : "admin.status.down" } },
           t(up ? "admin.status.up" : "admin.status.down")),
         up ? null : reason(s)),
+      health.cells(s.serviceId),
       h("td", { className: "description" }, s.description),
       h("td", {}, (s.allowedAppids || []).join(", ")),
       h("td", { className: "addr" }, s.wxServiceAddr),
       h("td", { className: "addr" }, s.agentAddr),
       h("td", { className: "actions" },
+        h("button", { type: "button", className: "history", onclick: () => health.openHistory(s.serviceId), dataset: { i18n: "admin.history" } }, t("admin.history")),
         h("button", { type: "button", className: "edit", onclick: () => openEditor(s), dataset: { i18n: "admin.edit" } }, t("admin.edit")),
         h("button", { type: "button", className: "delete danger", onclick: () => remove(s), dataset: { i18n: "admin.delete" } }, t("admin.delete"))));
   }
 
   function render(force = false) {
-    const key = JSON.stringify(services);
+    const key = JSON.stringify([services, health.key()]);
     if (!force && key === shown) return;
     shown = key;
     body.replaceChildren(...(services.length
       ? services.map(row)
-      : [h("tr", {}, h("td", { colSpan: 7, className: "empty", dataset: { i18n: "admin.empty" } }, t("admin.empty")))]));
+      : [h("tr", {}, h("td", { colSpan: 8, className: "empty", dataset: { i18n: "admin.empty" } }, t("admin.empty")))]));
   }
 
   async function refresh() {
@@ -111,6 +116,7 @@ function main() {
     try {
       if (editing) {
         await api.updateServices([{ serviceId: editing, ...service }]);
+        health.refreshTrail();
         say(t("admin.saved"));
       } else {
         await api.addServices([service]);
@@ -146,7 +152,12 @@ function main() {
   document.addEventListener("langchange", () => render(true));
 
   const refreshPeople = mountPeople({ say });
-  const refreshAll = () => Promise.all([refresh(), refreshPeople()]);
+  const refreshAll = () => Promise.all([refresh(), refreshPeople(), health.refreshTrail(), health.refreshHistory()]);
+  const refreshTimeline = async () => {
+    if (await health.refreshTimeline()) render();
+  };
   refreshAll();
+  refreshTimeline();
   setInterval(refreshAll, REFRESH_MS);
+  setInterval(refreshTimeline, TIMELINE_MS);
 }

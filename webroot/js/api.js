@@ -73,4 +73,7 @@ export const api = {
   addServices: (services) => request("PUT", "Service/addServices", { body: services }),
   updateServices: (services) => request("POST", "Service/updateServices", { body: services }),
   delServices: (serviceIds) => request("DELETE", "Service/delServices", { body: { serviceIds } }),
+  healthTimeline: () => request("GET", "Health/timeline"),
+  healthHistory: (serviceId) => request("GET", `Health/history?serviceId=${encodeURIComponent(serviceId)}`),
+  audit: (query = {}) => request("GET", `Audit/list?${new URLSearchParams(query)}`),
 };
