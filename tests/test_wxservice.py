@@ -107,7 +107,7 @@ class WxServiceTests(TestCase):
         for section, values in overrides.items():
             raw.setdefault(section, {}).update(values)
         self.config = from_mapping(WxsimConfig, raw)
-        self.bot = tap.makeService({"parsed": self.config}, reactor)
+        self.bot = tap.makeService(tap.Options.loaded(self.config), reactor)
         self.bot.startService()
         self.addCleanup(lambda: self.bot.stopService() if self.bot.running else None)
         port = await self.bot.getServiceNamed("websocket").listening()  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from webtesting.wxsim.config import RedisConfig, RedisNodeConfig
-from webtesting.wxsim.server import ClusterStore, StoreUnavailable
+from webtesting.wxsim.store import ClusterStore, StoreUnavailable
 
 RETRY = 2.0
 

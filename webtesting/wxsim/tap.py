@@ -20,32 +20,29 @@ class Options(usage.Options):
     """Command line of ``twistd webtesting-wxsim``."""
 
     optParameters = [
-        ["config", "c", None, "YAML configuration file (see etc/wxsim.yaml); built-in defaults when omitted."],
+        ["config", "c", None, "YAML configuration file (see etc/wxsim.yaml); built-in defaults if left out"],
     ]
 
     def postOptions(self) -> None:
         # Every problem of the file is reported here, before anything listens.
         try:
-            self["parsed"] = load(WxsimConfig, self["config"])
+            self.config: WxsimConfig = load(WxsimConfig, self["config"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(f"configuration errors:\n{e}") from None
+
+    @classmethod
+    def loaded(cls, config: WxsimConfig) -> Options:
+        """Options holding an already loaded configuration (for tests and embedding)."""
+        options = cls()
+        options.config = config
+        return options
 
 
-def makeService(options: Any, reactor: Any = None) -> service.MultiService:
-    """
-    The bot's service tree: Redis Cluster store, MySQL dictionary, WebSocket
-    listener. C{options} is an L{Options} (or a mapping with C{config} or an
-    already loaded C{parsed} L{WxsimConfig}).
-    """
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """The bot's service tree: WebSocket listener, Redis Cluster store, MySQL dictionary."""
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
+        from twisted.internet import reactor as default_reactor
 
-        reactor = global_reactor
-    config = options.get("parsed")
-    if config is None:
-        try:
-            config = load(WxsimConfig, options.get("config"))
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-    endpoint = listening_endpoint(reactor, config.websocket.listen)
-    return make_bot_service(config, reactor, endpoint)
+        reactor = default_reactor
+    config = options.config
+    return make_bot_service(config, reactor, listening_endpoint(reactor, config.websocket.listen))
