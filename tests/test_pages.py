@@ -162,6 +162,22 @@ class ChatPageTests(PageTestCase):
             # The bot's unprompted follow-up, its action shown discreetly.
             expect(p.locator(".msg-bot .msg-action").filter(has_text="followUp")).to_have_count(1)
 
+            # Each reply to a chat shows where its time went, hop by hop; the follow-up (unprompted) does not.
+            timed = p.locator(".msg-bot .hops")
+            expect(timed).to_have_count(2)
+            expect(p.locator(".msg-bot").filter(has_text="followUp").locator(".hops")).to_have_count(0)
+            hops = timed.first.locator(".hop")
+            expect(hops).to_have_count(4)
+            assert [hops.nth(i).get_attribute("data-hop") for i in range(4)] == [
+                "browserWeb", "webAgent", "bot", "agent"]
+            assert all(float(hops.nth(i).get_attribute("data-ms") or "-1") >= 0 for i in range(4))
+            title = timed.first.get_attribute("title") or ""
+            assert "agent → bot → agent" in title and "round trip" in title, title
+            latency = p.locator(".latency")
+            expect(latency).to_contain_text("(last 2 replies")
+            p50, p99 = float(latency.get_attribute("data-p50") or 0), float(latency.get_attribute("data-p99") or 0)
+            assert 0 < p50 <= p99 < 10_000, (p50, p99)
+
             # Pushes off: a change shows only when asked for.
             p.locator("input.auto").uncheck()
             expect(p.locator("input.auto")).not_to_be_checked()

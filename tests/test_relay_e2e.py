@@ -54,6 +54,12 @@ class EndToEndTests(unittest.TestCase):
         reply = await self.browser.expect("aichatResp")
         self.assertEqual((reply["result"], reply["serviceId"], reply["appid"]), (1, self.sid, "1.00002"))
         self.assertIn("Alice", reply["content"])
+        # Timed at every hop: each host's times in order, the agent's inside the web server's (one clock here).
+        hops = reply["hops"]
+        self.assertEqual(list(hops), ["agentIn", "botReply", "agentOut", "webIn", "webOut"])
+        self.assertTrue(hops["webIn"] <= hops["agentIn"] <= hops["botReply"] <= hops["agentOut"] <= hops["webOut"],
+                        hops)
+        self.assertLess(hops["webOut"] - hops["webIn"], 10_000)
         state = await self.browser.expect(lambda m: push(m) and m["memory"]["new"])
         self.assertEqual(state["memory"]["new"], [{"key": "name", "value": "Alice"}])
         self.assertIn({"key": "name", "value": "Alice"}, state["memory"]["cur"])
@@ -67,6 +73,7 @@ class EndToEndTests(unittest.TestCase):
         await self.browser.expect("aichatResp")
         later = await self.browser.expect(lambda m: m.get("method") == "aichatResp" and m["action"] == "followUp")
         self.assertEqual((later["serviceId"], later["appid"]), (self.sid, "1.00002"))
+        self.assertNotIn("hops", later)  # unprompted: no chat to time
         state = await self.browser.expect(lambda m: push(m) and m["curTopic"]["id"] is not None
                                           and m["curTopicList"]["newTopics"])
         self.assertTrue(state["curTopic"]["desc"])

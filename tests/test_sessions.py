@@ -407,3 +407,49 @@ class RelayFaultTests(RelayTests):
         self.assertEqual(len(self.links[1].sent) - sent, MAX_IN_FLIGHT)
         refused = [m for m in self.received if m["method"] == "aichatResp" and m.get("result") == 503]
         self.assertEqual(len(refused), 5)
+
+    def test_a_timed_reply_gets_the_web_servers_times(self) -> None:
+        """The agent's hops on a chat reply get webIn and webOut added (Unix ms, this server's clock), byte for
+        byte otherwise; the time here goes to the metrics; the history keeps the reply without hops; a reply
+        with no hops, or with nothing waiting for it, passes unchanged."""
+        from prometheus_client import REGISTRY
+
+        def count(hop: str) -> float:
+            return REGISTRY.get_sample_value("webtesting_chat_hop_seconds_count", {"service": "1", "hop": hop}) or 0
+
+        self.login(1)
+        self.clock.advance(2000)
+        self.chat("one")
+        self.clock.advance(0.010)
+        before = count("web")
+        hops = {"agentIn": 5.0, "botReply": 7.5, "agentOut": 8.0}
+        reply = {"method": "aichatResp", "serviceId": 1, "appid": "1.00002", "content": "re", "action": "",
+                 "result": 1, "msg": "ok", "hops": hops}
+        delivered: list[bytes] = []
+        self.session.deliver = delivered.append
+        recorded: list[Any] = []
+
+        class History:
+            def record(self, *event: Any) -> None:
+                recorded.append(event)
+
+        self.relay.history = History()  # type: ignore[assignment]
+        self.agent(1, ROUTE, reply)
+        [raw] = delivered
+        # The history keeps the reply without its timings.
+        [(*_, kind, body)] = recorded
+        self.assertEqual((kind, json.loads(body)), ("reply", {k: v for k, v in reply.items() if k != "hops"}))
+        sent = routed_frame(self.session.uuid, ROUTE, reply)[33:]
+        self.assertEqual(raw, sent[:-2] + b',"webIn":2000000.000,"webOut":2000010.000}}')
+        self.assertEqual(json.loads(raw)["hops"], {**hops, "webIn": 2_000_000.0, "webOut": 2_000_010.0})
+        self.assertEqual(count("web"), before + 1)
+        self.assertAlmostEqual(REGISTRY.get_sample_value("webtesting_chat_hop_seconds_sum",
+                                                         {"service": "1", "hop": "web"}) or 0, 0.010, delta=0.0101)
+        # No hops (an older agent, an error): as it came; an unprompted reply (nothing waiting) likewise.
+        self.chat("two")
+        plain = {k: v for k, v in reply.items() if k != "hops"}
+        self.agent(1, ROUTE, plain)
+        self.assertEqual(delivered[-1], routed_frame(self.session.uuid, ROUTE, plain)[33:])
+        self.agent(1, ROUTE, reply)
+        self.assertEqual(delivered[-1], sent)
+        self.assertEqual(count("web"), before + 1)

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from webtesting.agent.users import UserSession, UserState
 from webtesting.lifecycle import Health
+from webtesting.protocol import routed_frame
 
 
 class FakeHost:
@@ -24,8 +25,9 @@ class FakeHost:
     def wx_url(self) -> str:
         return "ws://127.0.0.1:1/x"
 
-    def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
-        self.frames.append((mark, json.loads(json.dumps(message))))
+    def frame(self, uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = b"") -> None:
+        data = routed_frame(uuid, mark, message, tail)
+        self.frames.append((mark, json.loads(data[len(uuid) + 1:])))
 
     def user_online(self, user: UserSession) -> None:
         pass
@@ -136,3 +138,49 @@ class UserSessionTests(unittest.TestCase):
         self.user.logout()
         self.user.bot_message("late", "")
         self.assertEqual(self.answers(), [])
+
+    def test_a_reply_carries_its_hops(self) -> None:
+        """The reply to a chat carries, as its last key, when the chat came and when the bot answered (Unix ms);
+        replies match chats oldest first; a message the bot sends on its own, or after an error, has no hops."""
+        from prometheus_client import REGISTRY
+
+        def bot_count() -> tuple[float, float]:
+            labels = {"service": "1", "hop": "bot"}
+            return (REGISTRY.get_sample_value("webtesting_chat_hop_seconds_sum", labels) or 0.0,
+                    REGISTRY.get_sample_value("webtesting_chat_hop_seconds_count", labels) or 0.0)
+
+        before = bot_count()
+        self.host.reactor.advance(1000)
+        self.user.chat("one")
+        self.host.reactor.advance(0.25)
+        self.user.chat("two")
+        self.host.reactor.advance(0.5)
+        self.user.bot_message("re: one", "")
+        self.user.bot_message("re: two", "")
+        self.user.bot_message("and another thing", "")
+        one, two, unprompted = self.answers()
+        self.assertEqual(list(one)[-1], "hops")
+        self.assertEqual(one["hops"], {"agentIn": 1_000_000.0, "botReply": 1_000_750.0, "agentOut": 1_000_750.0})
+        self.assertEqual(two["hops"]["agentIn"], 1_000_250.0)
+        self.assertNotIn("hops", unprompted)
+        after = bot_count()
+        self.assertAlmostEqual(after[0] - before[0], 0.75 + 0.5)
+        self.assertEqual(after[1] - before[1], 2)
+        agent = REGISTRY.get_sample_value("webtesting_chat_hop_seconds_count", {"service": "1", "hop": "agent"})
+        self.assertGreaterEqual(agent or 0, 2)
+        # A chat the bot refused takes its time with it: the next reply is timed from its own chat.
+        from webtesting.agent import wxservice
+
+        self.user.chat("three")
+        self.host.reactor.advance(1)
+        self.user.chat("four")
+        self.user.bot_error(wxservice.WxServiceError("aichatReq", 500, "no"))
+        self.host.reactor.advance(1)
+        self.user.bot_message("re: four", "")
+        self.assertEqual(self.answers()[-1]["hops"]["agentIn"], 1_001_750.0)
+        # A dropped link answers what waited: no time is left behind.
+        self.user.chat("five")
+        self.user.link_down(Health(False, "bot_unreachable", "refused"))
+        self.user.logged_in("7")
+        self.user.bot_message("hello again", "")
+        self.assertNotIn("hops", self.answers()[-1])

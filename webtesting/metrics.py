@@ -17,19 +17,20 @@ sample scrape.
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
 __all__ = [
-    "CONTENT_TYPE_LATEST", "DB_FAILURES", "FRAMES", "HEALTH_CHANGES", "HTTP_SECONDS", "POLL_SECONDS",
-    "scrape", "watch_agent", "watch_web",
+    "CONTENT_TYPE_LATEST", "DB_FAILURES", "FRAMES", "HEALTH_CHANGES", "HTTP_SECONDS",
+    "HOPS", "POLL_SECONDS", "observe_hop", "scrape", "watch_agent", "watch_web",
 ]
 
 # No *_created series: a scrape is long enough without a timestamp per label set.
@@ -53,6 +54,40 @@ HEALTH_CHANGES = PromCounter(
     "webtesting_health_changes", "Changes of a service's health: as the agent reports them, and as the web "
     "server records them in the registry", ["daemon", "service", "status"],
 )
+
+# A chat reply's time per hop, per service: a histogram kept as plain counts
+# (one bisect and two additions per reply, no lock) and exported at scrape.
+HOP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# (serviceId, hop) -> [count per bucket (the last: above every bound)..., sum of seconds]
+HOPS: dict[tuple[int, str], list[float]] = {}
+
+
+def observe_hop(service_id: int, hop: str, seconds: float) -> None:
+    """One chat reply's time in one hop."""
+    cells = HOPS.get((service_id, hop))
+    if cells is None:
+        cells = HOPS[(service_id, hop)] = [0] * (len(HOP_BOUNDS) + 2)
+    cells[bisect_left(HOP_BOUNDS, seconds)] += 1
+    cells[-1] += seconds
+
+
+def _hop_family() -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "webtesting_chat_hop_seconds",
+        "Time a chat and its reply spent behind each server, per service: web (web in to web out: the agent "
+        "link both ways, the agent and the bot), agent (agent in to agent out: the bot and the agent) and bot "
+        "(agent in to the bot's reply reaching the agent). web less agent is the link; the page shows each "
+        "reply's hops",
+        labels=["service", "hop"],
+    )
+    for (sid, hop), cells in sorted(HOPS.items()):
+        running, buckets = 0.0, []
+        for bound, count in zip((*HOP_BOUNDS, float("inf")), cells[:-1], strict=True):
+            running += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+        family.add_metric([str(sid), hop], buckets, cells[-1])
+    return family
+
 
 _web: weakref.WeakSet[Any] = weakref.WeakSet()
 _agent: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -94,6 +129,8 @@ class _Collector:
         for (daemon, leg, direction), count in sorted(FRAMES.items()):
             frames.add_metric([daemon, leg, direction], count)
         yield frames
+        if HOPS:
+            yield _hop_family()
         # Each daemon's scrape shows its own families (both, in a test process running both).
         if _web:
             yield from self._web()

@@ -429,14 +429,29 @@ LOGGED_IN = b"+"  # route; that session's login on this service is now active
 LOGGED_OUT = b"-"  # route; that session's login on this service has ended
 
 
-def routed_frame(uuid: str, mark: bytes, message: dict[str, Any]) -> bytes:
+def routed_frame(uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = b"") -> bytes:
     """
     An agent -> web frame carrying C{message} for browser session C{uuid}.
 
     C{message} must hold C{method} as its first key: the web server reads the
     method from the frame's first bytes (L{frame_method}) without decoding it.
+    C{tail} (compact JSON members, each led by a comma) goes in as the last
+    members: a chat reply's L{hops_tail}.
     """
-    return uuid.encode("ascii") + mark + json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    data = uuid.encode("ascii") + mark + json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    return data[:-1] + tail + b"}" if tail else data
+
+
+HOPS_KEY = b',"hops":{'
+
+
+def hops_tail(agent_in: float, bot_reply: float, agent_out: float) -> bytes:
+    """
+    A chat reply's C{"hops"} member as the agent writes it (Unix ms; the web
+    server adds C{webIn} and C{webOut} inside it without decoding the frame).
+    """
+    return b'%s"agentIn":%.3f,"botReply":%.3f,"agentOut":%.3f}' % (
+        HOPS_KEY, agent_in * 1000, bot_reply * 1000, agent_out * 1000)
 
 
 _METHOD_PREFIX = b'{"method":"'

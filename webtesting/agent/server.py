@@ -41,6 +41,7 @@ from webtesting.protocol import (
     SESSION_CLOSED,
     InvalidInput,
     Result,
+    answer_message,
     check_browser_request,
     parse_json_object,
     request_echo,
@@ -181,17 +182,16 @@ class WebLink:
     def _json(self, message: dict[str, Any]) -> None:
         self._send(json.dumps(message, ensure_ascii=False).encode())
 
-    def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
-        data = routed_frame(uuid, mark, message)
+    def frame(self, uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = b"") -> None:
+        data = routed_frame(uuid, mark, message, tail)
         if len(data) > MAX_FRAME:
             # Larger frames would make the web server drop the whole link.
             self._log.warn("a {method} for {uuid} of {size} bytes was replaced by an error",
                            method=message.get("method"), uuid=uuid, size=len(data))
-            data = routed_frame(uuid, mark, {
-                "method": message.get("method"), "serviceId": message.get("serviceId"),
-                "appid": message.get("appid"), "result": int(Result.TOO_LARGE), "code": "too_large",
-                "msg": f"the answer was larger than {MAX_FRAME} bytes and was dropped",
-            })
+            data = routed_frame(uuid, mark, answer_message(
+                message.get("method", "error"), Result.TOO_LARGE,
+                f"the answer was larger than {MAX_FRAME} bytes and was dropped",
+                serviceId=message.get("serviceId"), appid=message.get("appid"), code="too_large"))
         self._send(data)
 
     def scrub(self, text: str) -> str:
@@ -209,8 +209,8 @@ class WebLink:
             request = e.request or {}
             answer, uuid = BROWSER_REQUESTS.get(request.get("method")), request.get("uuid")  # type: ignore[arg-type]
             if answer is not None and _is_uuid(uuid):
-                self.frame(uuid, ROUTE, {"method": answer, **request_echo(request),
-                                         "result": int(Result.BAD_REQUEST), "msg": str(e)})
+                self.frame(uuid, ROUTE, answer_message(answer, Result.BAD_REQUEST, str(e), **request_echo(request),
+                                                       code="bad_request"))
             return
         method = message["method"]
         if method == "agentInfoReq":
@@ -230,22 +230,20 @@ class WebLink:
             return
         answer = BROWSER_REQUESTS.get(method)
         if answer is None:
-            self.frame(uuid, ROUTE, {"method": "error", "result": int(Result.NOT_FOUND),
-                                     "code": "unknown_method", "msg": f"unknown method {method!r}"})
+            self.frame(uuid, ROUTE, answer_message("error", Result.NOT_FOUND, f"unknown method {method!r}",
+                                                   code="unknown_method"))
             return
         # The web server checked these already; an agent trusts no one.
         try:
             check_browser_request(message)
             require_int(message.get("serviceId"), "serviceId", 1, 2**31 - 1)
         except InvalidInput as e:
-            self.frame(uuid, ROUTE, {"method": answer, "result": int(Result.BAD_REQUEST), "code": "bad_request",
-                                     "msg": str(e)})
+            self.frame(uuid, ROUTE, answer_message(answer, Result.BAD_REQUEST, str(e), code="bad_request"))
             return
         if self.service is None or message["serviceId"] != self.service["serviceId"]:
-            self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
-                                     "appid": message["appid"], "result": int(Result.UNAVAILABLE),
-                                     "code": "unavailable",
-                                     "msg": "this agent has not been given that service's settings"})
+            self.frame(uuid, ROUTE, answer_message(
+                answer, Result.UNAVAILABLE, "this agent has not been given that service's settings",
+                serviceId=message["serviceId"], appid=message["appid"], code="unavailable"))
             return
         getattr(self, "_" + method)(uuid, message)
 
@@ -255,15 +253,15 @@ class WebLink:
         try:
             service = validate_agent_info(message)
         except InvalidInput as e:
-            self._json({"method": "agentInfoResp", "serviceId": message.get("serviceId"),
-                        "result": int(Result.BAD_REQUEST), "code": "bad_request", "msg": str(e)})
+            self._json(answer_message("agentInfoResp", Result.BAD_REQUEST, str(e),
+                                      serviceId=message.get("serviceId"), code="bad_request"))
             return
         if self.bound_id is not None and service["serviceId"] != self.bound_id:
             self._log.warn("settings for service {other} on the link of service {service_id}; refused",
                            other=service["serviceId"], service_id=self.bound_id)
-            self._json({"method": "agentInfoResp", "serviceId": service["serviceId"],
-                        "result": int(Result.FORBIDDEN), "code": "forbidden",
-                        "msg": f"this link was authenticated for service {self.bound_id}"})
+            self._json(answer_message("agentInfoResp", Result.FORBIDDEN,
+                                      f"this link was authenticated for service {self.bound_id}",
+                                      serviceId=service["serviceId"], code="forbidden"))
             return
         old, self.service = self.service, service
         self._log.info("service {service_id}: settings received", service_id=service["serviceId"])
@@ -278,8 +276,7 @@ class WebLink:
             for user in self.users.values():
                 if user.state is UserState.ONLINE:
                     self.user_online(user)  # new backends: a new first state
-        self._json({"method": "agentInfoResp", "serviceId": service["serviceId"],
-                    "result": int(Result.OK), "msg": "ok"})
+        self._json(answer_message("agentInfoResp", Result.OK, "ok", serviceId=service["serviceId"]))
         if old is not None:
             allowed = set(service["allowedAppids"])
             for user in list(self.users.values()):
@@ -298,13 +295,13 @@ class WebLink:
         assert self.service is not None
         fields = {"serviceId": message["serviceId"], "appid": message["appid"]}
         if message["appid"] not in self.service["allowedAppids"]:
-            self.frame(uuid, b"-", {"method": "loginResp", **fields, "result": int(Result.FORBIDDEN),
-                                    "code": "forbidden",
-                                    "msg": f"appid {message['appid']} is not allowed on this service"})
+            self.frame(uuid, b"-", answer_message("loginResp", Result.FORBIDDEN,
+                                                  f"appid {message['appid']} is not allowed on this service",
+                                                  **fields, code="forbidden"))
             return
         if uuid in self.users:
-            self.frame(uuid, ROUTE, {"method": "loginResp", **fields, "result": int(Result.BAD_REQUEST),
-                                     "code": "bad_request", "msg": "already logged in; log out first"})
+            self.frame(uuid, ROUTE, answer_message("loginResp", Result.BAD_REQUEST, "already logged in; log out first",
+                                                   **fields, code="bad_request"))
             return
         account = message["account"] if isinstance(message.get("account"), str) else ""
         key = (message["serviceId"], message["appid"], message["uname"])
@@ -312,9 +309,9 @@ class WebLink:
         if holder is not None:
             if message.get("restore") is True:
                 # A login coming back after its link dropped does not take over a newer one.
-                self.frame(uuid, b"-", {"method": "loginResp", **fields, "result": int(Result.CONFLICT),
-                                        "code": "logged_in_elsewhere",
-                                        "msg": f"logged in elsewhere by {holder.account or 'someone'}"})
+                self.frame(uuid, b"-", answer_message("loginResp", Result.CONFLICT,
+                                                      f"logged in elsewhere by {holder.account or 'someone'}",
+                                                      **fields, code="logged_in_elsewhere"))
                 return
             holder.link.taken_over(holder.uuid, account)
         user = UserSession(
@@ -361,9 +358,9 @@ class WebLink:
     def _user(self, uuid: str, message: dict[str, Any], answer: str) -> UserSession | None:
         user = self.users.get(uuid)
         if user is None or user.appid != message["appid"]:
-            self.frame(uuid, ROUTE, {"method": answer, "serviceId": message["serviceId"],
-                                     "appid": message["appid"], "result": int(Result.UNAUTHORIZED),
-                                     "code": "not_logged_in", "msg": "not logged in"})
+            self.frame(uuid, ROUTE, answer_message(answer, Result.UNAUTHORIZED, "not logged in",
+                                                   serviceId=message["serviceId"], appid=message["appid"],
+                                                   code="not_logged_in"))
             return None
         assert self.service is not None
         if user.appid not in self.service["allowedAppids"]:

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 
 from webtesting.agent import wxservice
 from webtesting.lifecycle import Health
-from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, Result, answer_message
+from webtesting.metrics import observe_hop
+from webtesting.protocol import LOGGED_IN, LOGGED_OUT, ROUTE, Result, answer_message, hops_tail
 
 
 class UserState(enum.Enum):
@@ -39,8 +40,8 @@ class UserHost(Protocol):
     def wx_url(self) -> str:
         """Where the service's WxService is."""
 
-    def frame(self, uuid: str, mark: bytes, message: dict[str, Any]) -> None:
-        """Send a browser-ready message for session C{uuid}."""
+    def frame(self, uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = b"") -> None:
+        """Send a browser-ready message for session C{uuid} (C{tail}: last members, see routed_frame)."""
 
     def user_online(self, user: UserSession) -> None:
         """The user is logged in (again): watch its state and push it now."""
@@ -59,6 +60,10 @@ LinkFactory = Callable[["UserSession"], wxservice.WxServiceLink]
 DEFAULT_LINK_SETTINGS = wxservice.LinkSettings()
 
 
+# Chats whose arrival time a session keeps for their reply's hops (the web server lets 64 wait).
+_MAX_TIMED = 256
+
+
 class UserSession:
     """
     @param link_settings: how the WxService link dials, pings and backs off.
@@ -66,6 +71,10 @@ class UserSession:
     """
 
     _log = Logger()
+    # When each chat still waiting for its reply came (seconds), oldest first:
+    # its reply carries "hops" with the time. None until the first chat (a
+    # session that never chats pays nothing for it).
+    _chat_times: list[float] | None = None
 
     def __init__(
         self,
@@ -153,6 +162,7 @@ class UserSession:
     def _answer_awaiting(self, code: str) -> None:
         """Each chat the bot had not answered gets an error: its link is gone."""
         awaiting, self._awaiting = self._awaiting, 0
+        self._chat_times = None
         for _ in range(awaiting):
             self.answer("aichatResp", Result.UNAVAILABLE,
                         "the bot went away before answering; the message may not have reached it",
@@ -175,6 +185,7 @@ class UserSession:
     # -- while online -----------------------------------------------------------
 
     def chat(self, content: str) -> None:
+        arrived = self.host.reactor.seconds()
         if self.state is not UserState.ONLINE:
             self.answer("aichatResp", Result.UNAVAILABLE, "the bot is unreachable; reconnecting",
                         content="", action="", code="bot_unreachable")
@@ -186,17 +197,38 @@ class UserSession:
                         content="", action="", code="bot_unreachable")
             return
         self._awaiting += 1
+        times = self._chat_times
+        if times is None:
+            times = self._chat_times = []
+        elif len(times) >= _MAX_TIMED:
+            del times[0]
+        times.append(arrived)
 
     def bot_message(self, content: str, action: str) -> None:
         if self.state is UserState.CLOSED:
             return  # after a logout the page is no longer listening for this login
         self._awaiting = max(0, self._awaiting - 1)
-        self.answer("aichatResp", Result.OK, "ok", content=content, action=action)
+        times = self._chat_times
+        if not times:
+            # A message the bot sent on its own, or a second one for a chat: no request to time.
+            self.answer("aichatResp", Result.OK, "ok", content=content, action=action)
+            return
+        arrived = times.pop(0)
+        clock = self.host.reactor
+        replied = clock.seconds()
+        message = answer_message("aichatResp", Result.OK, "ok", serviceId=self.service_id, appid=self.appid,
+                                 content=content, action=action)
+        sent = clock.seconds()
+        self.host.frame(self.uuid, ROUTE, message, hops_tail(arrived, replied, sent))
+        observe_hop(self.service_id, "bot", replied - arrived)
+        observe_hop(self.service_id, "agent", sent - arrived)
 
     def bot_error(self, error: wxservice.WxServiceError) -> None:
         if self.state is UserState.CLOSED:
             return
         self._awaiting = max(0, self._awaiting - 1)
+        if self._chat_times:
+            del self._chat_times[0]
         self.answer("aichatResp", error.result if error.result != 1 else Result.INTERNAL, error.msg,
                     content="", action="", code="bot_refused")
 

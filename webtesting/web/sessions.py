@@ -30,8 +30,10 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from webtesting.metrics import observe_hop
 from webtesting.protocol import (
     BROWSER_REQUESTS,
+    HOPS_KEY,
     LOGGED_IN,
     LOGGED_OUT,
     SESSION_CLOSED,
@@ -77,11 +79,12 @@ class LinkView(Protocol):
 class Pending:
     """A request forwarded to an agent and not answered yet."""
 
-    __slots__ = ("deadline", "session", "service_id", "answer", "login", "done")
+    __slots__ = ("deadline", "session", "service_id", "answer", "login", "done", "sent")
 
     def __init__(self, deadline: float, session: BrowserSession, service_id: int, answer: str,
-                 login: Login) -> None:
+                 login: Login, sent: float = 0.0) -> None:
         self.deadline = deadline
+        self.sent = sent  # when it was sent on (the reply's hops: webIn)
         self.session = session
         self.service_id = service_id
         self.answer = answer
@@ -340,7 +343,8 @@ class Relay:
 
     def _expect(self, session: BrowserSession, login: Login, service_id: int, answer: str) -> None:
         wait = self.login_deadline if answer == "loginResp" else self.deadline
-        pending = Pending(self._clock.seconds() + wait, session, service_id, answer, login)
+        now = self._clock.seconds()
+        pending = Pending(now + wait, session, service_id, answer, login, now)
         login.pending.setdefault(answer.encode(), deque()).append(pending)
         login.in_flight += 1
         (self._pending_logins if answer == "loginResp" else self._pending).append(pending)
@@ -366,13 +370,28 @@ class Relay:
             self._pending = deque(p for p in self._pending if not p.done)
             self._pending_logins = deque(p for p in self._pending_logins if not p.done)
 
-    def _answered(self, login: Login, method: bytes) -> None:
+    def _answered(self, login: Login, method: bytes) -> Pending | None:
         waiting = login.pending.get(method)
         while waiting:
             pending = waiting.popleft()
             if not pending.done:
                 self._done(pending)
-                return
+                return pending
+        return None
+
+    def _with_web_hops(self, service_id: int, pending: Pending, frame: bytes) -> tuple[bytes, bytes]:
+        """
+        A chat reply the agent timed (its last member is C{"hops"}, see
+        L{hops_tail}) gets this server's times added to its hops, without
+        decoding the frame, and its time here goes to the metrics. Returns
+        the frame for the browser, and for the history (without the hops).
+        """
+        at = frame.rfind(HOPS_KEY)
+        if at < 0 or not frame.endswith(b"}}"):
+            return frame, frame
+        now = self._clock.seconds()
+        observe_hop(service_id, "web", now - pending.sent)
+        return b'%s,"webIn":%.3f,"webOut":%.3f}}' % (frame[:-2], pending.sent * 1000, now * 1000), frame[:at] + b"}"
 
     def _drop_pending(self, login: Login) -> None:
         for waiting in login.pending.values():
@@ -455,10 +474,13 @@ class Relay:
         login = session.logins.get(service_id)
         if login is not None and (login.pending or self.history is not None):
             method = frame_method(frame)
+            recorded = frame
             if login.pending:
-                self._answered(login, method)
+                pending = self._answered(login, method)
+                if pending is not None and method == b"aichatResp":
+                    frame, recorded = self._with_web_hops(service_id, pending, frame)
             if self.history is not None:
-                self._record(session, service_id, login, mark, method, frame)
+                self._record(session, service_id, login, mark, method, recorded)
         if login is not None and login.restoring and mark == LOGGED_OUT and frame_method(frame) == b"loginResp":
             # The page did not ask for this login again: tell it its login is over.
             self._restore_refused(session, service_id, login, frame)

@@ -12,6 +12,7 @@ import { request as apiRequest } from "../api.js";
 import { h, uid } from "../dom.js";
 import { applyI18n, getLang, t } from "../i18n.js";
 import { detailsNode, entryText, reasonNode, reasonOf } from "../reasons.js";
+import { Rolling, hopBar, split } from "./hops.js";
 import { SaveDialog } from "./save.js";
 import { StateView } from "./state.js";
 
@@ -48,6 +49,8 @@ export class ChatPanel {
     this.bannerShown = null; // what the banner was last built from
     this.pushes = true;
     this.handler = (message) => this.receive(message);
+    this.chatsSent = []; // when each chat still waiting for its reply was sent (performance.now()), oldest first
+    this.rolling = new Rolling(); // this login's last replies, hop by hop
 
     this.el = template.content.firstElementChild.cloneNode(true);
     this.el.dataset.panel = String(number);
@@ -73,6 +76,7 @@ export class ChatPanel {
       content: $("input.content"),
       send: $("button.send"),
       hint: $(".send-hint"),
+      latency: $(".latency"),
       refresh: $("button.refresh"),
       auto: $("input.auto"),
     };
@@ -241,6 +245,9 @@ export class ChatPanel {
 
   toIdle() {
     if (this.serviceId !== null) this.socket.unroute(this.serviceId, this.handler);
+    this.chatsSent = [];
+    this.rolling.clear();
+    this.rolling.render(this.ui.latency);
     this.status = IDLE;
     this.down = false;
     this.paintServices();
@@ -263,6 +270,7 @@ export class ChatPanel {
   }
 
   disconnected() {
+    this.chatsSent = []; // the replies to these will never come on a new socket
     this.paint();
   }
 
@@ -272,9 +280,11 @@ export class ChatPanel {
     switch (message.method) {
       case "loginResp":
         return this.onLogin(message);
-      case "aichatResp":
-        if (message.result === 1) return this.say("bot", message.content, message.action);
+      case "aichatResp": {
+        const parts = this.timed(message);
+        if (message.result === 1) return this.say("bot", message.content, message.action, parts);
         return this.error(message);
+      }
       case "getUserStatusResp":
         if (message.result === 1) return this.stateView.update(message);
         return this.stateError(message);
@@ -419,11 +429,28 @@ export class ChatPanel {
     if (this.status !== ACTIVE) return false;
     const sent = this.socket.send({ method, serviceId: this.serviceId, appid: this.appid, ...fields });
     if (!sent) this.ui.hint.textContent = t("chat.notConnected");
+    else if (method === "aichatReq") this.chatsSent.push(performance.now());
     return sent;
   }
 
-  say(who, content, action) {
-    this.append(this.message(who, content, action, false));
+  // The hops of the reply to the oldest chat waiting (an error answers one too;
+  // a message the bot sends on its own answers none), or null.
+  timed(message) {
+    if (!message.hops && message.result === 1) return null;
+    const sent = this.chatsSent.shift();
+    if (sent === undefined) return null;
+    const parts = split(message.hops, performance.now() - sent);
+    if (parts) {
+      this.rolling.add(parts);
+      this.rolling.render(this.ui.latency);
+    }
+    return parts;
+  }
+
+  say(who, content, action, parts = null) {
+    const item = this.message(who, content, action, false);
+    if (parts) item.append(hopBar(parts));
+    this.append(item);
   }
 
   message(who, content, action, earlier) {
