@@ -97,11 +97,12 @@ class Bench:
         self.procs: list[Proc] = []
         self.cleanups: list[Callable[[], None]] = []
 
-    def start(self, name: str, argv: list[str], port: int | None = None, *, cpu: Any = "server") -> Proc:
+    def start(self, name: str, argv: list[str], port: int | None = None, *, cpu: Any = "server",
+              env: dict[str, str] | None = None) -> Proc:
         log = os.path.join(self.folder, f"{name}.log")
         with open(log, "wb") as out:
             popen = subprocess.Popen(argv, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT,
+                                     stderr=subprocess.STDOUT, env=env,
                                      preexec_fn=child_setup(self.server_cpu if cpu == "server" else cpu))
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -178,13 +179,32 @@ class WebTesting:
     tokens: dict[str, str] = field(default_factory=dict)  # role -> API token
 
 
+def checkout_env(checkout: str) -> dict[str, str]:
+    """
+    The environment that runs the daemons from another checkout of WebTesting
+    (its code first on the path, this .venv's packages behind it), checked.
+    """
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
+    found = subprocess.run([sys.executable, "-c", "import webtesting; print(webtesting.__file__)"], env=env,
+                           capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    if not found.startswith(os.path.abspath(checkout) + os.sep):
+        raise SystemExit(f"{checkout}: webtesting would be imported from {found}, not from there")
+    return env
+
+
 def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
-                     agent_changes: dict[str, Any] | None = None, name: str = "") -> WebTesting:
-    """twistd webtesting-web (registry on SQLite) and webtesting-agent, with an admin and a tester."""
+                     agent_changes: dict[str, Any] | None = None, name: str = "",
+                     checkout: str = "") -> WebTesting:
+    """
+    twistd webtesting-web (registry on SQLite) and webtesting-agent, with an
+    admin and a tester; from another C{checkout} of WebTesting if given.
+    """
+    env = checkout_env(checkout) if checkout else None
     http_port, ws_port, agent_port = free_ports(3)
     secret = "bench-agent-secret-" + os.urandom(8).hex()
     changes: dict[str, Any] = {
-        "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1", "webroot": os.path.join(ROOT, "webroot"),
+        "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1",
+                 "webroot": os.path.join(os.path.abspath(checkout) if checkout else ROOT, "webroot"),
                  "sessions": {"secret": os.urandom(16).hex(), "secret_file": ""},
                  "access_log": {"path": os.path.join(bench.folder, f"access{name}.log")}},
         "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1"},
@@ -204,17 +224,18 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
         account = [os.path.join(bindir, "webtesting-account"), "--config", web_config]
         subprocess.run(account + ["add", user, "--role", role, "--password-stdin"],
                        input=os.urandom(12).hex().encode() + b"\n", check=True, cwd=bench.folder,
-                       capture_output=True)
+                       capture_output=True, env=env)
         made = subprocess.run(account + ["token", user, "--label", "bench"], check=True, cwd=bench.folder,
-                              capture_output=True)
+                              capture_output=True, env=env)
         tokens[role] = made.stdout.decode().strip().splitlines()[-1]
     twistd = os.path.join(bindir, "twistd")
     agent = bench.start(f"webtesting{name}-agent", [twistd, "-n", "--pidfile=", "--logfile",
                                                     os.path.join(bench.folder, f"agent{name}.twistd.log"),
-                                                    "webtesting-agent", "--config", agent_config], agent_port)
+                                                    "webtesting-agent", "--config", agent_config], agent_port,
+                        env=env)
     web = bench.start(f"webtesting{name}-web", [twistd, "-n", "--pidfile=", "--logfile",
                                                 os.path.join(bench.folder, f"web{name}.twistd.log"),
-                                                "webtesting-web", "--config", web_config], http_port)
+                                                "webtesting-web", "--config", web_config], http_port, env=env)
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 30
     while True:  # 503 while the registry database opens

@@ -92,7 +92,8 @@ def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: in
     return Target(name, f"ws://127.0.0.1:{web_port}/", "browser", [web, agent, bot])
 
 
-def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, history: bool = True) -> Target:
+def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, history: bool = True,
+                      checkout: str = "") -> Target:
     cluster = start_cluster()
     bench.cleanups.append(cluster.stop)
     database = f"wt_bench_relay_{os.getpid()}_{os.urandom(3).hex()}"
@@ -112,7 +113,8 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
     wt = start_webtesting(bench, web_changes={"websocket": {"max_per_account": limits,
                                                             "max_logins_per_account": limits},
                                               "history": {"record": history}},
-                          name="" if history else "-nohistory")
+                          name=("" if history else "-nohistory") + ("-compared" if checkout else ""),
+                          checkout=checkout)
     web, agent, tokens, base, agent_port = wt.web, wt.agent, wt.tokens, wt.base, wt.agent_port
     answer = api(base, tokens["admin"], "PUT", "Service/addServices", [{
         "redisCluster": [{"host": h, "port": p} for h, p in cluster.nodes],
@@ -131,7 +133,10 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
         if time.monotonic() > deadline:
             raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
         time.sleep(0.2)
-    return Target("webtesting" if history else "webtesting-nohistory", f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
+    name = "webtesting" if history else "webtesting-nohistory"
+    if checkout:
+        name += "@" + os.path.basename(os.path.abspath(checkout))
+    return Target(name, f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
                   "browser", [web, agent, bot],
                   cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id, cluster=cluster)
 
@@ -339,6 +344,12 @@ def main(argv: list[str]) -> int:
                         "a flame graph (SVG) per process and N goes to this folder")
     parser.add_argument("--url", default="", help="measure this running WebTesting instead of starting one")
     parser.add_argument("--service", type=int, default=1, help="with --url: the service to chat with")
+    parser.add_argument("--compare", default="", metavar="CHECKOUT",
+                        help="also measure WebTesting from another checkout (e.g. a git worktree of the last "
+                             "release), round by round with this one: what a change costs, on one noisy machine")
+    parser.add_argument("--compare-first", action="store_true",
+                        help="start the compared checkout's daemons first (two instances of the same code differed "
+                             "by up to 9%% at N = 100 in one run: swap them between runs)")
     args = parser.parse_args(argv)
     users = [int(n) for n in args.users.split(",")]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -371,11 +382,18 @@ def main(argv: list[str]) -> int:
             elif args.url:
                 started.append(running_target(args.url, args.service))
             else:
-                started.append(webtesting_target(bench, bot, bot_port, max(users)))
+                pair = ["", args.compare] if args.compare else [""]
+                if args.compare_first:
+                    pair.reverse()
+                for checkout in pair:
+                    say(f"starting webtesting from {checkout or ROOT}")
+                    started.append(webtesting_target(bench, bot, bot_port, max(users), checkout=checkout))
         # Rounds go through every target in turn, so that a slow spell of the
         # machine does not fall on one target only; the medians are reported.
+        # Every other round goes backwards: measured twice in a row, the same
+        # code was 8% apart at N = 100 depending on which went first.
         for round_ in range(args.rounds):
-            for target in started:
+            for target in (started if round_ % 2 == 0 else started[::-1]):
                 for n in users:
                     say(f"round {round_ + 1}/{args.rounds}: {target.name}, N={n}")
                     if args.idle:
