@@ -21,15 +21,21 @@ from webtesting import metrics
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
 from webtesting.config import AgentConfig, ConfigError, listening_endpoint, load
+from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
 
 
 class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML configuration file (see etc/agent.yaml); built-in defaults if left out"],
+        LOG_FORMAT_OPTION,
     ]
 
     def postOptions(self) -> None:
+        try:
+            apply_log_format(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             self.config: AgentConfig = load(AgentConfig, self["config"])
             self.secret = self.config.auth.read(f"{self['config'] or '<defaults>'}: auth")

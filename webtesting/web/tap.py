@@ -27,6 +27,7 @@ from twisted.python import usage
 from webtesting import metrics
 from webtesting.config import ConfigError, WebConfig, default_webroot, listening_endpoint, load
 from webtesting.lifecycle import Backoff
+from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
 from webtesting.web.accounts import DeviceSigner, SessionStore
 from webtesting.web.healthhistory import HealthHistory, HealthSampler
@@ -45,9 +46,14 @@ from webtesting.wslink import pinned_tls
 class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML configuration file (see etc/web.yaml); built-in defaults if left out"],
+        LOG_FORMAT_OPTION,
     ]
 
     def postOptions(self) -> None:
+        try:
+            apply_log_format(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             self.config: WebConfig = load(WebConfig, self["config"])
             source = self["config"] or "<defaults>"

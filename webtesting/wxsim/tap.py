@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from webtesting.config import ConfigError, listening_endpoint, load
+from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.wxsim.config import WxsimConfig
 from webtesting.wxsim.server import make_bot_service
 
@@ -21,9 +22,14 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (see etc/wxsim.yaml); built-in defaults if left out"],
+        LOG_FORMAT_OPTION,
     ]
 
     def postOptions(self) -> None:
+        try:
+            apply_log_format(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         # Every problem of the file is reported here, before anything listens.
         try:
             self.config: WxsimConfig = load(WxsimConfig, self["config"])
