@@ -173,3 +173,23 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(json.loads(rows[1][6]), {"password": "********", "role": "admin"})
         self.assertEqual(json.loads(rows[3][5]), {"role": "admin", "username": "ann"})
         self.assertNotIn("ann-password", json.dumps(rows))
+
+    def test_delete_and_its_audit_row_go_together_on_mariadb(self) -> None:
+        """On MariaDB (where a CREATE TABLE commits), a user's deletion whose audit row cannot be written is
+        not kept either."""
+        import pymysql
+
+        from tests.support import mariadb
+        from webtesting.config import MySQLConfig
+        from webtesting.web.audit import Actor
+
+        database = mariadb.temporary_database(self)
+        connection, dialect = connect_sync(RegistryConfig(mysql=MySQLConfig(
+            host=mariadb.HOST, port=mariadb.PORT, user=mariadb.USER, password=mariadb.PASSWORD, database=database)))
+        self.addCleanup(connection.close)
+        add_user_sync(connection, dialect, "ann", "ann-password-1", "admin")
+        mariadb.execute(database, "ALTER TABLE tb_audit DROP COLUMN afterValues")  # every audit insert now fails
+        with self.assertRaises(pymysql.err.OperationalError):
+            delete_user_sync(connection, dialect, "ann", Actor("cli:test", "local"))
+        connection.rollback()
+        self.assertEqual(list_users_sync(connection, dialect), [("ann", "admin")])

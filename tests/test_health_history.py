@@ -164,10 +164,15 @@ class TablesMixin:
         await self.registry.set_status(b, 0, "down", "x", at=self.now - 10)
         await self.history.record_samples(int(old * 1000), {a: 1.0})
         await self.history.record_samples(int(self.now * 1000), {a: 2.0})
-        self.assertEqual(await self.history.prune(), 3)  # a's first, b's first, a's old sample
+        self.assertEqual(await self.history.prune(), 2)  # a's first event, a's old sample
+        # Each service keeps its last event before the cutoff: it says the health from then on.
         events = await self.rows("tb_health_event")
-        self.assertEqual([(r[1], r[5]) for r in events], [(a, "down"), (b, "down")])
+        self.assertEqual([(r[1], r[5]) for r in events], [(a, "down"), (b, "ok"), (b, "down")])
         self.assertEqual([r[1] for r in await self.rows("tb_health_sample")], [int(self.now * 1000)])
+        # So the timeline still knows b was up until it went down, 10 s ago.
+        [entry] = (await self.history.timeline([b], 24, 24))["services"]
+        self.assertEqual([x["state"] for x in entry["buckets"]], [UP] * 23 + [PARTIAL])
+        self.assertGreater(entry["uptime"], 99)
 
     async def test_prune_by_size(self) -> None:
         """Beyond max_rows, the oldest samples go."""
@@ -230,6 +235,8 @@ class TablesMixin:
             status, answer = await self.client.call("GET", f"/WebTesting/Health/history{query}")
             self.assertEqual(status, 400, query)
             self.assertTrue(answer["msg"].startswith(field), answer)
+        status, answer = await self.client.call("GET", f"/WebTesting/Health/history?serviceId={a}&days=3651")
+        self.assertEqual((status, answer["msg"][:4]), (400, "days"))
         status, answer = await self.client.call("GET", "/WebTesting/Health/timeline?buckets=501")
         self.assertEqual((status, answer["msg"][:7]), (400, "buckets"))
         status, _answer = await self.client.call("POST", "/WebTesting/Health/timeline", {})

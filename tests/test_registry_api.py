@@ -126,6 +126,8 @@ class RegistryAPITestsMixin:
         self.assertEqual([e["action"] for e in (added, updated, deleted)],
                          ["addServices", "updateServices", "delServices"])
         self.assertIsNone(added["before"])
+        self.assertEqual(set(added), {"id", "at", "actor", "address", "action", "kind", "target", "serviceId",
+                                      "before", "after"})
         self.assertEqual(added["after"]["description"], seed_service()["description"])
         self.assertEqual(added["after"]["mysqlPwd"], PASSWORD_MASK)
         self.assertEqual(updated["before"], {"description": seed_service()["description"], "mysqlPwd": PASSWORD_MASK})

@@ -455,3 +455,9 @@ class RelayFaultTests(RelayTests):
         self.agent(1, ROUTE, reply)
         self.assertEqual(delivered[-1], sent)
         self.assertEqual(count("web"), before + 1)
+        # Hops that are not an object of the agent's numbers at the very end: as they came, never spliced.
+        for odd in ({**plain, "hops": {}}, {**reply, "extra": 1}):
+            self.chat("three")
+            self.agent(1, ROUTE, odd)
+            self.assertEqual(delivered[-1], routed_frame(self.session.uuid, ROUTE, odd)[33:])
+            json.loads(delivered[-1])

@@ -541,15 +541,16 @@ def make_token_sync(connection: Any, dialect_name: str, username: str, label: st
 
 def delete_user_sync(connection: Any, dialect_name: str, username: str, actor: Actor | None = None) -> bool:
     cursor = connection.cursor()
+    # Tables first: on MySQL a CREATE TABLE commits, so none may come between the delete and its audit row.
+    _audit_schema_sync(cursor, dialect_name)
+    _session_schema_sync(cursor, dialect_name)
     cursor.execute(_sql(dialect_name, "SELECT role FROM tb_user WHERE username = %s"), [username])
     existing = cursor.fetchone()
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_user WHERE username = %s"), [username])
     deleted = bool(cursor.rowcount)
     if existing:
-        _audit_schema_sync(cursor, dialect_name)
         audit.record(cursor, dialect_name, actor, "deleteUser", "user", username,
                      before={"username": username, "role": str(existing[0])})
-    _session_schema_sync(cursor, dialect_name)
     cursor.execute(_sql(dialect_name, "DELETE FROM tb_session WHERE username = %s"), [username])
     connection.commit()
     return deleted

@@ -141,7 +141,8 @@ class AgentLink:
         return self.lifecycle.state
 
     def link_pong(self, proto: LinkProtocol, rtt: float) -> None:
-        if len(self._rtts) < _MAX_RTTS:
+        # Autobahn stamps pings with the wall clock: a clock step can make one negative or huge.
+        if 0 <= rtt < 60 and len(self._rtts) < _MAX_RTTS:
             self._rtts.append(rtt)
 
     def take_rtts(self) -> list[float]:

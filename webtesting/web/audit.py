@@ -73,8 +73,9 @@ _COLUMNS = ("id", "at", "actor", "address", "action", "kind", "target", "service
 
 def _entry(row: Any) -> dict[str, Any]:
     entry = dict(zip(_COLUMNS, row, strict=True))
-    entry["before"] = json.loads(entry.pop("beforeValues")) if entry["beforeValues"] else None
-    entry["after"] = json.loads(entry.pop("afterValues")) if entry["afterValues"] else None
+    before, after = entry.pop("beforeValues"), entry.pop("afterValues")
+    entry["before"] = json.loads(before) if before else None
+    entry["after"] = json.loads(after) if after else None
     return entry
 
 

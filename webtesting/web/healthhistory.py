@@ -14,8 +14,8 @@ Two tables in the registry database:
   (web -> agent -> web, in milliseconds); none while the link is down.
 
 Both are kept C{keep_days} (7) and at most C{max_rows} rows each, the
-oldest going first; a service's latest event is kept whatever its age (it
-says what the health has been since). L{HealthSampler} writes the samples
+oldest going first; a service's last event before the cutoff is kept
+whatever its age (it says what the health has been since). L{HealthSampler} writes the samples
 and prunes. The functions that turn rows into stretches, buckets and
 outages are pure and tested on their own.
 """
@@ -239,7 +239,9 @@ class HealthHistory:
     def prune(self) -> Deferred[int]:
         """Forget what is older than C{keep_days}, and the oldest beyond C{max_rows}; fire with rows deleted."""
         cutoff = self.now_ms() - int(self.keep_days * 86_400_000)
-        latest = "SELECT id FROM (SELECT MAX(id) AS id FROM tb_health_event GROUP BY serviceId) latest"
+        # Each service's last event before the cutoff stays: it says the health from then on.
+        latest = ("SELECT id FROM (SELECT MAX(id) AS id FROM tb_health_event WHERE at < %s GROUP BY serviceId) "
+                  "latest")
         d = self._dialect
         old_events = _sql(d, f"DELETE FROM tb_health_event WHERE at < %s AND id NOT IN ({latest})")
         old_samples = _sql(d, "DELETE FROM tb_health_sample WHERE at < %s")
@@ -249,15 +251,15 @@ class HealthHistory:
 
         def work(cursor: Any) -> int:
             deleted = 0
-            cursor.execute(old_events, [cutoff])
+            cursor.execute(old_events, [cutoff, cutoff])
             deleted += max(0, cursor.rowcount)
             cursor.execute(old_samples, [cutoff])
             deleted += max(0, cursor.rowcount)
-            for nth, delete in ((nth_event, old_events), (nth_sample, old_samples)):
+            for nth, delete, repeat in ((nth_event, old_events, 2), (nth_sample, old_samples, 1)):
                 cursor.execute(nth, [keep])
                 row = cursor.fetchone()
                 if row is not None:  # more than max_rows: the oldest go, up to the one that would be one too many
-                    cursor.execute(delete, [int(row[0]) + 1])
+                    cursor.execute(delete, [int(row[0]) + 1] * repeat)
                     deleted += max(0, cursor.rowcount)
             return deleted
 

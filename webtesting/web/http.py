@@ -656,6 +656,8 @@ class RegistryAPI:
         if service_id is None:
             raise InvalidInput("serviceId", "is required")
         days = _int_arg(request, "days")
+        if days is not None and days > 3650:
+            raise InvalidInput("days", "must be at most 3650")
         await self._require_services(("serviceId", service_id))
         return ok(request, **await self.health.history(service_id, days))
 
