@@ -19,11 +19,27 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from webtesting.config import ConfigError
 
 Apply = Callable[[Any, Any, set[str]], set[str]]
+
+
+def with_interval(loop: LoopingCall, interval: float) -> LoopingCall:
+    """
+    The same timer every C{interval} seconds from now on (a LoopingCall
+    cannot change its interval): a running one is stopped and a new one
+    started, the next call an interval away; one not running is left as it is.
+    """
+    if not loop.running:
+        return loop
+    loop.stop()
+    again = LoopingCall(loop.f, *loop.a, **loop.kw)
+    again.clock = loop.clock
+    again.start(interval, now=False)
+    return again
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> set[str]:

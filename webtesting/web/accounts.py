@@ -51,6 +51,9 @@ from webtesting.web.schema import (
     USER_SCHEMA_MYSQL,
     USER_SCHEMA_SQLITE,
 )
+from webtesting.web.schema import (
+    dialect_sql as _sql,
+)
 
 COOKIE = "wt_session"
 _log = Logger()
@@ -394,9 +397,6 @@ def check_new_password(value: Any, where: str = "password") -> str:
         raise InvalidInput(where, f"must be at least {MIN_PASSWORD} characters")
     return password
 
-
-def _sql(dialect_name: str, statement: str) -> str:
-    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
 
 
 class Accounts:

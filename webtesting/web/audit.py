@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from webtesting.protocol import PASSWORD_MASK
+from webtesting.web.schema import dialect_sql as _sql
 
 # Fields whose values are never written to the trail, only that they changed.
 SECRET_FIELDS = frozenset({"mysqlPwd", "password", "passwordHash"})
@@ -39,9 +40,6 @@ def masked(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {k: (PASSWORD_MASK if v else "") if k in SECRET_FIELDS else v for k, v in values.items()}
 
-
-def _sql(dialect_name: str, statement: str) -> str:
-    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
 
 
 _INSERT = ("INSERT INTO tb_audit (at, actor, address, action, kind, target, serviceId, beforeValues, afterValues) "

@@ -35,6 +35,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.dbpool import DatabaseUnavailable
+from webtesting.reload import with_interval
+from webtesting.web.schema import dialect_sql as _sql
 
 # Reason codes under which the service still works in part (chat does; some state reads do not).
 PARTIAL_CODES = frozenset({"redis_partial"})
@@ -150,6 +152,13 @@ def buckets(parts: Sequence[Stretch], samples: Sequence[tuple[int, float]], sinc
     return out
 
 
+def uptime(parts: Sequence[Stretch]) -> float | None:
+    """The percentage of the recorded time that was up (None: nothing recorded)."""
+    known = sum(p.end - p.start for p in parts if p.state != NONE)
+    up = sum(p.end - p.start for p in parts if p.state == UP)
+    return round(100 * up / known, 3) if known else None
+
+
 def outages(parts: Sequence[Stretch], now: int) -> list[dict[str, Any]]:
     """
     Each time not up, newest first: its start, its end (None while it
@@ -179,9 +188,6 @@ def outages(parts: Sequence[Stretch], now: int) -> list[dict[str, Any]]:
     out.reverse()
     return out
 
-
-def _sql(dialect_name: str, statement: str) -> str:
-    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
 
 
 class HealthHistory:
@@ -300,11 +306,9 @@ class HealthHistory:
         services = []
         for sid in service_ids:
             parts = stretches(events.get(sid, []), since, until)
-            known = sum(p.end - p.start for p in parts if p.state != NONE)
-            up = sum(p.end - p.start for p in parts if p.state == UP)
             services.append({
                 "serviceId": sid,
-                "uptime": round(100 * up / known, 3) if known else None,
+                "uptime": uptime(parts),
                 "buckets": buckets(parts, latencies.get(sid, []), since, until, count),
             })
         return {"since": since, "until": until, "bucketMs": (until - since) // count, "services": services}
@@ -315,12 +319,10 @@ class HealthHistory:
         since = until - int((self.keep_days if days is None else days) * 86_400_000)
         events, latencies = await self._read(since, service_id)
         parts = stretches(events.get(service_id, []), since, until)
-        known = sum(p.end - p.start for p in parts if p.state != NONE)
-        up = sum(p.end - p.start for p in parts if p.state == UP)
         samples = [latency for _at, latency in latencies.get(service_id, [])]
         return {
             "serviceId": service_id, "since": since, "until": until,
-            "uptime": round(100 * up / known, 3) if known else None,
+            "uptime": uptime(parts),
             "p50Ms": round(statistics.median(samples), 3) if samples else None,
             "outages": outages(parts, until),
         }
@@ -365,11 +367,7 @@ class HealthSampler(service.Service):
         if interval == self.interval:
             return
         self.interval = interval
-        if self._loop.running:
-            self._loop.stop()
-            self._loop = LoopingCall(self.sample)
-            self._loop.clock = self._clock
-            self._loop.start(interval, now=False)
+        self._loop = with_interval(self._loop, interval)
 
     def sample(self) -> Deferred[Any]:
         """Write this interval's samples (and first events); never fails."""

@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from webtesting.dbpool import DatabaseUnavailable
+from webtesting.web.schema import dialect_sql as _sql
 
 TABLE = "tb_history"
 
@@ -86,9 +87,6 @@ Event = tuple[int, str, str, str, str, int, Any]
 _DIFFS = (("tag", "newTags", "deletedTags"), ("curTopicList", "newTopics", "deletedTopics"),
           ("memory", "new", "deleted"))
 
-
-def _sql(dialect_name: str, statement: str) -> str:
-    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
 
 
 def _load(body: Any) -> dict[str, Any] | None:

@@ -323,13 +323,13 @@ def _str_arg(request: Any, name: str, limit: int = 64) -> str | None:
     return text
 
 
-def _int_arg(request: Any, name: str) -> int | None:
-    """A whole-number query-string argument (1 to 2**53), or None when absent."""
+def _int_arg(request: Any, name: str, maximum: int = 2**53) -> int | None:
+    """A whole-number query-string argument from 1 to C{maximum}, or None when absent."""
     text = _str_arg(request, name, 16)
     if text is None:
         return None
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 2**53:
-        raise InvalidInput(name, "must be a whole number from 1")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise InvalidInput(name, f"must be a whole number from 1 to {maximum}")
     return int(text)
 
 
@@ -342,14 +342,21 @@ def _route_label(path: bytes) -> str:
         return "metrics"
     return "pages" if text.startswith(f"{PREFIX}/") or text == "/" else "other"
 
-_API_METHODS = {
-    "getLogins": "GET",
-    "addServices": "PUT",
-    "delServices": "DELETE",
-    "updateServices": "POST",
-    "getServices": "GET",
-    "getServiceList": "GET",
-}
+# path -> its methods, from the OpenAPI document (which a test keeps true to the routes).
+_API_METHODS = {path: sorted(m.upper() for m in ops) for path, ops in _OPENAPI_DOCUMENT["paths"].items()
+                if "{" not in path}
+
+
+def _refuse(prefix: str, rest: str) -> bytes:
+    """
+    A request that reached no route under C{prefix}: a JSON 405 naming the
+    methods of a known path, else a JSON 404. (Without these, the pages route
+    would answer with an HTML 404.)
+    """
+    methods = _API_METHODS.get(f"{prefix}/{rest}")
+    if methods is None:
+        raise NotFound()
+    raise MethodNotAllowed(valid_methods=methods)
 
 
 class RegistryAPI:
@@ -615,13 +622,10 @@ class RegistryAPI:
         await self._session(request, "admin")
         service_id = _int_arg(request, "serviceId")
         before = _int_arg(request, "before")
-        limit = _int_arg(request, "limit")
+        limit = _int_arg(request, "limit", 1000) or 100
         kind = _str_arg(request, "kind")
         if kind is not None and kind not in AUDIT_KINDS:
             raise InvalidInput("kind", f"must be one of {', '.join(AUDIT_KINDS)}")
-        limit = 100 if limit is None else limit
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit", "must be from 1 to 1000")
         entries = await self.audit.list(service_id=service_id, kind=kind, before_id=before, limit=limit)
         return ok(request, entries=entries)
 
@@ -631,12 +635,8 @@ class RegistryAPI:
     async def health_timeline(self, request: Any) -> bytes:
         """Every service's last hours (24) in buckets (48): up, down, partial or none, reasons, p50 latency."""
         await self._session(request, "admin")
-        hours = _int_arg(request, "hours") or 24
-        count = _int_arg(request, "buckets") or 48
-        if hours > 24 * 31:
-            raise InvalidInput("hours", "must be at most 744")
-        if count > 500:
-            raise InvalidInput("buckets", "must be at most 500")
+        hours = _int_arg(request, "hours", 24 * 31) or 24
+        count = _int_arg(request, "buckets", 500) or 48
         ids = tuple(s["serviceId"] for s in await self.registry.list_services())
         key = (hours, count, ids)
         now = self._reactor.seconds()
@@ -655,9 +655,7 @@ class RegistryAPI:
         service_id = _int_arg(request, "serviceId")
         if service_id is None:
             raise InvalidInput("serviceId", "is required")
-        days = _int_arg(request, "days")
-        if days is not None and days > 3650:
-            raise InvalidInput("days", "must be at most 3650")
+        days = _int_arg(request, "days", 3650)
         await self._require_services(("serviceId", service_id))
         return ok(request, **await self.health.history(service_id, days))
 
@@ -871,40 +869,23 @@ class RegistryAPI:
 
     @app.route(f"{CASES}/<path:rest>")
     def cases_fallback(self, request: Any, rest: str) -> bytes:
-        allowed = {"list": "GET", "get": "POST", "save": "POST", "delete": "POST", "run": "POST",
-                   "load": "POST", "loadStop": "POST"}.get(rest)
-        if allowed is None:
-            raise NotFound()
-        raise MethodNotAllowed(valid_methods=[allowed])
+        return _refuse(CASES, rest)
 
     @app.route(f"{HEALTH}/<path:rest>")
     def health_fallback(self, request: Any, rest: str) -> bytes:
-        if rest not in ("timeline", "history"):
-            raise NotFound()
-        raise MethodNotAllowed(valid_methods=["GET"])
+        return _refuse(HEALTH, rest)
 
     @app.route(f"{AUDIT}/<path:rest>")
     def audit_fallback(self, request: Any, rest: str) -> bytes:
-        # The trail is read only: no method but GET, and no other path.
-        if rest != "list":
-            raise NotFound()
-        raise MethodNotAllowed(valid_methods=["GET"])
+        return _refuse(AUDIT, rest)  # the trail is read only: GET Audit/list and nothing else
 
     @app.route(f"{HISTORY}/<path:rest>")
     def history_fallback(self, request: Any, rest: str) -> bytes:
-        allowed = {"get": "POST", "list": "GET"}.get(rest)
-        if allowed is None:
-            raise NotFound()
-        raise MethodNotAllowed(valid_methods=[allowed])
+        return _refuse(HISTORY, rest)
 
     @app.route(f"{SERVICE}/<path:rest>")
     def service_fallback(self, request: Any, rest: str) -> bytes:
-        # Without this, the pages route below would answer a wrong method on
-        # an API path with an HTML 404 instead of a JSON 405.
-        allowed = _API_METHODS.get(rest)
-        if allowed is None:
-            raise NotFound()
-        raise MethodNotAllowed(valid_methods=[allowed])
+        return _refuse(SERVICE, rest)
 
     # -- operations ---------------------------------------------------------------
 

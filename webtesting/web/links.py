@@ -22,6 +22,7 @@ from webtesting.dbpool import DatabaseUnavailable
 from webtesting.lifecycle import Backoff
 from webtesting.metrics import HEALTH_CHANGES
 from webtesting.protocol import SERVICE_FIELDS
+from webtesting.reload import with_interval
 from webtesting.web.agentlink import AgentLink
 from webtesting.web.sessions import Relay
 
@@ -165,11 +166,7 @@ class AgentLinks(service.Service):
         """A live reload: the registry sync's interval now; the secret for every authentication from now on."""
         if sync_interval is not None and sync_interval != self._sync_interval:
             self._sync_interval = sync_interval
-            if self._loop.running:
-                self._loop.stop()
-                self._loop = LoopingCall(self.sync)
-                self._loop.clock = self._reactor
-                self._loop.start(sync_interval, now=False)
+            self._loop = with_interval(self._loop, sync_interval)
         if secret is not None:
             self._secret = secret
             for link in self.links.values():

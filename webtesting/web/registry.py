@@ -46,6 +46,7 @@ from webtesting.web.schema import (
     SESSION_SCHEMA_SQLITE,
     USER_SCHEMA_MYSQL,
     USER_SCHEMA_SQLITE,
+    dialect_sql,
 )
 from webtesting.web.testruns import CASE_SCHEMA_MYSQL, CASE_SCHEMA_SQLITE
 
@@ -74,8 +75,7 @@ class _Dialect:
     for_update: str
 
     def sql(self, statement: str) -> str:
-        # Statements are written with %s (pymysql's style); sqlite3 wants ?.
-        return statement if self.name == "mysql" else statement.replace("%s", "?")
+        return dialect_sql(self.name, statement)
 
 
 MYSQL = _Dialect("mysql", (SERVICE_SCHEMA_MYSQL, USER_SCHEMA_MYSQL, SESSION_SCHEMA_MYSQL, HISTORY_SCHEMA_MYSQL,

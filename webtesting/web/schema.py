@@ -5,6 +5,11 @@ cases' tables live with their code: webtesting.web.history, .testruns).
 etc/schema.sql holds the MySQL ones too; a test keeps it in step.
 """
 
+def dialect_sql(dialect_name: str, statement: str) -> str:
+    """A statement written with %s placeholders (pymysql's style), as C{dialect_name} wants it (sqlite3: ?)."""
+    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
+
+
 SERVICE_SCHEMA_MYSQL = """\
 CREATE TABLE IF NOT EXISTS `tb_service_info` (
   `id` int(11) NOT NULL AUTO_INCREMENT COMMENT 'the serviceId',

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from webtesting.cases import Case, CaseError, CaseResult, StepResult, load, run_case, state_summary
 from webtesting.client import Client, ClientError
 from webtesting.loadtest import LoadError, LoadRun, LoadSettings
+from webtesting.web.schema import dialect_sql as _sql
 
 CASE_SCHEMA_MYSQL = """\
 CREATE TABLE IF NOT EXISTS `tb_case` (
@@ -68,9 +69,6 @@ MAX_CASES_PER_ACCOUNT = 1000
 class NoSuchCase(Exception):
     """No case with that id that this account may see (or change)."""
 
-
-def _sql(dialect_name: str, statement: str) -> str:
-    return statement if dialect_name == "mysql" else statement.replace("%s", "?")
 
 
 class CaseStore:
