@@ -59,17 +59,37 @@ class Proc:
         return user + system
 
     def cpu_split(self) -> tuple[float, float]:
-        """(user, system) seconds of CPU so far, every thread."""
-        with open(f"/proc/{self.popen.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+        """(user, system) seconds of CPU so far, every thread, with the processes it started (workers: N)."""
+        user = system = 0.0
+        for pid in descendants(self.popen.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            user += int(fields[11]) / CLK_TCK
+            system += int(fields[12]) / CLK_TCK
+        return user, system
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.popen.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        total = 0
+        for pid in descendants(self.popen.pid):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+
+def descendants(pid: int) -> list[int]:
+    """C{pid} and every process under it."""
+    found, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        found.append(one)
+        with contextlib.suppress(OSError), open(f"/proc/{one}/task/{one}/children") as f:
+            todo.extend(int(p) for p in f.read().split())
+    return found
 
     def stop(self) -> None:
         if self.popen.poll() is None:

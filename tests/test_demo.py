@@ -38,11 +38,17 @@ class DemoOptionsTests(unittest.TestCase):
                               {"WT_HTTP_PORT": "9019", "WT_AGENT_PORT": "9021"})
         self.assertEqual(ports, Ports(1443, 8019, 2020, 9021, (8000, 8001, 8002)))
 
+    def test_workers(self) -> None:
+        """--workers (or $WT_WORKERS) sets the web server's and the agent's worker processes; one each otherwise."""
+        self.assertEqual(parse_options([], {}).workers, 1)
+        self.assertEqual(parse_options([], {"WT_WORKERS": "2"}).workers, 2)
+        self.assertEqual(parse_options(["--workers", "3"], {"WT_WORKERS": "2"}).workers, 3)
+
     def test_bad_ports_are_refused(self) -> None:
         """A bad port, a Redis port without room for its bus port, or two daemons on one port stop the demo."""
         self.patch(sys, "stderr", io.StringIO())
         for argv in (["--bot-port", "70000"], ["--redis-ports", "1,2"], ["--redis-ports", "7000,7001,60000"],
-                     ["--http-port", "2020"]):
+                     ["--http-port", "2020"], ["--workers", "0"], ["--workers", "65"]):
             with self.assertRaises(SystemExit, msg=argv):
                 parse_options(argv, {})
 
@@ -54,8 +60,11 @@ class DemoOptionsTests(unittest.TestCase):
             with_port("unix:/tmp/sock", 8019)
 
 
-class DemoTests(unittest.TestCase):
+class RunningDemo(unittest.TestCase):
+    """A test that runs `python -m webtesting.demo` on free ports (with C{demo_args} too), and cleans up after."""
+
     timeout = 90
+    demo_args: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         # Redis Cluster nodes also need their port + 10000 free: free_ports checks that.
@@ -72,7 +81,7 @@ class DemoTests(unittest.TestCase):
         self.demo = subprocess.Popen(
             [sys.executable, "-m", "webtesting.demo", "--bot-port", str(p.bot), "--http-port", str(p.http),
              "--agent-port", str(p.agent), "--agent-metrics-port", str(p.agent_metrics),
-             "--redis-ports", ",".join(map(str, p.redis))],
+             "--redis-ports", ",".join(map(str, p.redis)), *self.demo_args],
             # One port through the environment, as the README shows.
             env={**os.environ, "WT_WEBSOCKET_PORT": str(p.websocket)},
             cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
@@ -122,6 +131,16 @@ class DemoTests(unittest.TestCase):
         finally:
             await client.close()
 
+    def running(self) -> bool:
+        self.assertIsNone(self.demo.poll(), self.output())
+        return "WebTesting is running" in self.output()
+
+    def logins(self) -> dict[str, str]:
+        with open(os.path.join(self.folder, "var", "demo-logins.txt")) as f:
+            return dict(line.split() for line in f)
+
+
+class DemoTests(RunningDemo):
     async def test_demo_restarts_dead_daemons(self) -> None:
         """The demo restarts the agent and the bot killed with -9 until chat works again; SIGTERM stops all."""
         def running() -> bool:

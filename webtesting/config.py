@@ -417,6 +417,8 @@ class HealthHistoryConfig:
 class WebConfig:
     """Everything ``twistd webtesting-web`` reads; see etc/web.yaml."""
 
+    # Processes serving the same ports (webtesting.workers); a change takes a restart.
+    workers: int = number_field(1, 1, 64)
     http: HTTPConfig = HTTPConfig()
     websocket: BrowserWebSocketConfig = BrowserWebSocketConfig()
     registry: RegistryConfig = RegistryConfig()
@@ -483,6 +485,8 @@ class AgentMetricsConfig:
 class AgentConfig:
     """Everything ``twistd webtesting-agent`` reads; see etc/agent.yaml."""
 
+    # Processes serving the same port (webtesting.workers); a change takes a restart.
+    workers: int = number_field(1, 1, 64)
     websocket: AgentListenConfig = AgentListenConfig()
     auth: SecretConfig = SecretConfig()
     users: AgentUsersConfig = AgentUsersConfig()

@@ -67,6 +67,8 @@ class Ports:
     agent: int = 2021
     redis: tuple[int, ...] = (7000, 7001, 7002)
     agent_metrics: int = 2022
+    # Worker processes of the web server and of the agent (workers: N); 1: one each.
+    workers: int = 1
 
     @property
     def http_url(self) -> str:
@@ -119,8 +121,15 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Ports:
     parser.add_argument("--redis-ports", dest="redis", type=redis_ports,
                         default=environ.get("WT_REDIS_PORTS") or ",".join(map(str, defaults.redis)),
                         help="the Redis Cluster's three master ports; default $WT_REDIS_PORTS or 7000,7001,7002")
+    def workers(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= 64:
+            raise argparse.ArgumentTypeError(f"not a number of workers from 1 to 64: {text!r}")
+        return int(text)
+
+    parser.add_argument("--workers", type=workers, default=environ.get("WT_WORKERS") or "1",
+                        help="worker processes of the web server and of the agent each; default $WT_WORKERS or 1")
     args = parser.parse_args(list(argv))
-    ports = Ports(args.bot, args.http, args.websocket, args.agent, args.redis, args.agent_metrics)
+    ports = Ports(args.bot, args.http, args.websocket, args.agent, args.redis, args.agent_metrics, args.workers)
     every = [ports.bot, ports.http, ports.websocket, ports.agent, ports.agent_metrics, *ports.redis]
     if len(set(every)) != len(every):
         parser.error(f"the ports must all differ: {ports}")
@@ -201,9 +210,11 @@ class Demo:
         def web(c: dict[str, Any]) -> None:
             listen(c, "http", "tcp:2019", p.http)
             listen(c, "websocket", "tcp:2020", p.websocket)
+            c["workers"] = p.workers
 
         def agent(c: dict[str, Any]) -> None:
             listen(c, "websocket", "tcp:2021", p.agent)
+            c["workers"] = p.workers
             listen(c, "metrics", "tcp:2022:interface=127.0.0.1", p.agent_metrics)
 
         def wxsim(c: dict[str, Any]) -> None:

@@ -140,7 +140,7 @@ class Guardian:
         line = f"{daemon.name} died ({why}) after {ran:.1f} s; restarting it in {delay:g} s"
         if delay >= self.maximum:
             line += f" (it keeps dying: retried every {self.maximum:g} s until it stays up)"
-        self._say(f"{line}; see {self._logs}/{daemon.name}.log")
+        self._say(f"{line}; see {self._logs}/{daemon.name}.log" if self._logs else line)
         daemon.restart = self._clock.callLater(delay, self._start, daemon)
 
     def stop(self) -> Deferred[None]:

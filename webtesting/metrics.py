@@ -19,14 +19,19 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 __all__ = [
     "CONTENT_TYPE_LATEST", "DB_FAILURES", "FRAMES", "HEALTH_CHANGES", "HTTP_SECONDS",
@@ -227,18 +232,57 @@ def scrape(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)
 
 
+def merge_workers(scrapes: dict[int, bytes]) -> bytes:
+    """
+    Several worker processes' scrapes as one (workers: N): every sample gets
+    a C{worker} label, each family keeps one group; sum over C{worker} for
+    the daemon's figures.
+    """
+    families: dict[str, Metric] = {}
+    for worker, text in sorted(scrapes.items()):
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            into = families.get(family.name)
+            if into is None:
+                into = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            into.samples.extend(
+                Sample(s.name, {**s.labels, "worker": str(worker)}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples)
+
+    class _Merged:
+        def collect(self) -> Iterator[Metric]:
+            return iter(families.values())
+
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(_Merged())  # type: ignore[arg-type]
+    return generate_latest(merged)
+
+
 class _Metrics(Resource):
     """C{GET /metrics} (the agent's own listener); everything else is 404."""
 
     isLeaf = True
 
-    def render_GET(self, request: Any) -> bytes:
+    def __init__(self, gather: Callable[[], Deferred[bytes]] | None = None) -> None:
+        super().__init__()
+        self.gather = gather
+
+    def render_GET(self, request: Any) -> Any:
         if request.postpath not in ([b"metrics"], [b"metrics", b""]):
             request.setResponseCode(404)
             return b"not found; the metrics are at /metrics\n"
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return scrape()
+        if self.gather is None:
+            return scrape()
+
+        def write(body: bytes) -> None:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(body)
+                request.finish()
+
+        self.gather().addCallback(write)
+        return NOT_DONE_YET
 
 
-def resource() -> Resource:
-    return _Metrics()
+def resource(gather: Callable[[], Deferred[bytes]] | None = None) -> Resource:
+    """The agent's C{/metrics}: this process's, or with C{gather} every worker's (L{merge_workers})."""
+    return _Metrics(gather)

@@ -66,18 +66,25 @@ class Reloader(service.Service):
         self._apply = apply
         self._reactor = reactor
         self._previous: Any = None
+        # Called after each SIGHUP's reload, whatever came of it (worker 0 passes the signal on).
+        self.also: list[Callable[[], None]] = []
 
     def startService(self) -> None:
         super().startService()
         # Signal handlers run between two bytecodes of whatever runs: the
         # reload itself waits for the reactor.
-        self._previous = signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
+        self._previous = signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._hangup))
 
     def stopService(self) -> Any:
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
         return super().stopService()
+
+    def _hangup(self) -> None:
+        self.reload()
+        for hook in self.also:
+            hook()
 
     def reload(self) -> set[str]:
         """Read the file again and apply what can change now; the keys applied."""

@@ -55,7 +55,8 @@ from harness import Bench, Proc, api, child_setup, say, start_webtesting  # noqa
 APPID = "1.00002"
 TARGETS = ("bot", "bare", "webtesting", "node")
 # Not in the default run: WebTesting with history.record off, to measure what history costs.
-EXTRA_TARGETS = ("webtesting-nohistory",)
+# And WebTesting with --workers worker processes of the web server and of the agent (workers: N).
+EXTRA_TARGETS = ("webtesting-nohistory", "webtesting-workers")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def hop_target(bench: Bench, name: str, argv: list[str], bot: Proc, bot_port: in
 
 
 def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, history: bool = True,
-                      checkout: str = "") -> Target:
+                      checkout: str = "", workers: int = 1) -> Target:
     cluster = start_cluster()
     bench.cleanups.append(cluster.stop)
     database = f"wt_bench_relay_{os.getpid()}_{os.urandom(3).hex()}"
@@ -112,8 +113,10 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
     limits = max(100, max_users * 2)
     wt = start_webtesting(bench, web_changes={"websocket": {"max_per_account": limits,
                                                             "max_logins_per_account": limits},
-                                              "history": {"record": history}},
-                          name=("" if history else "-nohistory") + ("-compared" if checkout else ""),
+                                              "history": {"record": history}, "workers": workers},
+                          agent_changes={"workers": workers},
+                          name=("" if history else "-nohistory") + ("-compared" if checkout else "")
+                          + (f"-workers{workers}" if workers > 1 else ""),
                           checkout=checkout)
     web, agent, tokens, base, agent_port = wt.web, wt.agent, wt.tokens, wt.base, wt.agent_port
     answer = api(base, tokens["admin"], "PUT", "Service/addServices", [{
@@ -134,6 +137,8 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
             raise SystemExit(f"the service did not come up:\n{agent.tail()}\n{web.tail()}")
         time.sleep(0.2)
     name = "webtesting" if history else "webtesting-nohistory"
+    if workers > 1:
+        name += f"-workers{workers}"
     if checkout:
         name += "@" + os.path.basename(os.path.abspath(checkout))
     return Target(name, f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
@@ -338,6 +343,9 @@ def main(argv: list[str]) -> int:
                         help="log N users in and keep them silent: memory per session and idle CPU per process")
     parser.add_argument("--login-rate", type=float, default=0.0,
                         help="open the N logins as a storm at this many per second (default: 200 waiting at most)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes of the web server and of the agent in the webtesting-workers target "
+                             "(default 2; measure it with --no-pin, or the workers share CPU 0)")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load to CPU 1")
     parser.add_argument("--profile", default="", help="py-spy the Python relays while measuring; "
@@ -377,6 +385,8 @@ def main(argv: list[str]) -> int:
             elif name == "node":
                 started.append(hop_target(bench, "node", ["node", os.path.join(HERE, "node", "relay.js")], bot,
                                           bot_port))
+            elif name == "webtesting-workers":
+                started.append(webtesting_target(bench, bot, bot_port, max(users), workers=args.workers))
             elif name == "webtesting-nohistory":
                 started.append(webtesting_target(bench, bot, bot_port, max(users), history=False))
             elif args.url:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from webtesting import framebatch, linkauth
 from webtesting.agent.health import Finding, HealthMonitor
+from webtesting.agent.loginbook import BookClient
 from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
 from webtesting.givenstate import commands as given_commands
@@ -154,12 +155,17 @@ class WebLink:
         *,
         service_id: int | None = None,
         holders: Holders | None = None,
+        book: BookClient | None = None,
     ) -> None:
         self._send = send
         # The one service the web server proved this link for (None: not bound, in unit tests).
         self.bound_id = service_id
         # Who holds each (service, appid, uname) at this agent, over all its links (every web node).
         self.holders: Holders = holders if holders is not None else {}
+        # The same over every worker of this agent (workers: N), or None (one worker: the holders say it all).
+        self.book = book
+        self._claiming: set[str] = set()  # restored logins waiting for the book's word
+        self._ended = False
         self.reactor = reactor
         self._settings = settings
         self._state_factory = state_factory
@@ -299,27 +305,72 @@ class WebLink:
                                                   f"appid {message['appid']} is not allowed on this service",
                                                   **fields, code="forbidden"))
             return
-        if uuid in self.users:
+        if uuid in self.users or uuid in self._claiming:
             self.frame(uuid, ROUTE, answer_message("loginResp", Result.BAD_REQUEST, "already logged in; log out first",
                                                    **fields, code="bad_request"))
             return
         account = message["account"] if isinstance(message.get("account"), str) else ""
         key = (message["serviceId"], message["appid"], message["uname"])
+        restore = message.get("restore") is True
+        if restore and self._refuse_restore(uuid, key, fields):
+            return
+        if restore and self.book is not None:
+            # Held on another worker? The book says, before anything starts.
+            self._claiming.add(uuid)
+            since = int(time.time())
+
+            def decided(other: str | None) -> None:
+                self._claiming.discard(uuid)
+                if self._ended:
+                    self.book.release(key, uuid)  # type: ignore[union-attr]
+                elif other is not None:
+                    self._elsewhere(uuid, other, fields)
+                elif self._refuse_restore(uuid, key, fields):
+                    # A newer login here meanwhile: the book names it again, not the refused one.
+                    holder = self.holders[key]
+                    self.book.claim(key, holder.uuid, holder.account, holder.since, False)  # type: ignore[union-attr]
+                else:
+                    self._start_login(uuid, key, message, account, since)
+
+            def failed(failure: Any) -> None:
+                self._claiming.discard(uuid)
+                self.frame(uuid, b"-", answer_message("loginResp", Result.UNAVAILABLE,
+                                                      "the agent could not check who else is logged in; try again",
+                                                      **fields, code="agent_unavailable"))
+
+            self.book.claim(key, uuid, account, since, True).addCallbacks(decided, failed)
+            return
         holder = self.holders.get(key)
         if holder is not None:
-            if message.get("restore") is True:
-                # A login coming back after its link dropped does not take over a newer one.
-                self.frame(uuid, b"-", answer_message("loginResp", Result.CONFLICT,
-                                                      f"logged in elsewhere by {holder.account or 'someone'}",
-                                                      **fields, code="logged_in_elsewhere"))
-                return
             holder.link.taken_over(holder.uuid, account)
+        since = int(time.time())
+        self._start_login(uuid, key, message, account, since)
+        if self.book is not None:
+            # Ends a login of the same bot user on another worker.
+            self.book.claim(key, uuid, account, since, False).addErrback(
+                lambda f: self._log.failure("telling worker 0 of a login", f))
+
+    def _refuse_restore(self, uuid: str, key: tuple[int, str, str], fields: dict[str, Any]) -> bool:
+        """A login coming back after its link dropped does not take over a newer one (here)."""
+        holder = self.holders.get(key)
+        if holder is None:
+            return False
+        self._elsewhere(uuid, holder.account, fields)
+        return True
+
+    def _elsewhere(self, uuid: str, account: str, fields: dict[str, Any]) -> None:
+        self.frame(uuid, b"-", answer_message("loginResp", Result.CONFLICT,
+                                              f"logged in elsewhere by {account or 'someone'}",
+                                              **fields, code="logged_in_elsewhere"))
+
+    def _start_login(self, uuid: str, key: tuple[int, str, str], message: dict[str, Any], account: str,
+                     since: int) -> None:
         user = UserSession(
             self, uuid, message["serviceId"], message["appid"], message["uname"],
             link_settings=self._link_settings,
         )
         self.users[uuid] = user
-        self.holders[key] = Holder(self, uuid, account, int(time.time()))
+        self.holders[key] = Holder(self, uuid, account, since)
         user.start()
 
     def reconfigure(self, settings: AgentSettings) -> None:
@@ -348,12 +399,19 @@ class WebLink:
         """Who holds which bot user of this link's service (admins see it: getLogins)."""
         req_id = message.get("reqId")
         service_id = self.service["serviceId"] if self.service is not None else self.bound_id
-        logins = [
+
+        def answer(logins: list[dict[str, Any]]) -> None:
+            self._json({"method": "listLoginsResp", "reqId": req_id, "serviceId": service_id, "logins": logins})
+
+        if self.book is not None and isinstance(service_id, int):
+            self.book.logins(service_id).addCallbacks(
+                answer, lambda f: self._log.failure("asking worker 0 who is logged in", f))
+            return
+        answer([
             {"serviceId": sid, "appid": appid, "uname": uname, "account": holder.account, "since": holder.since}
             for (sid, appid, uname), holder in sorted(self.holders.items())
             if sid == service_id
-        ]
-        self._json({"method": "listLoginsResp", "reqId": req_id, "serviceId": service_id, "logins": logins})
+        ])
 
     def _user(self, uuid: str, message: dict[str, Any], answer: str) -> UserSession | None:
         user = self.users.get(uuid)
@@ -458,6 +516,8 @@ class WebLink:
         holder = self.holders.get(key)
         if holder is not None and holder.link is self and holder.uuid == user.uuid:
             del self.holders[key]
+            if self.book is not None:
+                self.book.release(key, user.uuid)
         if self.users.get(user.uuid) is user:
             del self.users[user.uuid]
             if self.source is not None:
@@ -532,6 +592,7 @@ class WebLink:
 
     def shutdown(self) -> Deferred[None]:
         """The web link is gone: back to the state right after start; fires once the backends are closed."""
+        self._ended = True
         if self.monitor is not None:
             self.monitor.stop()
         for user in list(self.users.values()):
@@ -573,6 +634,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         # Nothing but authReq is read until the web server has proved it knows the secret.
         try:
             self.factory.open_links.add(self)
+            self.factory.links_changed(len(self.factory.open_links))
             self._auth = linkauth.AgentSide(self.factory.secret)
             self._auth_timer = self.factory.reactor.callLater(
                 self.factory.auth_deadline, self._refuse, "no authReq in time")
@@ -645,7 +707,9 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         if self._batch is not None:
             self._batch.drop()
             self._batch = None
-        self.factory.open_links.discard(self)
+        if self in self.factory.open_links:
+            self.factory.open_links.discard(self)
+            self.factory.links_changed(len(self.factory.open_links))
         if self.link is None:
             return
         link, self.link = self.link, None
@@ -680,8 +744,12 @@ class AgentFactory(WebSocketServerFactory):
         # Take the web server's offer of several messages per frame (webtesting.framebatch);
         # off, the agent speaks as agents before it did.
         self.batch_frames = True
-        # One login per (service, appid, uname) over every link, as seed 001 does for devices.
+        # One login per (service, appid, uname) over every link, as seed 001 does for devices;
+        # with several workers, over all of them too (webtesting.agent.loginbook).
         self.holders: Holders = {}
+        self.book: BookClient | None = None
+        # Called when a link opens or closes (worker 0 hands new links to the worker holding the fewest).
+        self.links_changed: Callable[[int], None] = lambda count: None
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,
             maxFramePayloadSize=max_message,
@@ -693,4 +761,10 @@ class AgentFactory(WebSocketServerFactory):
 
     def new_link(self, send: Callable[[bytes], None], service_id: int) -> WebLink:
         return WebLink(send, self._reactor, self.settings, self._state_factory, service_id=service_id,
-                       holders=self.holders)
+                       holders=self.holders, book=self.book)
+
+    def evict(self, key: tuple[int, str, str], account: str) -> None:
+        """A newer login of this bot user on another worker: the one here ends (worker 0's word)."""
+        holder = self.holders.get(key)
+        if holder is not None:
+            holder.link.taken_over(holder.uuid, account)

@@ -2,13 +2,20 @@
 ``twistd webtesting-agent``: the agent's service tree.
 
     MultiService
+    ├── Reloader       SIGHUP
     └── WS listener    web server links (SPEC §4), authenticated with the
                        shared secret; each link carries one service
+        with workers: N (webtesting.agent.workers), in worker 0 instead:
+    ├── Handoff        accepts each link and hands it to the worker with the fewest
+    └── WorkerPool     workers 1..N-1; worker 0 keeps the login book
+        or in the others:
+    └── Worker0Link    the channel to worker 0: links handed over, logins claimed
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import partial
 from typing import Any
 
@@ -20,15 +27,25 @@ from twisted.web.server import Site
 from webtesting import metrics
 from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
-from webtesting.config import AgentConfig, ConfigError, listening_endpoint, load
+from webtesting.agent.workers import Handoff, worker_side
+from webtesting.config import AgentConfig, ConfigError, listen_address, listening_endpoint, load
 from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
+from webtesting.workers import (
+    WORKER_OPTION,
+    Worker0Link,
+    WorkerPool,
+    gather_metrics,
+    metrics_handler,
+    worker_number,
+)
 
 
 class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML configuration file (see etc/agent.yaml); built-in defaults if left out"],
         LOG_FORMAT_OPTION,
+        WORKER_OPTION,
     ]
 
     def postOptions(self) -> None:
@@ -41,6 +58,12 @@ class Options(usage.Options):
             self.secret = self.config.auth.read(f"{self['config'] or '<defaults>'}: auth")
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
+        self.worker = worker_number(self, self.config.workers)
+        if self.config.workers > 1:
+            address = listen_address(self.config.websocket.listen)
+            if address is None or address[0]:
+                raise usage.UsageError(f"workers: {self.config.workers} needs a tcp websocket.listen (worker 0 "
+                                       "hands plain connections on): end TLS in a proxy in front, or run one worker")
 
 
 def _load_checked(path: str | None) -> AgentConfig:
@@ -102,17 +125,36 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         ),
         path=config.websocket.path,
     )
-    listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
-    listener.setName("websocket")
-    listener.setServiceParent(top)
+    worker = getattr(options, "worker", 0)
     reloader = Reloader("agent", options["config"], config, _load_checked,
                         partial(_apply_agent, factory=factory), reactor)
     reloader.setName("reload")
     reloader.setServiceParent(top)
+    pool: WorkerPool | None = None
+    if worker:
+        link = Worker0Link(reactor, worker, {"metrics": metrics_handler})
+        link.setName("worker-0")
+        link.setServiceParent(top)
+        worker_side(link, factory, reactor)
+    elif config.workers > 1:
+        handoff = Handoff(reactor, config.websocket.listen, factory)
+        handoff.setName("websocket")
+        handoff.setServiceParent(top)
+        pool = WorkerPool(reactor, "webtesting-agent", config.workers, listening=lambda: [],
+                          arguments=lambda k: [*(["--config", os.path.abspath(options["config"])]
+                                                 if options["config"] else []), "--worker", str(k)])
+        handoff.share_with(pool)
+        pool.setName("workers")
+        pool.setServiceParent(top)
+        reloader.also.append(lambda: pool.signal_all("HUP"))
+    else:
+        listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
+        listener.setName("websocket")
+        listener.setServiceParent(top)
     # The metrics read the factory while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_agent(metrics.AgentParts(factory))  # type: ignore[attr-defined]
-    if config.metrics.listen:
-        site = Site(metrics.resource())
+    if config.metrics.listen and not worker:  # worker 0 answers for every worker (README: Workers)
+        site = Site(metrics.resource(partial(gather_metrics, pool) if pool is not None else None))
         site.displayTracebacks = False
         scrape = StreamServerEndpointService(listening_endpoint(reactor, config.metrics.listen), site)
         scrape.setName("metrics")

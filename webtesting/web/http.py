@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+from twisted.web.proxy import ProxyClientFactory, ReverseProxyResource
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -165,6 +166,25 @@ class WebSite(Site):
     def log(self, request: Any) -> None:
         if self.logPath:  # else Twisted would write the line into the application's log
             super().log(request)
+
+
+class _Worker0ProxyClientFactory(ProxyClientFactory):
+    """Worker 0 not answering: the API's own 503, not Twisted's HTML page."""
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        body = _answer(self.father, 503, {"result": int(Result.UNAVAILABLE), "code": "worker_unavailable",
+                                          "msg": "the server's first process is not answering; try again shortly"})
+        self.father.write(body)
+        self.father.finish()
+
+
+class Worker0Proxy(ReverseProxyResource):
+    """
+    A request passed on to worker 0 (workers: N): about the Tests page's
+    runs, which live there, or for the metrics, which it gathers.
+    """
+
+    proxyClientFactoryClass = _Worker0ProxyClientFactory
 
 
 def make_site(resource: Resource, max_body: int, **access_log: Any) -> Site:
@@ -392,6 +412,7 @@ class RegistryAPI:
         public_url: str | None = None,
         history: History | None = None,
         runs: TestRuns | None = None,
+        runs_at: tuple[str, int] | None = None,
         serve_metrics: bool = True,
         health: HealthHistory | None = None,
     ) -> None:
@@ -433,6 +454,11 @@ class RegistryAPI:
         self.health = health or HealthHistory(registry.db, registry.dialect_name)
         self._timeline_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
         self.runs = runs
+        # Worker 0's loopback door when this is another worker (workers: N): requests about the
+        # runs, which live there, and for the metrics, which it gathers, go there.
+        self.runs_at = runs_at
+        # Worker 0's scrape of every worker (webtesting.workers.gather_metrics); None: this process's.
+        self.gather_metrics: Callable[[], Deferred[bytes]] | None = None
         self.serve_metrics = serve_metrics
 
     # -- who is asking ----------------------------------------------------------
@@ -771,8 +797,10 @@ class RegistryAPI:
             raise InvalidInput(f"{field}: case {case_id}", str(e)) from None
 
     @app.route(f"{CASES}/run", methods=["POST"])
-    async def run_cases(self, request: Any) -> bytes:
+    async def run_cases(self, request: Any) -> Any:
         """Run saved cases on a service (and, with C{against}, on a second one at once, to compare)."""
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -795,7 +823,9 @@ class RegistryAPI:
         return ok(request, runId=run.id)
 
     @app.route(f"{CASES}/run/<run_id>", methods=["GET"])
-    async def run_status(self, request: Any, run_id: str) -> bytes:
+    async def run_status(self, request: Any, run_id: str) -> Any:
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         run = self.runs.runs.get(run_id) if self.runs is not None else None
         if run is None or not (run.account == session.username or session.is_admin):
@@ -803,8 +833,10 @@ class RegistryAPI:
         return ok(request, run=describe_run(run))
 
     @app.route(f"{CASES}/load", methods=["POST"])
-    async def start_load(self, request: Any) -> bytes:
+    async def start_load(self, request: Any) -> Any:
         """Simulated testers following one saved case on a registered service (the Tests page's Load tab)."""
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -841,12 +873,16 @@ class RegistryAPI:
         return entry
 
     @app.route(f"{CASES}/load/<load_id>", methods=["GET"])
-    async def load_status(self, request: Any, load_id: str) -> bytes:
+    async def load_status(self, request: Any, load_id: str) -> Any:
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         return ok(request, load=describe_load(self._load_entry(session, load_id)))
 
     @app.route(f"{CASES}/loadStop", methods=["POST"])
-    async def stop_load(self, request: Any) -> bytes:
+    async def stop_load(self, request: Any) -> Any:
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         body = require_object(self._json_body(request), "")
         load_id = require_str(body.get("loadId"), "loadId", 64)
@@ -854,8 +890,10 @@ class RegistryAPI:
         return ok(request)
 
     @app.route(f"{CASES}/load/<load_id>/report.html", methods=["GET"])
-    async def load_report(self, request: Any, load_id: str) -> bytes:
+    async def load_report(self, request: Any, load_id: str) -> Any:
         """The load's report as webtesting-test load writes it (a summary and a latency-over-time plot)."""
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
         session = await self._session(request)
         entry = self._load_entry(session, load_id)
         summary = describe_load(entry)["summary"]
@@ -890,12 +928,18 @@ class RegistryAPI:
     # -- operations ---------------------------------------------------------------
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: Any) -> bytes:
-        """Prometheus metrics of this process (webtesting.metrics); off with http.metrics: false."""
+    async def metrics(self, request: Any) -> Any:
+        """
+        Prometheus metrics of this process (webtesting.metrics); off with http.metrics: false.
+        With several workers, worker 0 answers for all of them, each sample labelled with its worker.
+        """
         if not self.serve_metrics:
             raise NotFound()
+        if self.runs_at is not None:
+            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        body = await self.gather_metrics() if self.gather_metrics is not None else scrape()
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return scrape()
+        return body
 
     # -- the API's own description ---------------------------------------------
 

@@ -8,12 +8,18 @@
     ├── AgentLinks        one WebSocket link per service; registry sync timer
     ├── HealthSampler     latency samples of each agent link; prunes the health history
     ├── HTTP listener     Klein: registry API (SPEC §2) and pages
-    └── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay;
-                          stopped first, it closes every browser with 1001
+    ├── WS listener       browsers' WebSocket (SPEC §3), routed by the Relay;
+    │                     stopped first, it closes every browser with 1001
+    │   with workers: N (webtesting.workers), in worker 0:
+    ├── runs door         the same site on a loopback port, for the others' requests about runs
+    └── WorkerPool        workers 1..N-1, sharing both listening sockets
+        or in the others:
+    └── Worker0Link       the channel to worker 0 (the listeners adopt the inherited sockets)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
@@ -40,6 +46,17 @@ from webtesting.web.sessions import Relay
 from webtesting.web.testruns import TestRuns
 from webtesting.web.throttle import Limit, LoginThrottle
 from webtesting.web.ws import BrowserFactory, BrowserListener
+from webtesting.workers import (
+    FIRST_LISTENING_FD,
+    WORKER_OPTION,
+    InheritedPort,
+    RecordedEndpoint,
+    Worker0Link,
+    WorkerPool,
+    gather_metrics,
+    metrics_handler,
+    worker_number,
+)
 from webtesting.wslink import pinned_tls
 
 
@@ -47,6 +64,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML configuration file (see etc/web.yaml); built-in defaults if left out"],
         LOG_FORMAT_OPTION,
+        WORKER_OPTION,
+        ["runs-port", None, "0", "worker 0's loopback port for the Tests page's runs: set by worker 0 likewise"],
     ]
 
     def postOptions(self) -> None:
@@ -66,6 +85,19 @@ class Options(usage.Options):
                 raise ConfigError(source, [f"agents.ca_file: {e}"]) from None
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
+        self.worker = worker_number(self, self.config.workers)
+        try:
+            self.runs_port = int(self["runs-port"])
+        except ValueError:
+            raise usage.UsageError("--runs-port takes a port number") from None
+        if self.worker and not 0 < self.runs_port < 65536:
+            raise usage.UsageError("--worker needs --runs-port: worker 0's port for the Tests page's runs")
+        if self.config.workers > 1:
+            for key, description in (("http.listen", self.config.http.listen),
+                                     ("websocket.listen", self.config.websocket.listen)):
+                if description.split(":", 1)[0].strip().lower() == "ssl":
+                    raise usage.UsageError(f"workers: {self.config.workers} needs a tcp {key} (workers share "
+                                           "plain sockets): end TLS in a proxy in front, or run one worker")
 
 
 class StopInTurn(MultiService):
@@ -163,6 +195,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     config = options.config
+    worker = getattr(options, "worker", 0)
     top = MultiService()
 
     registry = open_registry(config.registry, reactor)
@@ -213,18 +246,30 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         relay, sessions, path=config.websocket.path, max_message=config.websocket.max_message_bytes,
         origins=origins_for(config), max_per_account=config.websocket.max_per_account,
     )
+    # A change to the registry: this process's links follow at once, and so do the other workers'.
+    others: list[Callable[[], None]] = []
+
+    def registry_changed() -> None:
+        links.sync()
+        for tell in others:
+            tell()
+
     api = RegistryAPI(
-        registry, config.http.webroot or default_webroot(), ws_addr_for(config), sessions, links.sync,
+        registry, config.http.webroot or default_webroot(), ws_addr_for(config), sessions, registry_changed,
         sessions_ended=browsers.recheck, codes=links.code, logins=links.list_logins, reactor=reactor,
-        throttle=LoginThrottle(per_username_hour=config.http.login_throttle.per_username_hour,
-                               per_address_hour=config.http.login_throttle.per_address_hour),
+        # Each worker keeps its own throttle; together they allow what the configuration says.
+        throttle=LoginThrottle(per_username_hour=config.http.login_throttle.per_username_hour / config.workers,
+                               per_address_hour=config.http.login_throttle.per_address_hour / config.workers),
         device=DeviceSigner(options.session_secret),
         origins=origins_for(config),
         public_url=public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                config.websocket.public_url, config.websocket.path)[0],
         history=history,
+        # The Tests page's runs and loads live in worker 0; the others pass their requests on.
         runs=TestRuns(public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
-                                  config.websocket.public_url, config.websocket.path)[0], reactor),
+                                  config.websocket.public_url, config.websocket.path)[0], reactor)
+        if worker == 0 else None,
+        runs_at=("127.0.0.1", options.runs_port) if worker else None,
         serve_metrics=config.http.metrics,
         health=health,
     )
@@ -238,11 +283,49 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                                 history=history, sampler=sampler), reactor)
     reloader.setName("reload")
     reloader.setServiceParent(top)
-    http = HTTPListener(listening_endpoint(reactor, config.http.listen), site)
+    if worker:
+        http_at: Any = InheritedPort(reactor, FIRST_LISTENING_FD)
+        ws_at: Any = InheritedPort(reactor, FIRST_LISTENING_FD + 1)
+    else:
+        http_at = RecordedEndpoint(listening_endpoint(reactor, config.http.listen))
+        ws_at = RecordedEndpoint(listening_endpoint(reactor, config.websocket.listen))
+    http = HTTPListener(http_at, site)
     http.setName("http")
     http.setServiceParent(top)
 
-    ws = BrowserListener(listening_endpoint(reactor, config.websocket.listen), browsers)
+    ws = BrowserListener(ws_at, browsers)
     ws.setName("websocket")
     ws.setServiceParent(top)
+    if worker:
+        link = Worker0Link(reactor, worker, {"sync": lambda channel: links.sync(), "metrics": metrics_handler})
+        link.setName("worker-0")
+        link.setServiceParent(top)
+        others.append(lambda: link.channel.send("changed"))
+    elif config.workers > 1:
+        # The runs' own door for the other workers: loopback, the same site (and the same logins).
+        runs_at = RecordedEndpoint(listening_endpoint(reactor, "tcp:0:interface=127.0.0.1"))
+        runs_door = HTTPListener(runs_at, site)
+        runs_door.setName("runs")
+        runs_door.setServiceParent(top)
+        pool = WorkerPool(
+            reactor, "webtesting-web", config.workers,
+            listening=lambda: [http_at.port.fileno(), ws_at.port.fileno()],
+            arguments=lambda k: [*(["--config", os.path.abspath(options["config"])] if options["config"] else []),
+                                 "--worker", str(k), "--runs-port", str(runs_at.port.getHost().port)])
+        pool.setName("workers")
+        pool.setServiceParent(top)  # last: it starts once the sockets it passes on listen, and stops first
+        reloader.also.append(lambda: pool.signal_all("HUP"))
+
+        def tell_workers(but: Any = None) -> None:
+            for channel in list(pool.channels.values()):
+                if channel is not but:
+                    channel.send("sync")
+
+        def changed_elsewhere(channel: Any) -> None:
+            links.sync()
+            tell_workers(but=channel)
+
+        others.append(tell_workers)
+        pool.handlers["changed"] = changed_elsewhere
+        api.gather_metrics = partial(gather_metrics, pool)
     return top
