@@ -81,16 +81,6 @@ class Proc:
         return total
 
 
-def descendants(pid: int) -> list[int]:
-    """C{pid} and every process under it."""
-    found, todo = [], [pid]
-    while todo:
-        one = todo.pop()
-        found.append(one)
-        with contextlib.suppress(OSError), open(f"/proc/{one}/task/{one}/children") as f:
-            todo.extend(int(p) for p in f.read().split())
-    return found
-
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -106,6 +96,17 @@ def descendants(pid: int) -> list[int]:
                 return f.read()[-3000:]
         except OSError:
             return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """C{pid} and every process under it."""
+    found, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        found.append(one)
+        with contextlib.suppress(OSError), open(f"/proc/{one}/task/{one}/children") as f:
+            todo.extend(int(p) for p in f.read().split())
+    return found
 
 
 class Bench:

@@ -18,7 +18,8 @@ class WebLinkTests(unittest.TestCase):
         self.sources: list[Any] = []
         self.link = WebLink(self.sent.append, Clock(), AgentSettings(), fake_state_factory(self.sources))
 
-    def info(self, **changes: Any) -> dict[str, Any]:
+    @staticmethod
+    def info(_: Any = None, **changes: Any) -> dict[str, Any]:
         message = {
             "method": "agentInfoReq", "serviceId": 1,
             "redisCluster": [{"host": "127.0.0.1", "port": 7000}], "mysqlAddr": "127.0.0.1", "mysqlPort": 3306,
@@ -120,3 +121,98 @@ class WebLinkTests(unittest.TestCase):
         answer = json.loads(self.sent[-1][33:])
         self.assertEqual((answer["result"], answer["code"]), (404, "unknown_method"))
         self.link.shutdown()
+
+
+class _Book:
+    """Worker 0's login book as a worker's link sees it, answered by hand."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.claims: list[tuple[Any, str, str, bool, Deferred[Any]]] = []
+        self.released: list[tuple[Any, str]] = []
+        self._deferred = Deferred
+
+    def claim(self, key: Any, uuid: str, account: str, since: int, restore: bool) -> Any:
+        d = self._deferred()
+        self.claims.append((key, uuid, account, restore, d))
+        return d
+
+    def release(self, key: Any, uuid: str) -> None:
+        self.released.append((key, uuid))
+
+    def logins(self, service_id: int) -> Any:
+        return self._deferred()
+
+
+class WorkerLoginTests(unittest.TestCase):
+    """A worker's link and worker 0's login book (workers: N; webtesting.agent.loginbook)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from webtesting.agent.server import AgentFactory
+
+        self.sent: list[bytes] = []
+        self.book = _Book()
+        self.reactor = MemoryReactorClock()
+        self.factory = AgentFactory(secret="s" * 20, reactor=self.reactor, state_factory=fake_state_factory([]))
+        self.factory.book = self.book  # type: ignore[assignment]
+        self.link = self.factory.new_link(self.sent.append, 1)
+        self.link.handle(json.dumps(WebLinkTests.info()).encode())
+        self.key = (1, "1.00002", "ann")
+
+    def login(self, uuid: str, **fields: Any) -> None:
+        self.link.handle(json.dumps({"method": "loginReq", "serviceId": 1, "appid": "1.00002", "uname": "ann",
+                                     "uuid": uuid, "account": "boss", **fields}).encode())
+
+    def answers(self, uuid: str) -> list[dict[str, Any]]:
+        return [json.loads(f[33:]) for f in self.sent if f[:32] == uuid.encode()]
+
+    def test_fresh_login_claims_before_it_starts(self) -> None:
+        """A new login tells the book at once (which ends the older one elsewhere); an evict for another login of
+        the same bot user leaves it; one naming it ends it with 409 logged_in_elsewhere."""
+        self.login("a" * 32)
+        [(key, uuid, account, restore, _d)] = self.book.claims
+        self.assertEqual((key, uuid, account, restore), (self.key, "a" * 32, "boss", False))
+        self.assertIn("a" * 32, self.link.users)
+        self.factory.evict(self.key, "z" * 32, "tess")
+        self.assertIn("a" * 32, self.link.users)
+        self.factory.evict(self.key, "a" * 32, "tess")
+        self.assertNotIn("a" * 32, self.link.users)
+        [ended] = [m for m in self.answers("a" * 32) if m["method"] == "logoutResp"]
+        self.assertEqual((ended["result"], ended["code"], ended["msg"]),
+                         (409, "logged_in_elsewhere", "logged in elsewhere by tess"))
+        self.assertEqual(self.book.released, [(self.key, "a" * 32)])
+
+    def test_restore_held_elsewhere_is_refused(self) -> None:
+        """A restored login waits for the book; held on another worker, it is refused and never starts."""
+        self.login("b" * 32, restore=True)
+        self.assertEqual(self.link.users, {})
+        self.login("b" * 32, restore=True)  # the same session again while waiting: refused
+        self.assertEqual(self.answers("b" * 32)[-1]["result"], 400)
+        self.book.claims[0][4].callback("tess")
+        answer = self.answers("b" * 32)[-1]
+        self.assertEqual((answer["method"], answer["result"], answer["msg"]),
+                         ("loginResp", 409, "logged in elsewhere by tess"))
+        self.assertEqual(self.link.users, {})
+
+    def test_restore_given_up_while_waiting(self) -> None:
+        """A session closed while its restore waits: the login never starts and the book forgets it."""
+        self.login("c" * 32, restore=True)
+        self.link.handle(json.dumps({"method": "sessionClosed", "uuid": "c" * 32}).encode())
+        self.book.claims[0][4].callback(None)
+        self.assertEqual(self.link.users, {})
+        self.assertEqual(self.book.released, [(self.key, "c" * 32)])
+        self.assertEqual(self.answers("c" * 32), [])
+
+    def test_restore_book_silent(self) -> None:
+        """Worker 0 not answering: after BOOK_TIMEOUT the restore gets 503 and its claim is released."""
+        from webtesting.agent.server import BOOK_TIMEOUT
+
+        self.login("d" * 32, restore=True)
+        self.reactor.advance(BOOK_TIMEOUT)
+        answer = self.answers("d" * 32)[-1]
+        self.assertEqual((answer["result"], answer["code"]), (503, "agent_unavailable"))
+        self.assertEqual(self.book.released, [(self.key, "d" * 32)])
+        self.assertEqual(self.link.users, {})

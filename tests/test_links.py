@@ -276,3 +276,33 @@ class AgentLinkUnitTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertFalse(factory.continueTrying)
         self.assertEqual(link.state, "stopped")
+
+
+class SyncRetryTests(unittest.TestCase):
+    def test_unanswered_sync_is_tried_again_soon(self) -> None:
+        """A sync the registry could not answer is tried again after 1 s, then 2 s, ..., not a whole interval
+        later (a worker starting beside another saw its first sync refused and no link for 30 s)."""
+        from twisted.internet.defer import fail, succeed
+
+        from webtesting.dbpool import DatabaseUnavailable
+
+        clock = MemoryReactorClock()
+        answers = [fail(DatabaseUnavailable("starting")), fail(DatabaseUnavailable("starting")),
+                   succeed([seed_service(serviceId=7, status=0, msg="", agentAddr="ws://127.0.0.3:9/x")])]
+        asked: list[float] = []
+
+        class Registry:
+            def list_services(self) -> Any:
+                asked.append(clock.seconds())
+                return answers.pop(0)
+
+        links = AgentLinks(Registry(), Relay({}, clock=clock), clock, secret="s", sync_interval=30.0,
+                           backoff=BACKOFF)
+        links.running = True  # the loop itself waits for a real database: not started here
+        self.addCleanup(links.stopService)
+        links.sync()
+        clock.advance(1)
+        clock.advance(2)
+        self.assertEqual(asked, [0, 1, 3])
+        self.assertIn(7, links.links)
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.func == links.sync], [])

@@ -35,8 +35,8 @@ class LoginBookTests(unittest.TestCase):
     """Worker 0's book of who holds each bot user over all workers."""
 
     def setUp(self) -> None:
-        self.evicted: list[tuple[int, Any, str]] = []
-        self.book = LoginBook(lambda worker, key, account: self.evicted.append((worker, key, account)))
+        self.evicted: list[tuple[int, Any, str, str]] = []
+        self.book = LoginBook(lambda worker, key, uuid, account: self.evicted.append((worker, key, uuid, account)))
         self.key = (1, APPID, "ann")
 
     def test_newer_login_elsewhere_evicts(self) -> None:
@@ -45,7 +45,7 @@ class LoginBookTests(unittest.TestCase):
         self.assertIsNone(self.book.claim(1, self.key, "u2", "tess", 11, False))
         self.assertEqual(self.evicted, [])
         self.assertIsNone(self.book.claim(2, self.key, "u3", "boss", 12, False))
-        self.assertEqual(self.evicted, [(1, self.key, "boss")])
+        self.assertEqual(self.evicted, [(1, self.key, "u2", "boss")])  # the one it replaced, by its uuid
         self.assertEqual(self.book.logins(1), [{"serviceId": 1, "appid": APPID, "uname": "ann", "account": "boss",
                                                 "since": 12}])
         self.assertEqual(self.book.logins(2), [])
@@ -183,6 +183,71 @@ class MergedMetricsTests(unittest.TestCase):
         self.assertEqual(samples[("frames_total", "1")], 11)
 
 
+class Worker0ProxyTests(unittest.TestCase):
+    """What another web worker passes on to worker 0's door (a UNIX socket), over real sockets."""
+
+    async def setUp(self) -> None:
+        from twisted.internet import endpoints
+        from twisted.web.resource import Resource
+
+        from tests.support.http import JSONClient
+        from webtesting.web.http import Worker0Proxy, make_site
+
+        seen: list[tuple[bytes, bytes, dict[bytes, list[bytes]], bytes]] = []
+        self.seen = seen
+
+        class Echo(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                seen.append((request.method, request.uri, dict(request.requestHeaders.getAllRawHeaders()),
+                             request.content.read()))
+                request.setHeader(b"Content-Type", b"application/json")
+                request.setResponseCode(201)
+                return b'{"result": 1, "msg": "from worker 0"}'
+
+        class Front(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                return Worker0Proxy(door, reactor).render(request)
+
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="wt-door-")  # short: a UNIX socket's path has ~100 bytes
+        self.addCleanup(shutil.rmtree, folder, True)
+        door = os.path.join(folder, "worker0.sock")
+        self.door_port = await endpoints.UNIXServerEndpoint(reactor, door).listen(make_site(Echo(), 1000))
+        self.addCleanup(lambda: self.door_port.stopListening())
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(make_site(Front(), 100))
+        self.addCleanup(port.stopListening)
+        self.client = JSONClient(f"http://127.0.0.1:{port.getHost().port}")
+        self.addCleanup(self.client.close)
+
+    async def test_passed_on(self) -> None:
+        """Method, path, query, cookie and body reach worker 0 (framing headers rebuilt); its answer comes back."""
+        self.client.cookie = "wt_session=abc"
+        status, answer = await self.client.call("POST", "/WebTesting/Cases/run?x=1", {"caseIds": [1]})
+        self.assertEqual((status, answer["msg"]), (201, "from worker 0"))
+        [(method, uri, headers, body)] = self.seen
+        self.assertEqual((method, uri, json.loads(body)), (b"POST", b"/WebTesting/Cases/run?x=1", {"caseIds": [1]}))
+        self.assertEqual(headers[b"Cookie"], [b"wt_session=abc"])
+        self.assertEqual(headers[b"Content-Length"], [str(len(body)).encode()])
+
+    async def test_too_large_answered_here(self) -> None:
+        """A body over the limit is answered 413 here, and nothing reaches worker 0."""
+        status, answer = await self.client.call("POST", "/WebTesting/Cases/run", {"yaml": "x" * 500})
+        self.assertEqual((status, answer["result"]), (413, 413))
+        self.assertEqual(self.seen, [])
+
+    async def test_worker0_gone(self) -> None:
+        """Worker 0 not there: the API's own 503, naming no address."""
+        await self.door_port.stopListening()
+        status, answer = await self.client.call("GET", "/WebTesting/Cases/run/r1")
+        self.assertEqual((status, answer["code"]), (503, "worker_unavailable"))
+
+
 class OptionsTests(unittest.TestCase):
     def options(self, module: Any, yaml_text: str, *argv: str) -> Any:
         path = self.mktemp() + ".yaml"
@@ -193,16 +258,18 @@ class OptionsTests(unittest.TestCase):
         return options
 
     def test_web(self) -> None:
-        """--worker must be one of the configured workers, with worker 0's runs port; TLS listeners are refused."""
+        """--worker must be one of the configured workers, with worker 0's door; TLS and UNIX listeners are
+        refused."""
         from webtesting.web import tap
 
         base = "agents: {auth: {secret: 0123456789abcdef0123}}\nhttp: {sessions: {secret: 0123456789abcdef0123}}\n"
         self.assertEqual(self.options(tap, base + "workers: 2\n").worker, 0)
-        self.assertEqual(self.options(tap, base + "workers: 2\n", "--worker", "1", "--runs-port", "2999").worker, 1)
-        for yaml_text, argv in ((base + "workers: 2\n", ("--worker", "2", "--runs-port", "2999")),
+        self.assertEqual(self.options(tap, base + "workers: 2\n", "--worker", "1", "--door", "/x/w0.sock").worker, 1)
+        for yaml_text, argv in ((base + "workers: 2\n", ("--worker", "2", "--door", "/x/w0.sock")),
                                 (base + "workers: 2\n", ("--worker", "1")),
-                                (base, ("--worker", "1", "--runs-port", "2999")),
-                                (base + "workers: 2\nhttp: {listen: 'ssl:443:privateKey=" + PEM + "'}\n", ())):
+                                (base, ("--worker", "1", "--door", "/x/w0.sock")),
+                                (base + "workers: 2\nhttp: {listen: 'ssl:443:privateKey=" + PEM + "'}\n", ()),
+                                (base + "workers: 2\nwebsocket: {listen: 'unix:/tmp/ws.sock'}\n", ())):
             with self.assertRaises(usage.UsageError, msg=(yaml_text, argv)):
                 self.options(tap, yaml_text, *argv)
 
@@ -416,3 +483,37 @@ class TwoWorkersTests(RunningDemo):
         self.assertEqual(self.demo.returncode, 0, self.output())
         for pid in workers:
             await eventually(lambda pid=pid: gone(pid), timeout=10, what=f"web worker {pid} to stop")
+
+
+class HandoffTests(unittest.TestCase):
+    async def test_one_bad_connection_does_not_stop_accepting(self) -> None:
+        """A connection that cannot be taken (reset while queued: ENOTCONN; here, a protocol that fails) is
+        logged and dropped; the next one is taken as usual."""
+        from twisted.internet.protocol import Factory, Protocol
+
+        from tests.support.wait import free_port
+        from webtesting.agent.workers import Handoff
+
+        built: list[Protocol] = []
+
+        class Links(Factory):
+            connections = 0
+
+            def buildProtocol(self, addr: Any) -> Protocol:
+                if not built:
+                    built.append(Protocol())
+                    raise RuntimeError("this one cannot be taken")
+                built.append(Protocol())
+                return built[-1]
+
+        port = free_port()
+        handoff = Handoff(reactor, f"tcp:{port}:interface=127.0.0.1", Links())
+        handoff.startService()
+        self.addCleanup(handoff.stopService)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        for client in clients:
+            self.addCleanup(client.close)
+        await eventually(lambda: len(built) == 2, what="the second connection taken")
+        self.assertIsNotNone(built[1].transport)
+        built[1].transport.loseConnection()  # type: ignore[union-attr]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -37,6 +38,8 @@ __all__ = [
     "CONTENT_TYPE_LATEST", "DB_FAILURES", "FRAMES", "HEALTH_CHANGES", "HTTP_SECONDS",
     "HOPS", "POLL_SECONDS", "observe_hop", "scrape", "watch_agent", "watch_web",
 ]
+
+_log = Logger()
 
 # No *_created series: a scrape is long enough without a timestamp per label set.
 disable_created_metrics()
@@ -279,7 +282,14 @@ class _Metrics(Resource):
                 request.write(body)
                 request.finish()
 
-        self.gather().addCallback(write)
+        def failed(failure: Any) -> None:
+            _log.failure("gathering the workers' metrics", failure)
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.setResponseCode(500)
+                request.write(b"the metrics could not be gathered; see the agent's log\n")
+                request.finish()
+
+        self.gather().addCallbacks(write, failed)
         return NOT_DONE_YET
 
 

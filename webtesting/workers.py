@@ -48,6 +48,7 @@ from zope.interface import implementer
 from webtesting.guardian import Guardian, describe
 
 CHANNEL_FD = 3
+MAX_LOG_LINE = 1024 * 1024  # bytes of one relayed log line at most
 FIRST_LISTENING_FD = 4
 
 # twistd in a session of its own (see the module's docstring); exec keeps the pid.
@@ -251,6 +252,9 @@ class _Worker(ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > MAX_LOG_LINE:  # no end in sight: what came so far, as it is
+            lines.append(self._buffer)
+            self._buffer = b""
         for line in lines:
             if line.strip():
                 relay_log_line(self.number, line)
@@ -270,8 +274,8 @@ def relay_log_line(number: int, line: bytes) -> None:
     try:
         event = eventFromJSON(line.decode("utf-8", "replace"))
         assert isinstance(event, dict)
-    except (ValueError, AssertionError):
-        _log.info("{line}", line=line.decode("utf-8", "replace"), log_system=f"worker-{number}")
+    except Exception:  # noqa: BLE001 - whatever a worker printed, worker 0 logs it as text and goes on
+        _log.info("{line}", line=line.decode("utf-8", "replace")[:MAX_LOG_LINE], log_system=f"worker-{number}")
         return
     system = event.get("log_system")
     if system in (None, "-"):
@@ -342,6 +346,7 @@ class WorkerPool(Service):
         self.ready: set[int] = set()  # workers that said they run (L{Worker0Link} does at start)
         self.on_channel_closed: list[Callable[[int], None]] = []
         self._waiting_ready: list[Deferred[None]] = []
+        self._hup_missed: set[int] = set()
         self.handlers.setdefault("ready", self._ready)
         self._launcher = _Launcher(self)
         self.guardian = Guardian(self._launcher, reactor, lambda line: _log.info("{line}", line=line),
@@ -357,11 +362,18 @@ class WorkerPool(Service):
         return self.guardian.stop()
 
     def _ready(self, channel: Channel) -> None:
-        self.ready.add(int(channel.name.rsplit("-", 1)[1]))
+        number = int(channel.name.rsplit("-", 1)[1])
+        if self.channels.get(number) is not channel:
+            return
+        self.ready.add(number)
+        if number in self._hup_missed:  # a SIGHUP came while it started, after it had read the file
+            self._hup_missed.discard(number)
+            self._launcher.signal(channel.name, "HUP")
         if len(self.ready) >= self.count - 1:
             waiting, self._waiting_ready = self._waiting_ready, []
             for d in waiting:
-                d.callback(None)
+                if not d.called:
+                    d.callback(None)
 
     def all_ready(self, timeout: float) -> Deferred[None]:
         """Fires once every worker said it runs, or after C{timeout} seconds (one may not start at all)."""
@@ -370,7 +382,13 @@ class WorkerPool(Service):
             d.callback(None)
             return d
         self._waiting_ready.append(d)
-        call = self.reactor.callLater(timeout, lambda: None if d.called else d.callback(None))
+
+        def late() -> None:
+            if d in self._waiting_ready:
+                self._waiting_ready.remove(d)
+            d.callback(None)
+
+        call = self.reactor.callLater(timeout, late)
         d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
         return d
 
@@ -380,13 +398,17 @@ class WorkerPool(Service):
         starting has no handler yet (SIGHUP would end it) and reads the file anyway.
         """
         for name in self.guardian.running():
-            if int(name.rsplit("-", 1)[1]) in self.ready:
+            number = int(name.rsplit("-", 1)[1])
+            if number in self.ready:
                 self._launcher.signal(name, signal)
+            elif signal == "HUP":
+                self._hup_missed.add(number)
 
     def channel_closed(self, number: int, channel: Channel) -> None:
-        if self.channels.get(number) is channel:
-            del self.channels[number]
-            self.ready.discard(number)
+        if self.channels.get(number) is not channel:
+            return  # an older channel of a worker started again since: its state is the new one's
+        del self.channels[number]
+        self.ready.discard(number)
         for hook in self.on_channel_closed:
             hook(number)
 

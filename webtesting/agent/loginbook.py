@@ -35,9 +35,9 @@ class Entry:
 
 
 class LoginBook:
-    """Worker 0's book; C{evict(worker, key, account)} ends a login on another worker."""
+    """Worker 0's book; C{evict(worker, key, uuid, account)} ends login C{uuid} on another worker."""
 
-    def __init__(self, evict: Callable[[int, Key, str], None]) -> None:
+    def __init__(self, evict: Callable[[int, Key, str, str], None]) -> None:
         self._evict = evict
         self.held: dict[Key, Entry] = {}
 
@@ -50,7 +50,7 @@ class LoginBook:
         if current is not None and current.worker != worker:
             if restore:
                 return current.account or "someone"
-            self._evict(current.worker, key, account)
+            self._evict(current.worker, key, current.uuid, account)
         self.held[key] = Entry(worker, uuid, account, since)
         return None
 

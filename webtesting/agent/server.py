@@ -128,6 +128,10 @@ class AgentSettings:
         )
 
 
+# Seconds a worker waits for worker 0's login book (workers: N).
+BOOK_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who is logged in as one bot user at this agent."""
@@ -164,7 +168,8 @@ class WebLink:
         self.holders: Holders = holders if holders is not None else {}
         # The same over every worker of this agent (workers: N), or None (one worker: the holders say it all).
         self.book = book
-        self._claiming: set[str] = set()  # restored logins waiting for the book's word
+        # Restored logins waiting for the book's word: uuid -> given up meanwhile (session closed, logout).
+        self._claiming: dict[str, bool] = {}
         self._ended = False
         self.reactor = reactor
         self._settings = settings
@@ -233,7 +238,11 @@ class WebLink:
             user = self.users.get(uuid)
             if user is not None:
                 user.close()
+            elif uuid in self._claiming:
+                self._claiming[uuid] = True  # its restore, still waiting for the book, is not started
             return
+        if method == "logoutReq" and uuid in self._claiming:
+            self._claiming[uuid] = True
         answer = BROWSER_REQUESTS.get(method)
         if answer is None:
             self.frame(uuid, ROUTE, answer_message("error", Result.NOT_FOUND, f"unknown method {method!r}",
@@ -315,40 +324,48 @@ class WebLink:
         if restore and self._refuse_restore(uuid, key, fields):
             return
         if restore and self.book is not None:
-            # Held on another worker? The book says, before anything starts.
-            self._claiming.add(uuid)
-            since = int(time.time())
-
-            def decided(other: str | None) -> None:
-                self._claiming.discard(uuid)
-                if self._ended:
-                    self.book.release(key, uuid)  # type: ignore[union-attr]
-                elif other is not None:
-                    self._elsewhere(uuid, other, fields)
-                elif self._refuse_restore(uuid, key, fields):
-                    # A newer login here meanwhile: the book names it again, not the refused one.
-                    holder = self.holders[key]
-                    self.book.claim(key, holder.uuid, holder.account, holder.since, False)  # type: ignore[union-attr]
-                else:
-                    self._start_login(uuid, key, message, account, since)
-
-            def failed(failure: Any) -> None:
-                self._claiming.discard(uuid)
-                self.frame(uuid, b"-", answer_message("loginResp", Result.UNAVAILABLE,
-                                                      "the agent could not check who else is logged in; try again",
-                                                      **fields, code="agent_unavailable"))
-
-            self.book.claim(key, uuid, account, since, True).addCallbacks(decided, failed)
+            self._restore(uuid, key, message, account, fields)
             return
         holder = self.holders.get(key)
         if holder is not None:
             holder.link.taken_over(holder.uuid, account)
+        self._start_login(uuid, key, message, account, int(time.time()), claim=self.book is not None)
+
+    def _restore(self, uuid: str, key: tuple[int, str, str], message: dict[str, Any], account: str,
+                 fields: dict[str, Any]) -> None:
+        """A restored login with several workers: held on another? The book says, before anything starts."""
+        assert self.book is not None
+        book = self.book
+        self._claiming[uuid] = False
         since = int(time.time())
-        self._start_login(uuid, key, message, account, since)
-        if self.book is not None:
-            # Ends a login of the same bot user on another worker.
-            self.book.claim(key, uuid, account, since, False).addErrback(
-                lambda f: self._log.failure("telling worker 0 of a login", f))
+
+        def decided(other: str | None) -> None:
+            given_up = self._claiming.pop(uuid, True) or self._ended
+            if other is not None:
+                if not given_up:
+                    self._elsewhere(uuid, other, fields)
+                return
+            # The book names this login now.
+            if given_up:
+                book.release(key, uuid)
+            elif self._refuse_restore(uuid, key, fields):
+                # A newer login here meanwhile: the book names it again, not the refused one.
+                holder = self.holders[key]
+                book.claim(key, holder.uuid, holder.account, holder.since, False)
+            else:
+                self._start_login(uuid, key, message, account, since, claim=False)
+
+        def failed(failure: Any) -> None:
+            self._log.warn("service {service_id}: worker 0 did not answer a restored login's claim: {why}",
+                           service_id=key[0], why=failure.getErrorMessage())
+            book.release(key, uuid)  # in case the claim got there after all
+            if not (self._claiming.pop(uuid, True) or self._ended):
+                self.frame(uuid, b"-", answer_message("loginResp", Result.UNAVAILABLE,
+                                                      "the agent could not check who else is logged in; try again",
+                                                      **fields, code="agent_unavailable"))
+
+        book.claim(key, uuid, account, since, True).addTimeout(BOOK_TIMEOUT, self.reactor).addCallbacks(
+            decided, failed)
 
     def _refuse_restore(self, uuid: str, key: tuple[int, str, str], fields: dict[str, Any]) -> bool:
         """A login coming back after its link dropped does not take over a newer one (here)."""
@@ -364,13 +381,18 @@ class WebLink:
                                               **fields, code="logged_in_elsewhere"))
 
     def _start_login(self, uuid: str, key: tuple[int, str, str], message: dict[str, Any], account: str,
-                     since: int) -> None:
+                     since: int, *, claim: bool) -> None:
         user = UserSession(
             self, uuid, message["serviceId"], message["appid"], message["uname"],
             link_settings=self._link_settings,
         )
         self.users[uuid] = user
         self.holders[key] = Holder(self, uuid, account, since)
+        if claim and self.book is not None:
+            # Told before the login starts (one that fails at once releases right after); it ends a
+            # login of the same bot user on another worker.
+            self.book.claim(key, uuid, account, since, False).addErrback(
+                lambda f: self._log.failure("telling worker 0 of a login", f))
         user.start()
 
     def reconfigure(self, settings: AgentSettings) -> None:
@@ -403,15 +425,20 @@ class WebLink:
         def answer(logins: list[dict[str, Any]]) -> None:
             self._json({"method": "listLoginsResp", "reqId": req_id, "serviceId": service_id, "logins": logins})
 
-        if self.book is not None and isinstance(service_id, int):
-            self.book.logins(service_id).addCallbacks(
-                answer, lambda f: self._log.failure("asking worker 0 who is logged in", f))
-            return
-        answer([
+        here = [
             {"serviceId": sid, "appid": appid, "uname": uname, "account": holder.account, "since": holder.since}
             for (sid, appid, uname), holder in sorted(self.holders.items())
             if sid == service_id
-        ])
+        ]
+        if self.book is not None and isinstance(service_id, int):
+            def only_here(failure: Any) -> None:
+                self._log.warn("asking worker 0 who is logged in: {why}; answering for this worker only",
+                               why=failure.getErrorMessage())
+                answer(here)
+
+            self.book.logins(service_id).addTimeout(BOOK_TIMEOUT, self.reactor).addCallbacks(answer, only_here)
+            return
+        answer(here)
 
     def _user(self, uuid: str, message: dict[str, Any], answer: str) -> UserSession | None:
         user = self.users.get(uuid)
@@ -634,7 +661,6 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         # Nothing but authReq is read until the web server has proved it knows the secret.
         try:
             self.factory.open_links.add(self)
-            self.factory.links_changed(len(self.factory.open_links))
             self._auth = linkauth.AgentSide(self.factory.secret)
             self._auth_timer = self.factory.reactor.callLater(
                 self.factory.auth_deadline, self._refuse, "no authReq in time")
@@ -642,6 +668,19 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("opening a web server link")
             self.dropConnection(abort=True)
+
+    # Connections are counted from TCP on (a link in its handshake counts): worker 0 hands
+    # each new one to the worker holding the fewest (webtesting.agent.workers).
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.factory.links_changed(self.factory.connections)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections -= 1
+        self.factory.links_changed(self.factory.connections)
+        super().connectionLost(reason)
 
     def _authenticate(self, payload: bytes) -> None:
         assert self._auth is not None
@@ -707,9 +746,7 @@ class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[
         if self._batch is not None:
             self._batch.drop()
             self._batch = None
-        if self in self.factory.open_links:
-            self.factory.open_links.discard(self)
-            self.factory.links_changed(len(self.factory.open_links))
+        self.factory.open_links.discard(self)
         if self.link is None:
             return
         link, self.link = self.link, None
@@ -741,6 +778,7 @@ class AgentFactory(WebSocketServerFactory):
         self.settings = settings
         self.path = path
         self.open_links: set[AgentProtocol] = set()
+        self.connections = 0  # TCP connections, open links and those in their handshake
         # Take the web server's offer of several messages per frame (webtesting.framebatch);
         # off, the agent speaks as agents before it did.
         self.batch_frames = True
@@ -763,8 +801,8 @@ class AgentFactory(WebSocketServerFactory):
         return WebLink(send, self._reactor, self.settings, self._state_factory, service_id=service_id,
                        holders=self.holders, book=self.book)
 
-    def evict(self, key: tuple[int, str, str], account: str) -> None:
-        """A newer login of this bot user on another worker: the one here ends (worker 0's word)."""
+    def evict(self, key: tuple[int, str, str], uuid: str, account: str) -> None:
+        """A newer login of this bot user on another worker: login C{uuid} here ends (worker 0's word)."""
         holder = self.holders.get(key)
-        if holder is not None:
+        if holder is not None and holder.uuid == uuid:
             holder.link.taken_over(holder.uuid, account)

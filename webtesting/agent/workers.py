@@ -70,11 +70,17 @@ class Handoff(Service):
 
     # -- listening ---------------------------------------------------------------------
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
+        # Bound before twistd drops privileges (a port below 1024 with --uid), as Twisted's listeners are.
         family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
         self._socket = socket.create_server((self.interface or "", self.port), family=family,
                                             backlog=LISTEN_BACKLOG)
         self._socket.setblocking(False)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self._socket is None:  # started without privilegedStartService (tests)
+            self.privilegedStartService()
         super().startService()
         # Links that come before the workers run would all stay here: the kernel keeps them
         # (the backlog) until every worker runs, or READY_WAIT seconds.
@@ -114,11 +120,15 @@ class Handoff(Service):
                 return
             with contextlib.ExitStack() as done:
                 done.callback(conn.close)
-                self._place(conn, done)
+                try:
+                    self._place(conn, done)
+                except Exception:  # noqa: BLE001 - one connection's trouble (reset while queued: ENOTCONN)
+                    # must not stop the accepting: the reactor would drop this reader for good.
+                    _log.failure("handing on a web server link")
 
     def _place(self, conn: socket.socket, done: contextlib.ExitStack) -> None:
         channels = self.pool.channels if self.pool is not None else {}
-        loads = [(len(self.factory.open_links), 0)]
+        loads = [(self.factory.connections, 0)]
         ready = self.pool.ready if self.pool is not None else set()
         loads += [(self.counts.get(k, 0), k) for k, ch in channels.items() if ch.connected and k in ready]
         fewest = min(count for count, _k in loads)
@@ -150,13 +160,13 @@ class Handoff(Service):
             conn.close()
         self.book.worker_gone(number)
 
-    def _evict(self, worker: int, key: tuple[int, str, str], account: str) -> None:
+    def _evict(self, worker: int, key: tuple[int, str, str], uuid: str, account: str) -> None:
         if worker == 0:
-            self.factory.evict(key, account)
+            self.factory.evict(key, uuid, account)
             return
         channel = self.pool.channels.get(worker) if self.pool is not None else None
         if channel is not None:
-            channel.send("evict", key=list(key), account=account)
+            channel.send("evict", key=list(key), uuid=uuid, account=account)
 
 
 def worker_side(link: Worker0Link, factory: Any, reactor: Any) -> None:
@@ -171,9 +181,9 @@ def worker_side(link: Worker0Link, factory: Any, reactor: Any) -> None:
             os.close(fd)
             channel.send("took")
 
-    def evict(channel: Channel, key: Any, account: str) -> None:
+    def evict(channel: Channel, key: Any, uuid: str, account: str) -> None:
         sid, appid, uname = key
-        factory.evict((sid, appid, uname), account)
+        factory.evict((sid, appid, uname), uuid, account)
 
     channel.handlers.update({"link": take, "evict": evict})
     factory.book = RemoteBook(channel)

@@ -23,9 +23,9 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
-from twisted.web.proxy import ProxyClientFactory, ReverseProxyResource
+from twisted.web.proxy import ProxyClient, ProxyClientFactory
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -168,23 +168,85 @@ class WebSite(Site):
             super().log(request)
 
 
-class _Worker0ProxyClientFactory(ProxyClientFactory):
-    """Worker 0 not answering: the API's own 503, not Twisted's HTML page."""
+# Not passed on: they describe the hop, not the request (the body goes on whole, with its own length).
+_HOP_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                          b"transfer-encoding", b"upgrade", b"content-length", b"expect"})
+PROXY_TIMEOUT = 60.0
+
+
+class _Worker0Client(ProxyClient):
+    """Worker 0's answer, back to the client; no answer at all is the API's own 503."""
+
+    _answered = False
+
+    def handleStatus(self, version: bytes, code: bytes, message: bytes) -> None:
+        self._answered = True
+        super().handleStatus(version, code, message)
+
+    def handleResponseEnd(self) -> None:
+        if self._finished:
+            return
+        if _gone(self.father):
+            self._finished = True
+            return
+        if not self._answered:
+            self._finished = True
+            _worker0_unavailable(self.father)
+            return
+        super().handleResponseEnd()
+
+
+def _gone(request: Any) -> bool:
+    return bool(request.finished or getattr(request, "_disconnected", False))
+
+
+def _worker0_unavailable(request: Any) -> None:
+    if _gone(request):
+        return
+    request.responseHeaders.removeHeader(b"content-type")
+    body = _answer(request, 503, {"result": int(Result.UNAVAILABLE), "code": "worker_unavailable",
+                                  "msg": "the server's first process is not answering; try again shortly"})
+    request.write(body)
+    request.finish()
+
+
+class _Worker0ClientFactory(ProxyClientFactory):
+    protocol = _Worker0Client
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        body = _answer(self.father, 503, {"result": int(Result.UNAVAILABLE), "code": "worker_unavailable",
-                                          "msg": "the server's first process is not answering; try again shortly"})
-        self.father.write(body)
-        self.father.finish()
+        _worker0_unavailable(self.father)
 
 
-class Worker0Proxy(ReverseProxyResource):
+class Worker0Proxy(Resource):
     """
-    A request passed on to worker 0 (workers: N): about the Tests page's
-    runs, which live there, or for the metrics, which it gathers.
+    A request passed on to worker 0 (workers: N) through its door, a UNIX
+    socket in a folder only this user can enter: about the Tests page's
+    runs, which live there, or for the metrics, which it gathers. Worker 0
+    checks the session and the origin itself, as for any request.
     """
 
-    proxyClientFactoryClass = _Worker0ProxyClientFactory
+    isLeaf = True
+
+    def __init__(self, door: str, reactor: Any) -> None:
+        super().__init__()
+        self.door = door
+        self.reactor = reactor
+
+    def render(self, request: Any) -> Any:
+        if getattr(request, "body_too_large", False):
+            return _answer(request, 413, {"result": int(Result.TOO_LARGE),
+                                          "msg": "the request body is too large"})
+        request.content.seek(0, 0)
+        body = request.content.read()
+        headers = {name: value for name, value in request.getAllHeaders().items()
+                   if name.lower() not in _HOP_HEADERS}
+        if body or request.method in (b"POST", b"PUT", b"PATCH"):
+            headers[b"content-length"] = str(len(body)).encode()
+        factory = _Worker0ClientFactory(request.method, request.uri, b"HTTP/1.0", headers, body, request)
+        connector = self.reactor.connectUNIX(self.door, factory, timeout=10)
+        timer = self.reactor.callLater(PROXY_TIMEOUT, connector.disconnect)
+        request.notifyFinish().addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return NOT_DONE_YET
 
 
 def make_site(resource: Resource, max_body: int, **access_log: Any) -> Site:
@@ -412,7 +474,7 @@ class RegistryAPI:
         public_url: str | None = None,
         history: History | None = None,
         runs: TestRuns | None = None,
-        runs_at: tuple[str, int] | None = None,
+        worker0_door: str | None = None,
         serve_metrics: bool = True,
         health: HealthHistory | None = None,
     ) -> None:
@@ -454,9 +516,9 @@ class RegistryAPI:
         self.health = health or HealthHistory(registry.db, registry.dialect_name)
         self._timeline_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
         self.runs = runs
-        # Worker 0's loopback door when this is another worker (workers: N): requests about the
-        # runs, which live there, and for the metrics, which it gathers, go there.
-        self.runs_at = runs_at
+        # Worker 0's door (a UNIX socket) when this is another worker (workers: N): requests about
+        # the runs, which live there, and for the metrics, which it gathers, go there.
+        self.worker0_door = worker0_door
         # Worker 0's scrape of every worker (webtesting.workers.gather_metrics); None: this process's.
         self.gather_metrics: Callable[[], Deferred[bytes]] | None = None
         self.serve_metrics = serve_metrics
@@ -799,8 +861,8 @@ class RegistryAPI:
     @app.route(f"{CASES}/run", methods=["POST"])
     async def run_cases(self, request: Any) -> Any:
         """Run saved cases on a service (and, with C{against}, on a second one at once, to compare)."""
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -824,8 +886,8 @@ class RegistryAPI:
 
     @app.route(f"{CASES}/run/<run_id>", methods=["GET"])
     async def run_status(self, request: Any, run_id: str) -> Any:
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         run = self.runs.runs.get(run_id) if self.runs is not None else None
         if run is None or not (run.account == session.username or session.is_admin):
@@ -835,8 +897,8 @@ class RegistryAPI:
     @app.route(f"{CASES}/load", methods=["POST"])
     async def start_load(self, request: Any) -> Any:
         """Simulated testers following one saved case on a registered service (the Tests page's Load tab)."""
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -874,15 +936,15 @@ class RegistryAPI:
 
     @app.route(f"{CASES}/load/<load_id>", methods=["GET"])
     async def load_status(self, request: Any, load_id: str) -> Any:
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         return ok(request, load=describe_load(self._load_entry(session, load_id)))
 
     @app.route(f"{CASES}/loadStop", methods=["POST"])
     async def stop_load(self, request: Any) -> Any:
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         body = require_object(self._json_body(request), "")
         load_id = require_str(body.get("loadId"), "loadId", 64)
@@ -892,8 +954,8 @@ class RegistryAPI:
     @app.route(f"{CASES}/load/<load_id>/report.html", methods=["GET"])
     async def load_report(self, request: Any, load_id: str) -> Any:
         """The load's report as webtesting-test load writes it (a summary and a latency-over-time plot)."""
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         entry = self._load_entry(session, load_id)
         summary = describe_load(entry)["summary"]
@@ -935,8 +997,8 @@ class RegistryAPI:
         """
         if not self.serve_metrics:
             raise NotFound()
-        if self.runs_at is not None:
-            return Worker0Proxy(*self.runs_at, request.path, self._reactor)
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
         body = await self.gather_metrics() if self.gather_metrics is not None else scrape()
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return body

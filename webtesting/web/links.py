@@ -65,6 +65,10 @@ class AgentLinks(service.Service):
         self._loop.clock = reactor
         self._syncing: Deferred[None] | None = None
         self._again = False
+        # A sync the registry could not answer is tried again soon (1 s, doubling up to the interval),
+        # not a whole interval later: a worker starting beside another, or a database back.
+        self._retry: Any = None
+        self._retry_delay = 1.0
         # (status, msg) last written to the registry per service
         self._written: dict[int, tuple[int, str]] = {}
 
@@ -83,6 +87,9 @@ class AgentLinks(service.Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         for link in self.links.values():
             link.stop()
         self.relay.stop()
@@ -95,7 +102,10 @@ class AgentLinks(service.Service):
             self._again = True
             return None
         d = self.registry.list_services()
-        d.addCallback(self._reconcile)
+        # Marked before the callbacks are added: a registry that answers at once (a database known
+        # to be down fails at once) runs them right here, and the mark must not outlive them.
+        self._syncing = d
+        d.addCallback(self._synced)
         d.addErrback(self._sync_failed)
 
         def done(_: object) -> None:
@@ -105,13 +115,20 @@ class AgentLinks(service.Service):
                 self.sync()
 
         d.addBoth(done)
-        self._syncing = d
         return d
+
+    def _synced(self, records: list[dict[str, Any]]) -> None:
+        self._retry_delay = 1.0
+        self._reconcile(records)
 
     def _sync_failed(self, failure: Failure) -> None:
         if failure.check(DatabaseUnavailable):
-            # Keep every link as it is; the next tick tries again.
-            self._log.info("registry unavailable; links kept as they are")
+            # Keep every link as it is, and try again soon.
+            if self._retry_delay == 1.0:
+                self._log.info("registry unavailable; links kept as they are")
+            if self.running and (self._retry is None or not self._retry.active()):
+                self._retry = self._reactor.callLater(self._retry_delay, self.sync)
+                self._retry_delay = min(self._retry_delay * 2, self._sync_interval)
         else:
             self._log.failure("syncing agent links with the registry", failure)
 

@@ -20,18 +20,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
 from webtesting import metrics
-from webtesting.config import ConfigError, WebConfig, default_webroot, listening_endpoint, load
+from webtesting.config import ConfigError, WebConfig, default_webroot, listen_address, listening_endpoint, load
 from webtesting.lifecycle import Backoff
 from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
@@ -65,7 +68,8 @@ class Options(usage.Options):
         ["config", "c", None, "YAML configuration file (see etc/web.yaml); built-in defaults if left out"],
         LOG_FORMAT_OPTION,
         WORKER_OPTION,
-        ["runs-port", None, "0", "worker 0's loopback port for the Tests page's runs: set by worker 0 likewise"],
+        ["door", None, "", "worker 0's UNIX socket for the Tests page's runs and the metrics: set by worker 0 "
+         "likewise"],
     ]
 
     def postOptions(self) -> None:
@@ -86,16 +90,14 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(f"configuration errors:\n{e}") from None
         self.worker = worker_number(self, self.config.workers)
-        try:
-            self.runs_port = int(self["runs-port"])
-        except ValueError:
-            raise usage.UsageError("--runs-port takes a port number") from None
-        if self.worker and not 0 < self.runs_port < 65536:
-            raise usage.UsageError("--worker needs --runs-port: worker 0's port for the Tests page's runs")
+        self.door = self["door"]
+        if self.worker and not self.door:
+            raise usage.UsageError("--worker needs --door: worker 0's socket for the Tests page's runs")
         if self.config.workers > 1:
             for key, description in (("http.listen", self.config.http.listen),
                                      ("websocket.listen", self.config.websocket.listen)):
-                if description.split(":", 1)[0].strip().lower() == "ssl":
+                address = listen_address(description)
+                if address is None or address[0]:
                     raise usage.UsageError(f"workers: {self.config.workers} needs a tcp {key} (workers share "
                                            "plain sockets): end TLS in a proxy in front, or run one worker")
 
@@ -143,7 +145,7 @@ def _load_checked(path: str | None) -> WebConfig:
 
 def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Relay, browsers: BrowserFactory,
                api: RegistryAPI, site: Any, links: AgentLinks, history: History,
-               sampler: HealthSampler) -> set[str]:
+               sampler: HealthSampler, workers: int = 1) -> set[str]:
     """A live reload (webtesting.reload): apply what can change while the listeners stay open."""
     ws, http, agents, h = new.websocket, new.http, new.agents, new.history
     now: dict[str, Callable[[], None]] = {
@@ -157,10 +159,13 @@ def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Rela
                                                partial(LimitedRequest, max_body=http.max_body_bytes)),
         "http.metrics": lambda: setattr(api, "serve_metrics", http.metrics),
         "http.sessions.lifetime": lambda: setattr(api.sessions, "lifetime", http.sessions.lifetime),
+        # Split between the workers, as at start.
         "http.login_throttle.per_username_hour": lambda: setattr(
-            api.throttle, "username", Limit(api.throttle.username.burst, http.login_throttle.per_username_hour)),
+            api.throttle, "username",
+            Limit(api.throttle.username.burst, http.login_throttle.per_username_hour / workers)),
         "http.login_throttle.per_address_hour": lambda: setattr(
-            api.throttle, "address", Limit(api.throttle.address.burst, http.login_throttle.per_address_hour)),
+            api.throttle, "address",
+            Limit(api.throttle.address.burst, http.login_throttle.per_address_hour / workers)),
         "agents.sync_interval": lambda: links.reconfigure(sync_interval=agents.sync_interval),
         "history.flush_interval": lambda: setattr(history, "flush_interval", h.flush_interval),
         "history.batch": lambda: setattr(history, "batch", h.batch),
@@ -269,18 +274,22 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         runs=TestRuns(public_urls(config.http.listen, config.http.public_url, config.websocket.listen,
                                   config.websocket.public_url, config.websocket.path)[0], reactor)
         if worker == 0 else None,
-        runs_at=("127.0.0.1", options.runs_port) if worker else None,
+        worker0_door=options.door if worker else None,
         serve_metrics=config.http.metrics,
         health=health,
     )
     # The metrics read these while the service tree lives (webtesting.metrics).
     top.metrics = metrics.watch_web(metrics.WebParts(relay, browsers, links, history))  # type: ignore[attr-defined]
     access = config.http.access_log
-    site = make_site(api.app.resource(), config.http.max_body_bytes, access_log=access.path,
+    access_path = access.path
+    if worker and access_path:  # a file of its own: each process rotates what it writes
+        stem, ext = os.path.splitext(access_path)
+        access_path = f"{stem}-worker{worker}{ext}"
+    site = make_site(api.app.resource(), config.http.max_body_bytes, access_log=access_path,
                      max_bytes=access.max_bytes, keep=access.keep)
     reloader = Reloader("web server", options["config"], config, _load_checked,
                         partial(_apply_web, relay=relay, browsers=browsers, api=api, site=site, links=links,
-                                history=history, sampler=sampler), reactor)
+                                history=history, sampler=sampler, workers=config.workers), reactor)
     reloader.setName("reload")
     reloader.setServiceParent(top)
     if worker:
@@ -302,16 +311,19 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         link.setServiceParent(top)
         others.append(lambda: link.channel.send("changed"))
     elif config.workers > 1:
-        # The runs' own door for the other workers: loopback, the same site (and the same logins).
-        runs_at = RecordedEndpoint(listening_endpoint(reactor, "tcp:0:interface=127.0.0.1"))
-        runs_door = HTTPListener(runs_at, site)
-        runs_door.setName("runs")
-        runs_door.setServiceParent(top)
+        # The door for the other workers' requests about runs and metrics: the same site (and the same
+        # logins) on a UNIX socket in a folder of our own (mode 0700: other local users cannot reach it).
+        door_folder = tempfile.mkdtemp(prefix="webtesting-web-")
+        door = os.path.join(door_folder, "worker0.sock")
+        door_listener = HTTPListener(endpoints.UNIXServerEndpoint(reactor, door, mode=0o600, wantPID=False), site)
+        door_listener.setName("door")
+        door_listener.setServiceParent(top)
+        reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, door_folder, True)
         pool = WorkerPool(
             reactor, "webtesting-web", config.workers,
             listening=lambda: [http_at.port.fileno(), ws_at.port.fileno()],
             arguments=lambda k: [*(["--config", os.path.abspath(options["config"])] if options["config"] else []),
-                                 "--worker", str(k), "--runs-port", str(runs_at.port.getHost().port)])
+                                 "--worker", str(k), "--door", door])
         pool.setName("workers")
         pool.setServiceParent(top)  # last: it starts once the sockets it passes on listen, and stops first
         reloader.also.append(lambda: pool.signal_all("HUP"))
