@@ -306,3 +306,36 @@ class SyncRetryTests(unittest.TestCase):
         self.assertEqual(asked, [0, 1, 3])
         self.assertIn(7, links.links)
         self.assertEqual([c for c in clock.getDelayedCalls() if c.func == links.sync], [])
+
+
+class HealthWriteOrderTests(unittest.TestCase):
+    def test_one_write_at_a_time_the_latest_next(self) -> None:
+        """Health written while an earlier write is in flight waits for it, and only the latest is written
+        then: two writes in flight could commit out of order and leave the registry on the older one (the drill
+        once saw "waiting for the agent's answer" stay after "ok")."""
+        from twisted.internet.defer import Deferred
+
+        clock = MemoryReactorClock()
+        writes: list[tuple[int, int, str, Deferred[None]]] = []
+
+        class Registry:
+            def set_status(self, sid: int, status: int, msg: str, code: str) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                writes.append((sid, status, msg, d))
+                return d
+
+        class Link:
+            service_id, code = 3, "x"
+            health = (0, "waiting for the agent's answer")
+
+        links = AgentLinks(Registry(), Relay({}, clock=clock), clock, secret="s", backoff=BACKOFF)
+        link = Link()
+        links._health_changed(link)  # type: ignore[arg-type]
+        for health in ((1, "ok"), (0, "bot down"), (1, "ok again")):
+            link.health = health
+            links._health_changed(link)  # type: ignore[arg-type]
+        self.assertEqual([w[1:3] for w in writes], [(0, "waiting for the agent's answer")])
+        writes[0][3].callback(None)
+        self.assertEqual([w[1:3] for w in writes[1:]], [(1, "ok again")])
+        writes[1][3].callback(None)
+        self.assertEqual(len(writes), 2)

@@ -134,6 +134,21 @@ class WxServiceTests(TestCase):
         self.addCleanup(conn.close)
         return conn, recorder
 
+    async def test_connections_share_a_factory(self) -> None:
+        """Users of one bot share one lean factory (no per-user factory, no copied options), each with its own
+        listener; a user whose connection ends leaves the others alone."""
+        await self.start_bot()
+        (first, one), (second, two) = await self.connect(), await self.connect()
+        self.assertIs(first._protocol.factory, second._protocol.factory)
+        self.assertNotIn("maxMessagePayloadSize", vars(first._protocol))
+        await first.login("1.00002", "ann")
+        await first.close()
+        self.assertTrue(second.open)
+        await second.login("1.00002", "bob")
+        second.chat("my name is Bob")
+        await wait_until(lambda: two.messages, "the second user's answer")
+        self.assertEqual(one.messages, [])
+
     async def raw(self) -> RawClient:
         factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port}/5.00034", reactor=reactor)
         factory.protocol = RawClient

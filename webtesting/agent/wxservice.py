@@ -29,6 +29,7 @@ its interface:
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,9 +41,11 @@ from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.leanws import LeanFactory, LeanProtocol
 from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
 from webtesting.metrics import FRAMES
 from webtesting.protocol import InvalidInput, parse_json_object
@@ -98,11 +101,13 @@ class WxServiceListener(Protocol):
         """The connection ended without L{WxServiceConnection.close}."""
 
 
-class _ClientProtocol(WebSocketClientProtocol):
+# Ignored (misc): Autobahn's own two bases disagree on the types of peer and _transport_details.
+class _ClientProtocol(LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
     """The WebSocket side of one L{WxServiceConnection}."""
 
     _log = Logger()
     owner: WxServiceConnection | None = None
+    attempt: _Attempt | None = None  # until it opens: who waits for it
 
     # Each Autobahn callback is wrapped: Autobahn swallows what they raise.
 
@@ -114,8 +119,11 @@ class _ClientProtocol(WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         try:
-            factory: _ClientFactory = self.factory  # type: ignore[assignment]
-            factory.opened(self)
+            attempt, self.attempt = self.attempt, None
+            if attempt is None:
+                self.dropConnection(abort=True)
+                return
+            attempt.opened(self)
         except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onOpen")
             self.dropConnection(abort=True)
@@ -133,18 +141,59 @@ class _ClientProtocol(WebSocketClientProtocol):
             why = reason or (f"closed with code {code}" if code else "connection lost")
             if self.owner is not None:
                 self.owner._lost(why)
-            else:
-                factory: _ClientFactory = self.factory  # type: ignore[assignment]
-                factory.failed(why)
+            elif self.attempt is not None:
+                attempt, self.attempt = self.attempt, None
+                attempt.failed(why)
         except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("wxservice onClose")
 
 
-class _ClientFactory(WebSocketClientFactory):
-    protocol = _ClientProtocol
+class _ClientFactory(LeanFactory, WebSocketClientFactory):
+    """
+    Every connection to one WxService address with the same options shares
+    one factory (L{_shared_factory}); what each connect waits for is its
+    L{_Attempt}'s. A factory per connection cost each bot user 2.5 KB.
+    """
 
-    def __init__(self, url: str, reactor: Any, listener: WxServiceListener, **kwargs: Any) -> None:
-        super().__init__(url, reactor=reactor, **kwargs)
+    protocol = _ClientProtocol
+    noisy = False  # no "Starting factory" line per login
+
+
+# (reactor, url, options) -> the factory, the most recently used last; kept (not weakly: a bot that is
+# down would make a new factory, and a new protocol class, for every retry) up to _MAX_FACTORIES.
+_FACTORIES: OrderedDict[tuple[Any, ...], _ClientFactory] = OrderedDict()
+_MAX_FACTORIES = 256
+
+
+def _shared_factory(reactor: Any, url: str, max_message_bytes: int, open_handshake_timeout: float,
+                    ping: tuple[float, float] | None) -> _ClientFactory:
+    key = (id(reactor), url, max_message_bytes, open_handshake_timeout, ping)
+    factory = _FACTORIES.get(key)
+    if factory is not None and factory.reactor is reactor:
+        _FACTORIES.move_to_end(key)
+    else:
+        factory = _ClientFactory(url, reactor=reactor)
+        factory.setProtocolOptions(
+            maxMessagePayloadSize=max_message_bytes,
+            maxFramePayloadSize=max_message_bytes,
+            openHandshakeTimeout=open_handshake_timeout,
+            closeHandshakeTimeout=1.0,
+            autoPingInterval=ping[0] if ping else None,
+            autoPingTimeout=ping[1] if ping else None,
+        )
+        _FACTORIES[key] = factory
+        while len(_FACTORIES) > _MAX_FACTORIES:
+            _FACTORIES.popitem(last=False)  # its connections keep it as long as they live
+    return factory
+
+
+class _Attempt(ClientFactory):
+    """One connect through a shared L{_ClientFactory}: the endpoint's factory, and what it fires."""
+
+    noisy = False
+
+    def __init__(self, shared: _ClientFactory, listener: WxServiceListener) -> None:
+        self.shared = shared
         self._listener = listener
         self.connecting: Deferred[Any] | None = None
         self._protocol: _ClientProtocol | None = None
@@ -152,7 +201,8 @@ class _ClientFactory(WebSocketClientFactory):
         self.result: Deferred[WxServiceConnection] = Deferred(self._cancel)
 
     def buildProtocol(self, addr: Any) -> Any:
-        protocol: Any = super().buildProtocol(addr)
+        protocol: Any = self.shared.buildProtocol(addr)
+        protocol.attempt = self
         self._protocol = protocol
         return protocol
 
@@ -167,14 +217,16 @@ class _ClientFactory(WebSocketClientFactory):
             self.result.errback(failure)
 
     def opened(self, protocol: _ClientProtocol) -> None:
+        self._protocol = None
         if self.result.called:  # the caller gave up already
             protocol.dropConnection(abort=True)
             return
-        conn = WxServiceConnection(protocol, self._listener, self.reactor)
+        conn = WxServiceConnection(protocol, self._listener, self.shared.reactor)
         protocol.owner = conn
         self.result.callback(conn)
 
     def failed(self, why: str) -> None:
+        self._protocol = None
         if not self.result.called:
             code = "bot_not_responding" if "timeout" in why else "bot_unreachable"
             self.result.errback(WxServiceUnavailable(f"WebSocket handshake failed: {why}", code))
@@ -209,15 +261,7 @@ def connect(
             tls = optionsForClientTLS(host)
     except Exception as e:  # noqa: BLE001 - an IDNA-invalid host name, for one
         return defer.fail(ValueError(f"not a usable host name: {host!r} ({e})"))
-    factory = _ClientFactory(url, reactor, listener)
-    factory.setProtocolOptions(
-        maxMessagePayloadSize=max_message_bytes,
-        maxFramePayloadSize=max_message_bytes,
-        openHandshakeTimeout=open_handshake_timeout,
-        closeHandshakeTimeout=1.0,
-        autoPingInterval=ping[0] if ping else None,
-        autoPingTimeout=ping[1] if ping else None,
-    )
+    factory = _Attempt(_shared_factory(reactor, url, max_message_bytes, open_handshake_timeout, ping), listener)
     endpoint: Any
     if isIPAddress(host):
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)

@@ -71,6 +71,8 @@ class AgentLinks(service.Service):
         self._retry_delay = 1.0
         # (status, msg) last written to the registry per service
         self._written: dict[int, tuple[int, str]] = {}
+        self._writing: set[int] = set()  # services whose health write is in flight
+        self._to_write: dict[int, tuple[int, str, str]] = {}  # ... and what to write next
 
     def startService(self) -> None:
         super().startService()
@@ -164,20 +166,37 @@ class AgentLinks(service.Service):
 
     def _health_changed(self, link: AgentLink) -> None:
         status, msg = link.health
-        if self._written.get(link.service_id) == (status, msg):
+        sid = link.service_id
+        if self._written.get(sid) == (status, msg):
             return
-        self._written[link.service_id] = (status, msg)
-        HEALTH_CHANGES.labels("web", str(link.service_id), str(status)).inc()
-        d = self.registry.set_status(link.service_id, status, msg, link.code)
+        self._written[sid] = (status, msg)
+        HEALTH_CHANGES.labels("web", str(sid), str(status)).inc()
+        # One write per service at a time, the latest health next: two writes in flight could
+        # commit in either order (the pool has several threads), and the registry would keep
+        # the older one ("waiting for the agent's answer" after "ok") until the next change.
+        self._to_write[sid] = (status, msg, link.code)
+        if sid not in self._writing:
+            self._write(sid)
+
+    def _write(self, sid: int) -> None:
+        status, msg, code = self._to_write.pop(sid)
+        self._writing.add(sid)
+        d = self.registry.set_status(sid, status, msg, code)
 
         def failed(failure: Failure) -> None:
             # Forget what we wrote so that the next sync writes it again.
-            self._written.pop(link.service_id, None)
+            if self._written.get(sid) == (status, msg):
+                self._written.pop(sid, None)
             if not failure.check(DatabaseUnavailable):
-                self._log.failure("recording the health of service {service_id}", failure,
-                                  service_id=link.service_id)
+                self._log.failure("recording the health of service {service_id}", failure, service_id=sid)
+
+        def done(_: object) -> None:
+            self._writing.discard(sid)
+            if sid in self._to_write:
+                self._write(sid)
 
         d.addErrback(failed)
+        d.addBoth(done)
 
     def reconfigure(self, *, sync_interval: float | None = None, secret: str | None = None) -> None:
         """A live reload: the registry sync's interval now; the secret for every authentication from now on."""

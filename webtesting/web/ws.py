@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from webtesting.dbpool import DatabaseUnavailable
 from webtesting.handshake import BoundedHandshake
+from webtesting.leanws import LeanFactory, LeanProtocol
 from webtesting.metrics import FRAMES
 from webtesting.protocol import Result
 from webtesting.web.accounts import Session, cookie_value
@@ -66,7 +67,7 @@ class SessionChecker(Protocol):
 
 # Ignored (misc): Autobahn's own two bases of WebSocketServerProtocol
 # disagree on the types of peer and _transport_details.
-class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
+class BrowserProtocol(LeanProtocol, BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
     _log = Logger()
     factory: BrowserFactory
     session: BrowserSession | None = None
@@ -199,7 +200,7 @@ class BrowserProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignor
             self._log.failure("closing a browser session")
 
 
-class BrowserFactory(WebSocketServerFactory):
+class BrowserFactory(LeanFactory, WebSocketServerFactory):
     protocol = BrowserProtocol  # type: ignore[assignment]
     _log = Logger()
 

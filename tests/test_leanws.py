@@ -1,0 +1,44 @@
+"""Smaller Autobahn connections (webtesting.leanws): options at class level, one shared TrafficStats."""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial import unittest
+
+from webtesting.leanws import SHARED_TRAFFIC, LeanFactory, LeanProtocol
+
+
+class Echo(LeanProtocol, WebSocketServerProtocol):  # type: ignore[misc]
+    pass
+
+
+class Factory(LeanFactory, WebSocketServerFactory):
+    protocol = Echo
+
+
+class LeanTests(unittest.TestCase):
+    def connect(self, factory: Factory) -> Echo:
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_options_are_not_copied_into_each_connection(self) -> None:
+        """A connection reads the factory's options from its class; its own dict holds none of them."""
+        factory = Factory(reactor=MemoryReactorClock())
+        factory.setProtocolOptions(maxMessagePayloadSize=1234, autoPingInterval=7, openHandshakeTimeout=0)
+        protocol = self.connect(factory)
+        self.assertIsInstance(protocol, Echo)
+        self.assertEqual((protocol.maxMessagePayloadSize, protocol.autoPingInterval), (1234, 7))
+        self.assertEqual(set(vars(protocol)) & set(Echo.CONFIG_ATTRS), set())
+        self.assertIs(protocol.trafficStats, SHARED_TRAFFIC)
+
+    def test_later_options_for_later_connections(self) -> None:
+        """Options set after a connection opened apply to the next ones, as Autobahn's copy did."""
+        factory = Factory(reactor=MemoryReactorClock())
+        factory.setProtocolOptions(maxMessagePayloadSize=1, openHandshakeTimeout=0)
+        first = self.connect(factory)
+        factory.setProtocolOptions(maxMessagePayloadSize=2)
+        second = self.connect(factory)
+        self.assertEqual((first.maxMessagePayloadSize, second.maxMessagePayloadSize), (1, 2))
+        self.assertIs(type(second).__mro__[1], Echo)  # one subclass of the base, not a chain
