@@ -32,6 +32,30 @@ class LeanTests(unittest.TestCase):
         self.assertEqual((protocol.maxMessagePayloadSize, protocol.autoPingInterval), (1234, 7))
         self.assertEqual(set(vars(protocol)) & set(Echo.CONFIG_ATTRS), set())
         self.assertIs(protocol.trafficStats, SHARED_TRAFFIC)
+        # A function option is called as Autobahn calls it (a class attribute must not bind it to the
+        # connection): a browser offering permessage-deflate would otherwise fail its handshake.
+        self.assertIsNone(protocol.perMessageCompressionAccept([]))
+
+    def test_link_factories_share_one_class(self) -> None:
+        """The agent's reconnecting link factories (one per bot user) with the same options share one
+        protocol class and one batched timer, and hold only the options set on them."""
+        from twisted.internet.testing import MemoryReactor
+
+        from webtesting.lifecycle import Backoff
+        from webtesting.wslink import BOT, LinkFactory
+
+        class Dialer:
+            names, gate = BOT, None
+
+        reactor = MemoryReactor()
+        one, two = (LinkFactory(Dialer(), "ws://127.0.0.1:1/x", reactor=reactor,  # type: ignore[arg-type]
+                                backoff=Backoff(), headers={}, options={"autoPingInterval": 30})
+                    for _ in range(2))
+        self.assertIs(one.protocol, two.protocol)
+        self.assertIs(one._batched_timer, two._batched_timer)
+        self.assertEqual(one.protocol.autoPingInterval, 30)
+        self.assertNotIn("utf8validateIncoming", vars(one))
+        self.assertIsNone(one.perMessageCompressionAccept([]))
 
     def test_later_options_for_later_connections(self) -> None:
         """Options set after a connection opened apply to the next ones, as Autobahn's copy did."""

@@ -14,6 +14,11 @@ Python heap. So:
   connections find them there and copy nothing. (Options set later apply to
   later connections, as with Autobahn's copy.)
 - L{LeanProtocol} points every connection at one shared C{TrafficStats}.
+
+The agent's reconnecting link factories (one per bot user, L{webtesting.wslink})
+also take Autobahn's defaults from their class (L{class_defaults}), share
+their protocol subclass with every factory of the same options
+(L{lean_class}), and share one batched timer (L{shared_batched_timer}).
 """
 
 from __future__ import annotations
@@ -34,6 +39,35 @@ class LeanProtocol:
         self.trafficStats = SHARED_TRAFFIC
 
 
+_CLASSES: dict[tuple[Any, ...], type] = {}
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else repr(value) if isinstance(
+        value, dict) else value
+
+
+def lean_class(base: type, factory: Any) -> type:
+    """
+    A subclass of protocol class C{base} whose class attributes are
+    C{factory}'s options, one per distinct set of options (many factories
+    with the same options share it).
+    """
+    options = {name: getattr(factory, name) for name in base.CONFIG_ATTRS  # type: ignore[attr-defined]
+               if hasattr(factory, name)}
+    key = (base, *sorted((name, _frozen(value)) for name, value in options.items()))
+    cls = _CLASSES.get(key)
+    if cls is None:
+        attributes = {name: _as_class_attribute(value) for name, value in options.items()}
+        cls = _CLASSES[key] = type(base.__name__, (base,), {**attributes, "__module__": base.__module__})
+    return cls
+
+
+def _as_class_attribute(value: Any) -> Any:
+    """A function (e.g. perMessageCompressionAccept) stays a plain function when read off an instance."""
+    return staticmethod(value) if callable(value) and not isinstance(value, type) else value
+
+
 class LeanFactory:
     """Mixed in before Autobahn's factory class; its C{protocol} should mix in L{LeanProtocol}."""
 
@@ -47,5 +81,28 @@ class LeanFactory:
         base = self._lean_base
         if base is None:
             base = self._lean_base = getattr(self, "protocol")  # noqa: B009 - Autobahn's, untyped
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS if hasattr(self, name)}
-        self.protocol = type(base.__name__, (base,), {**options, "__module__": base.__module__})
+        self.protocol = lean_class(base, self)
+
+
+def class_defaults(factory_class: type, template: Any) -> None:
+    """
+    Give C{factory_class} Autobahn's default options (read off C{template},
+    a factory as Autobahn makes it) as class attributes, so that its
+    instances hold only the options set on them; the class must not call
+    Autobahn's C{resetProtocolOptions} (which sets them all on the instance).
+    """
+    for name in template.protocol.CONFIG_ATTRS:
+        setattr(factory_class, name, _as_class_attribute(getattr(template, name)))
+
+
+# One batched timer per reactor for every factory that asks (Autobahn makes one per factory; a
+# reconnecting factory per bot user made one per user).
+_TIMERS: dict[int, tuple[Any, Any]] = {}
+
+
+def shared_batched_timer(reactor: Any, timer: Any) -> Any:
+    """The first batched timer given for C{reactor} (C{timer}: this factory's own, dropped if one is kept)."""
+    kept = _TIMERS.get(id(reactor))
+    if kept is None or kept[0] is not reactor:
+        kept = _TIMERS[id(reactor)] = (reactor, timer)
+    return kept[1]

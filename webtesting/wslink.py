@@ -35,6 +35,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.leanws import LeanProtocol, class_defaults, lean_class, shared_batched_timer
 from webtesting.lifecycle import Backoff, Fault, Lifecycle, Reason
 
 _log = Logger()
@@ -164,7 +165,8 @@ class _GatedConnector:
         return getattr(self._connector, name)
 
 
-class LinkProtocol(WebSocketClientProtocol):
+# Ignored (misc): Autobahn's own two bases disagree on the types of peer and _transport_details.
+class LinkProtocol(LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
     """The wire side of one link; every decision is the dialer's and its owner's."""
 
     _log = Logger()
@@ -239,6 +241,9 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
     ) -> None:
         WebSocketClientFactory.__init__(self, url, reactor=reactor, headers=headers, protocols=protocols)
         self.setProtocolOptions(**options)
+        # Small per link (one per bot user at the agent): webtesting.leanws.
+        self.protocol = lean_class(LinkProtocol, self)  # type: ignore[assignment]
+        self._batched_timer = shared_batched_timer(reactor, self._batched_timer)
         self.clock = reactor
         self.noisy = False  # the lifecycle logs what matters, once
         self.initialDelay = self.delay = backoff.initial
@@ -297,6 +302,9 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         call: Any = self._callID
         clock: Any = self.clock
         return float(call.getTime() - clock.seconds()) if call is not None else 0.0
+
+    def resetProtocolOptions(self) -> None:
+        """Autobahn's defaults stay on the class (leanws.class_defaults): only options set are the link's."""
 
     def resetDelay(self) -> None:
         super().resetDelay()
@@ -398,6 +406,16 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
             dialer.lifecycle.lost(why)
         else:
             dialer.lifecycle.fail(why)
+
+
+def _autobahn_defaults() -> Any:
+    """A client factory as Autobahn makes it, on a reactor of its own (importing us installs none)."""
+    from twisted.internet.testing import MemoryReactor
+
+    return WebSocketClientFactory("ws://127.0.0.1:1/", reactor=MemoryReactor())
+
+
+class_defaults(LinkFactory, _autobahn_defaults())
 
 
 def _tls_failure(failure: Failure) -> bool:
