@@ -170,9 +170,10 @@ def merge(into: dict[str, Any], what: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def write_config(bench: Bench, name: str, changes: dict[str, Any], suffix: str = "") -> str:
-    """The shipped etc/<name>.yaml with C{changes} merged in, written to the bench's folder."""
-    with open(os.path.join(ROOT, "etc", f"{name}.yaml"), encoding="utf-8") as f:
+def write_config(bench: Bench, name: str, changes: dict[str, Any], suffix: str = "", root: str = ROOT) -> str:
+    """The shipped etc/<name>.yaml (of the checkout at C{root}) with C{changes} merged in, written to the
+    bench's folder."""
+    with open(os.path.join(root, "etc", f"{name}.yaml"), encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     merge(data, changes)
     path = os.path.join(bench.folder, f"{name}{suffix}.yaml")
@@ -233,12 +234,13 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
         "registry": {"sqlite_path": os.path.join(bench.folder, f"registry{name}.sqlite3")},
     }
     merge(changes, web_changes or {})
-    web_config = write_config(bench, "web", changes, name)
+    root = os.path.abspath(checkout) if checkout else ROOT
+    web_config = write_config(bench, "web", changes, name, root)
     agent_config = write_config(bench, "agent", merge({
         "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
         "auth": {"secret": secret, "secret_file": ""},
         "metrics": {"listen": ""},  # not the shipped :2022, which ./wt run may hold
-    }, agent_changes or {}), name)
+    }, agent_changes or {}), name, root)
     bindir = os.path.dirname(sys.executable)
     tokens = {}
     for user, role in (("bench-admin", "admin"), ("bench-tester", "tester")):

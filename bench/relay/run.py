@@ -113,8 +113,10 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
     limits = max(100, max_users * 2)
     wt = start_webtesting(bench, web_changes={"websocket": {"max_per_account": limits,
                                                             "max_logins_per_account": limits},
-                                              "history": {"record": history}, "workers": workers},
-                          agent_changes={"workers": workers},
+                                              "history": {"record": history},
+                                              # only when asked: a --compare checkout may not know the key
+                                              **({"workers": workers} if workers > 1 else {})},
+                          agent_changes={"workers": workers} if workers > 1 else {},
                           name=("" if history else "-nohistory") + ("-compared" if checkout else "")
                           + (f"-workers{workers}" if workers > 1 else ""),
                           checkout=checkout)
