@@ -199,6 +199,7 @@ class WebTesting:
     ws_port: int
     agent_port: int
     tokens: dict[str, str] = field(default_factory=dict)  # role -> API token
+    agent_metrics_port: int = 0
 
 
 def checkout_env(checkout: str) -> dict[str, str]:
@@ -222,7 +223,7 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
     admin and a tester; from another C{checkout} of WebTesting if given.
     """
     env = checkout_env(checkout) if checkout else None
-    http_port, ws_port, agent_port = free_ports(3)
+    http_port, ws_port, agent_port, agent_metrics_port = free_ports(4)
     secret = "bench-agent-secret-" + os.urandom(8).hex()
     changes: dict[str, Any] = {
         "http": {"listen": f"tcp:{http_port}:interface=127.0.0.1",
@@ -239,7 +240,7 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
     agent_config = write_config(bench, "agent", merge({
         "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
         "auth": {"secret": secret, "secret_file": ""},
-        "metrics": {"listen": ""},  # not the shipped :2022, which ./wt run may hold
+        "metrics": {"listen": f"tcp:{agent_metrics_port}:interface=127.0.0.1"},  # not the shipped :2022
     }, agent_changes or {}), name, root)
     bindir = os.path.dirname(sys.executable)
     tokens = {}
@@ -269,4 +270,4 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
             if time.monotonic() > deadline:
                 raise SystemExit(f"the web server did not answer: {e}\n{web.tail()}") from e
             time.sleep(0.2)
-    return WebTesting(web, agent, base, ws_port, agent_port, tokens)
+    return WebTesting(web, agent, base, ws_port, agent_port, tokens, agent_metrics_port)

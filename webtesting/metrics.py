@@ -16,6 +16,8 @@ sample scrape.
 
 from __future__ import annotations
 
+import gc
+import time
 import weakref
 from bisect import bisect_left
 from collections import Counter
@@ -97,6 +99,42 @@ def _hop_family() -> HistogramMetricFamily:
     return family
 
 
+# Python's garbage collector stops the process while it walks its objects: with 10,000 sessions a
+# full collection walks millions, and every answer waits. Its pauses, per generation, as plain counts.
+GC_BOUNDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_PAUSES: dict[int, list[float]] = {generation: [0] * (len(GC_BOUNDS) + 2) for generation in (0, 1, 2)}
+_gc_started = 0.0
+
+
+def _gc_timed(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started
+    cells = GC_PAUSES.get(info.get("generation", 2))
+    if cells is not None:
+        cells[bisect_left(GC_BOUNDS, took)] += 1
+        cells[-1] += took
+
+
+gc.callbacks.append(_gc_timed)
+
+
+def _gc_family() -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "webtesting_gc_pause_seconds",
+        "Pauses of Python's garbage collector, per generation (2: a full collection, which walks every "
+        "object the process holds)", labels=["generation"])
+    for generation, cells in sorted(GC_PAUSES.items()):
+        running, buckets = 0.0, []
+        for bound, count in zip((*GC_BOUNDS, float("inf")), cells[:-1], strict=True):
+            running += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+        family.add_metric([str(generation)], buckets, cells[-1])
+    return family
+
+
 _web: weakref.WeakSet[Any] = weakref.WeakSet()
 _agent: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -137,6 +175,7 @@ class _Collector:
         for (daemon, leg, direction), count in sorted(FRAMES.items()):
             frames.add_metric([daemon, leg, direction], count)
         yield frames
+        yield _gc_family()
         if HOPS:
             yield _hop_family()
         # Each daemon's scrape shows its own families (both, in a test process running both).

@@ -69,6 +69,7 @@ class Target:
     origin: str = ""
     service_id: int = 1
     cluster: Any = None  # WebTesting's: the bot users' state lives there
+    metrics: dict[str, str] = field(default_factory=dict)  # process name -> its /metrics URL
 
 
 # -- the targets ---------------------------------------------------------------
@@ -145,7 +146,9 @@ def webtesting_target(bench: Bench, bot: Proc, bot_port: int, max_users: int, hi
         name += "@" + os.path.basename(os.path.abspath(checkout))
     return Target(name, f"ws://127.0.0.1:{wt.ws_port}/WebTesting",
                   "browser", [web, agent, bot],
-                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id, cluster=cluster)
+                  cookie=f"wt_session={tokens['tester']}", origin=base, service_id=service_id, cluster=cluster,
+                  metrics={agent.name: f"http://127.0.0.1:{wt.agent_metrics_port}/metrics",
+                           web.name: f"{base}/metrics"})
 
 
 def running_target(url: str, service_id: int) -> Target:
@@ -242,6 +245,9 @@ def run_idle(bench: Bench, target: Target, users: int, seconds: float, login_rat
     rss_before = {p.name: p.rss_kib() for p in target.procs}
     result: dict[str, Any] = {"target": target.name, "users": users, "idle": True}
     before: dict[str, float] = {}
+    gc_before: dict[str, Any] = {}
+    gc_late: dict[str, Any] = {}  # filled by the timer below
+    scrape: threading.Timer | None = None
     started = 0.0
     writer: StateWriter | None = None
     for event in _load_events(bench, target, users, result, warmup=3, duration=seconds, idle=True,
@@ -250,6 +256,12 @@ def run_idle(bench: Bench, target: Target, users: int, seconds: float, login_rat
             if target.cluster is not None:
                 writer = StateWriter(target.cluster, result["_pid"], users)
                 writer.start()
+            gc_before = {name: gc_pauses(url) for name, url in target.metrics.items()}
+            # Read again a second before the end: once the load generator leaves, the agent is busy
+            # ending 10,000 sessions and answers no scrape for a while.
+            scrape = threading.Timer(max(0.0, seconds - 1.0), lambda: gc_late.update(
+                {name: gc_pauses(url) for name, url in target.metrics.items()}))
+            scrape.start()
             before = {p.name: p.cpu_seconds() for p in target.procs}
             started = time.monotonic()
             rss = {p.name: p.rss_kib() for p in target.procs}
@@ -266,7 +278,58 @@ def run_idle(bench: Bench, target: Target, users: int, seconds: float, login_rat
                 result["stateWrites"] = writer.writes
                 result["statePushes"] = event["statePushes"]
                 result["statePushMs"] = {"p50": event["stateP50"], "p99": event["stateP99"], "max": event["stateMax"]}
+            if target.metrics and scrape is not None:
+                scrape.join()
+                result["gcPausesIdle"] = {name: _gc_difference(gc_before.get(name, {}), after)
+                                          for name, after in gc_late.items()}
+                result["gcPausesLogins"] = gc_before
     return result
+
+
+def _gc_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    if "error" in after or "error" in before:
+        return after if "error" in after else before
+    return {gen: {"count": a["count"] - before.get(gen, {}).get("count", 0),
+                  "seconds": round(a["seconds"] - before.get(gen, {}).get("seconds", 0.0), 3),
+                  "slowestUpTo": a["slowestUpTo"]}  # over the whole run
+            for gen, a in after.items()}
+
+
+def gc_pauses(url: str) -> dict[str, Any]:
+    """A daemon's garbage collector pauses so far (webtesting_gc_pause_seconds): count, total and the slowest
+    bucket per generation."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+    except OSError as e:
+        return {"error": str(e)}
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "webtesting_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            entry = found.setdefault(f"gen{sample.labels['generation']}", {"count": 0, "seconds": 0.0,
+                                                                           "slowestUpTo": 0.0})
+            if sample.name.endswith("_count"):
+                entry["count"] = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                entry["seconds"] = round(sample.value, 3)
+    for family in text_string_to_metric_families(text):
+        if family.name != "webtesting_gc_pause_seconds":
+            continue
+        below: dict[str, float] = {}
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                generation = f"gen{sample.labels['generation']}"
+                bound = float(sample.labels["le"])
+                if sample.value > below.get(generation, 0.0):
+                    found[generation]["slowestUpTo"] = bound
+                below[generation] = sample.value
+    return found
 
 
 class StateWriter(threading.Thread):

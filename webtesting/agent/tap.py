@@ -29,6 +29,7 @@ from webtesting.agent.backend import state_source_factory
 from webtesting.agent.server import AgentFactory, AgentSettings
 from webtesting.agent.workers import Handoff, worker_side
 from webtesting.config import AgentConfig, ConfigError, listen_address, listening_endpoint, load
+from webtesting.gctune import GCTuning
 from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
 from webtesting.workers import (
@@ -159,4 +160,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         scrape = StreamServerEndpointService(listening_endpoint(reactor, config.metrics.listen), site)
         scrape.setName("metrics")
         scrape.setServiceParent(top)
+    tuning = GCTuning()  # last: once everything it holds for good is there
+    tuning.setName("gc")
+    tuning.setServiceParent(top)
     return top

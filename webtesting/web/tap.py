@@ -35,6 +35,7 @@ from twisted.python import usage
 
 from webtesting import metrics
 from webtesting.config import ConfigError, WebConfig, default_webroot, listen_address, listening_endpoint, load
+from webtesting.gctune import GCTuning
 from webtesting.lifecycle import Backoff
 from webtesting.logs import LOG_FORMAT_OPTION, apply_log_format
 from webtesting.reload import Reloader
@@ -340,4 +341,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         others.append(tell_workers)
         pool.handlers["changed"] = changed_elsewhere
         api.gather_metrics = partial(gather_metrics, pool)
+    tuning = GCTuning()  # last: once everything it holds for good is there
+    tuning.setName("gc")
+    tuning.setServiceParent(top)
     return top
