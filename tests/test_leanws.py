@@ -57,6 +57,15 @@ class LeanTests(unittest.TestCase):
         self.assertNotIn("utf8validateIncoming", vars(one))
         self.assertIsNone(one.perMessageCompressionAccept([]))
 
+    def test_factories_with_the_same_options_share_a_class(self) -> None:
+        """Two factories with the same options share one protocol class, though Autobahn gives each factory
+        a lambda of its own (perMessageCompressionAccept): the classes made stay as many as the option sets."""
+        one, two = Factory(reactor=MemoryReactorClock()), Factory(reactor=MemoryReactorClock())
+        for factory in (one, two):
+            factory.setProtocolOptions(maxMessagePayloadSize=99, openHandshakeTimeout=0)
+        self.assertIsNot(one.perMessageCompressionAccept, two.perMessageCompressionAccept)
+        self.assertIs(one.protocol, two.protocol)
+
     def test_later_options_for_later_connections(self) -> None:
         """Options set after a connection opened apply to the next ones, as Autobahn's copy did."""
         factory = Factory(reactor=MemoryReactorClock())

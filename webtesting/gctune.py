@@ -21,24 +21,32 @@ import gc
 
 from twisted.application.service import Service
 
-# Allocations before a young collection; collections of the younger generation before an older one.
-THRESHOLDS = (50_000, 20, 100)
-
-
-def tune() -> None:
-    gc.set_threshold(*THRESHOLDS)
-
-
-def started() -> None:
-    """The daemon has started: what it holds now stays, and need not be walked again."""
-    gc.collect()
-    gc.freeze()
+# Allocations before a young collection; then, as CPython's defaults, 10 young collections before a
+# middle one and 10 middle ones before a full one may run. (A review found that raising the last two
+# as well left full collections so rare that closed connections, which are cyclic garbage, piled up.)
+THRESHOLDS = (50_000, 10, 10)
 
 
 class GCTuning(Service):
-    """Last in a daemon's service tree: tunes the collector once the daemon has started."""
+    """
+    Last in a daemon's service tree: tunes the collector once the daemon
+    has started, and puts it back as it was when the tree stops (a test
+    process starts many trees).
+    """
+
+    _before: tuple[int, ...] | None = None
 
     def startService(self) -> None:
         super().startService()
-        tune()
-        started()
+        self._before = gc.get_threshold()
+        gc.set_threshold(*THRESHOLDS)
+        # What the daemon holds now stays, and need not be walked again.
+        gc.collect()
+        gc.freeze()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._before is not None:
+            gc.set_threshold(*self._before)
+            self._before = None
+            gc.unfreeze()

@@ -23,6 +23,8 @@ their protocol subclass with every factory of the same options
 
 from __future__ import annotations
 
+import types
+from collections import OrderedDict
 from typing import Any
 
 from autobahn.websocket.protocol import TrafficStats
@@ -39,12 +41,21 @@ class LeanProtocol:
         self.trafficStats = SHARED_TRAFFIC
 
 
-_CLASSES: dict[tuple[Any, ...], type] = {}
+# The classes made, the most recently used last, at most _MAX_CLASSES (a class evicted lives on in
+# the factories that use it).
+_CLASSES: OrderedDict[tuple[Any, ...], type] = OrderedDict()
+_MAX_CLASSES = 256
 
 
 def _frozen(value: Any) -> Any:
-    return tuple(_frozen(v) for v in value) if isinstance(value, list) else repr(value) if isinstance(
-        value, dict) else value
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return repr(value)
+    if isinstance(value, types.FunctionType) and value.__closure__ is None:
+        # Autobahn gives each factory a lambda of its own (perMessageCompressionAccept): the same code.
+        return ("function", value.__code__)
+    return value
 
 
 def lean_class(base: type, factory: Any) -> type:
@@ -57,9 +68,13 @@ def lean_class(base: type, factory: Any) -> type:
                if hasattr(factory, name)}
     key = (base, *sorted((name, _frozen(value)) for name, value in options.items()))
     cls = _CLASSES.get(key)
-    if cls is None:
-        attributes = {name: _as_class_attribute(value) for name, value in options.items()}
-        cls = _CLASSES[key] = type(base.__name__, (base,), {**attributes, "__module__": base.__module__})
+    if cls is not None:
+        _CLASSES.move_to_end(key)
+        return cls
+    attributes = {name: _as_class_attribute(value) for name, value in options.items()}
+    cls = _CLASSES[key] = type(base.__name__, (base,), {**attributes, "__module__": base.__module__})
+    while len(_CLASSES) > _MAX_CLASSES:
+        _CLASSES.popitem(last=False)
     return cls
 
 
@@ -95,14 +110,14 @@ def class_defaults(factory_class: type, template: Any) -> None:
         setattr(factory_class, name, _as_class_attribute(getattr(template, name)))
 
 
-# One batched timer per reactor for every factory that asks (Autobahn makes one per factory; a
-# reconnecting factory per bot user made one per user).
-_TIMERS: dict[int, tuple[Any, Any]] = {}
+# One batched timer for every factory that asks (Autobahn makes one per factory; a reconnecting
+# factory per bot user made one per user). txaio's timers run on txaio's own loop, whatever the
+# factory's reactor: one per process.
+_TIMER: list[Any] = []
 
 
-def shared_batched_timer(reactor: Any, timer: Any) -> Any:
-    """The first batched timer given for C{reactor} (C{timer}: this factory's own, dropped if one is kept)."""
-    kept = _TIMERS.get(id(reactor))
-    if kept is None or kept[0] is not reactor:
-        kept = _TIMERS[id(reactor)] = (reactor, timer)
-    return kept[1]
+def shared_batched_timer(timer: Any) -> Any:
+    """The first batched timer given (C{timer}: this factory's own, dropped if one is kept)."""
+    if not _TIMER:
+        _TIMER.append(timer)
+    return _TIMER[0]

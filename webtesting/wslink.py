@@ -243,7 +243,7 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         self.setProtocolOptions(**options)
         # Small per link (one per bot user at the agent): webtesting.leanws.
         self.protocol = lean_class(LinkProtocol, self)  # type: ignore[assignment]
-        self._batched_timer = shared_batched_timer(reactor, self._batched_timer)
+        self._batched_timer = shared_batched_timer(self._batched_timer)
         self.clock = reactor
         self.noisy = False  # the lifecycle logs what matters, once
         self.initialDelay = self.delay = backoff.initial

@@ -118,15 +118,17 @@ class _ClientProtocol(LeanProtocol, WebSocketClientProtocol):  # type: ignore[mi
             self._log.failure("wxservice onConnect")
 
     def onOpen(self) -> None:
+        attempt, self.attempt = self.attempt, None
         try:
-            attempt, self.attempt = self.attempt, None
             if attempt is None:
                 self.dropConnection(abort=True)
                 return
             attempt.opened(self)
-        except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
+        except Exception as e:  # noqa: BLE001 - logged with its traceback; the caller hears of it
             self._log.failure("wxservice onOpen")
             self.dropConnection(abort=True)
+            if attempt is not None:
+                attempt.failed(f"opening failed: {e}")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:

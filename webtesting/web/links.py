@@ -121,7 +121,8 @@ class AgentLinks(service.Service):
 
     def _synced(self, records: list[dict[str, Any]]) -> None:
         self._retry_delay = 1.0
-        self._reconcile(records)
+        if self.running:  # a sync that answers after the stop starts no link
+            self._reconcile(records)
 
     def _sync_failed(self, failure: Failure) -> None:
         if failure.check(DatabaseUnavailable):
