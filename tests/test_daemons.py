@@ -195,3 +195,33 @@ class TwistdWebTests(unittest.TestCase):
         _, answer = await client.call("DELETE", f"{SERVICE}/delServices", {"serviceIds": [sid]})
         self.assertEqual(answer, {"affectedRows": 1, "result": 1, "msg": "ok"})
         self.assertTrue(os.path.exists(os.path.join(folder, "registry.sqlite3")))
+
+
+class PortTakenTests(unittest.TestCase):
+    def test_a_taken_port_stops_the_daemon_at_start(self) -> None:
+        """A port that is taken stops twistd webtesting-web (one worker or two) and webtesting-agent at start,
+        saying which port; they do not run on without it."""
+        import socket
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        web = (f"http:\n  listen: 'tcp:{free_port()}:interface=127.0.0.1'\n  sessions:\n    secret: {SECRET}\n"
+               f"websocket:\n  listen: 'tcp:{port}:interface=127.0.0.1'\n"
+               f"registry:\n  sqlite_path: registry.sqlite3\nagents:\n  auth:\n    secret: {SECRET}\n")
+        agent = f"websocket:\n  listen: 'tcp:{port}:interface=127.0.0.1'\nauth:\n  secret: {SECRET}\n"
+        for name, plugin, text in (("web", "webtesting-web", web), ("web2", "webtesting-web", web + "workers: 2\n"),
+                                   ("agent", "webtesting-agent", agent)):
+            path = os.path.join(folder, f"{name}.yaml")
+            with open(path, "w") as f:
+                f.write(text)
+            done = subprocess.run([twistd, "--nodaemon", "--pidfile=", "--logfile", "-", plugin, "--config", path],
+                                  cwd=folder, capture_output=True, timeout=60)
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            self.assertNotEqual(done.returncode, 0, f"{name}: {output[-2000:]}")
+            self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", output, name)

@@ -19,25 +19,30 @@ class GCTuningTests(unittest.TestCase):
         """Starting the service (last in each daemon's tree) sets the thresholds and freezes what is there;
         stopping it puts both back."""
         gc.set_threshold(700, 10, 10)
-        tuning = gctune.GCTuning()
+        from twisted.internet.task import Clock
+
+        tuning = gctune.GCTuning(Clock())
         tuning.startService()
         self.assertEqual(gc.get_threshold(), gctune.THRESHOLDS)
         self.assertGreater(gc.get_freeze_count(), 0)
         tuning.stopService()
         self.assertEqual((gc.get_threshold(), gc.get_freeze_count()), ((700, 10, 10), 0))
 
-    def test_full_collections_still_come(self) -> None:
-        """Cyclic garbage made steadily (each closed connection is some) still meets a full collection."""
-        gc.set_threshold(*gctune.THRESHOLDS)
+    def test_full_collection_every_ten_minutes(self) -> None:
+        """An idle daemon allocates little, so its full collections may not come: one runs every FULL_EVERY s
+        (sessions that lived long and closed wait in the oldest generation for one); none once stopped."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        tuning = gctune.GCTuning(clock)
+        tuning.startService()
         before = gc.get_stats()[2]["collections"]
-
-        class Node:
-            pass
-
-        for _ in range(6_000_000 // 2):  # net container allocations: garbage kept alive by its own cycle
-            a, b = Node(), Node()
-            a.other, b.other = b, a  # type: ignore[attr-defined]
-        self.assertGreater(gc.get_stats()[2]["collections"], before)
+        clock.advance(gctune.FULL_EVERY - 1)
+        self.assertEqual(gc.get_stats()[2]["collections"], before)
+        clock.advance(1)
+        self.assertEqual(gc.get_stats()[2]["collections"], before + 1)
+        tuning.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_daemons_have_it_last(self) -> None:
         """Both daemons' trees end with it, so that it starts once everything else has."""

@@ -530,6 +530,7 @@ class Drill:
         agent_config = self._config("agent", {
             "websocket": {"listen": f"tcp:{agent_port}:interface=127.0.0.1"},
             "auth": {"secret": self.secret, "secret_file": ""},
+            "metrics": {"listen": ""},  # not the shipped :2022, which ./wt run (or another drill) may hold
         })
         bot_config = self._config("wxsim", {
             "websocket": {"listen": f"tcp:{bot_port}:interface=127.0.0.1"},

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,32 +55,25 @@ class RedisClusterError(AssertionError):
 
 
 def free_ports(count: int, host: str = HOST) -> list[int]:
-    """C{count} distinct TCP ports on C{host} that nothing listens on now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        ports = [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-    # A cluster node also listens on port + 10000: make sure that one is free
-    # too, and is not another of the ports chosen (43437 and 53437 once were).
-    for port in ports:
-        if port + 10000 > 65535 or port + 10000 in ports or not _port_free(host, port + 10000):
-            return free_ports(count, host)
-    return ports
+    """
+    C{count} distinct TCP ports that nothing holds now, below the kernel's
+    ephemeral range (tests.support.wait.free_port), each with its port +
+    10000 free too (a cluster node also listens there) and not another of
+    the ports chosen (43437 and 53437 once were).
+    """
+    from tests.support.wait import PORT_RANGE, free_port, port_is_free
 
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    low, high = PORT_RANGE
+    ports: list[int] = []
+    for _ in range(10000):
+        if len(ports) == count:
+            return ports
+        port = free_port() if high - 10000 < low else random.randint(low, high - 10000)
+        if port in ports or port + 10000 in ports or any(port == p + 10000 for p in ports):
+            continue
+        if port + 10000 <= 65535 and port_is_free(port) and port_is_free(port + 10000):
+            ports.append(port)
+    raise RedisClusterError(f"no {count} free ports with their + 10000 free")
 
 
 def command(node: Address, *args: Any, timeout: float = 5.0) -> Any:

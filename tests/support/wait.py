@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -29,20 +30,42 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str 
 _handed_out: set[int] = set()
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Test servers listen below the kernel's ephemeral range: a port the kernel handed out (bind to port 0)
+# could be taken a moment later as the local port of some outgoing connection, and the server that
+# wanted it then fails to listen (seen: a demo's web server, six times over, in a clean-clone run).
+PORT_RANGE = (10000, max(10001, min(_ephemeral_low(), 65536) - 1))
+
+
+def port_is_free(port: int, host: str = "") -> bool:
+    """Nothing listens on C{port} or holds it, on any address (C{host} "": all of them)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """
-    A loopback port free now, and never one this process was given before:
-    the kernel may hand the same free port to two calls made before either
-    is bound (seen: the bot and the browser WebSocket of one test).
+    A port free now on every address, below the ephemeral range, and never
+    one this process was given before (two calls made before either port is
+    bound must not get the same one).
     """
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
+    for _ in range(1000):
+        port = random.randint(*PORT_RANGE)
+        if port not in _handed_out and port_is_free(port):
             _handed_out.add(port)
             return port
-    raise AssertionError("no fresh free port in 100 tries")
+    raise AssertionError(f"no fresh free port in {PORT_RANGE} in 1000 tries")
 
 
 def _autobahn_bucket_pending() -> bool:

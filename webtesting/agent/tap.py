@@ -150,6 +150,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         reloader.also.append(lambda: pool.signal_all("HUP"))
     else:
         listener = StreamServerEndpointService(listening_endpoint(reactor, config.websocket.listen), factory)
+        listener._raiseSynchronously = True  # a port that cannot be had stops the agent at start
         listener.setName("websocket")
         listener.setServiceParent(top)
     # The metrics read the factory while the service tree lives (webtesting.metrics).
@@ -158,9 +159,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         site = Site(metrics.resource(partial(gather_metrics, pool) if pool is not None else None))
         site.displayTracebacks = False
         scrape = StreamServerEndpointService(listening_endpoint(reactor, config.metrics.listen), site)
+        scrape._raiseSynchronously = True
         scrape.setName("metrics")
         scrape.setServiceParent(top)
-    tuning = GCTuning()  # last: once everything it holds for good is there
+    tuning = GCTuning(reactor)  # last: once everything it holds for good is there
     tuning.setName("gc")
     tuning.setServiceParent(top)
     return top

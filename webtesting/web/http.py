@@ -135,6 +135,10 @@ class HTTPListener(StreamServerEndpointService):
     to a server that has stopped.
     """
 
+    # StreamServerEndpointService's documented switch: a port that cannot be had stops the daemon at
+    # start (it used to log the error and run on without it; with workers, worker 0 then failed later).
+    _raiseSynchronously = True
+
     def __init__(self, endpoint: Any, site: Site) -> None:
         self.connections = WrappingFactory(site)
         super().__init__(endpoint, self.connections)

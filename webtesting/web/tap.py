@@ -341,7 +341,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         others.append(tell_workers)
         pool.handlers["changed"] = changed_elsewhere
         api.gather_metrics = partial(gather_metrics, pool)
-    tuning = GCTuning()  # last: once everything it holds for good is there
+    tuning = GCTuning(reactor)  # last: once everything it holds for good is there
     tuning.setName("gc")
     tuning.setServiceParent(top)
     return top

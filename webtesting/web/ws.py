@@ -360,6 +360,7 @@ class BrowserListener(StreamServerEndpointService):
     """
 
     factory: BrowserFactory
+    _raiseSynchronously = True  # a port that cannot be had stops the daemon at start
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: BrowserFactory, goodbye_timeout: float = 3.0) -> None:
         super().__init__(endpoint, factory)
