@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from tests.support.agent import SECRET
 from tests.support.browser import PASSWORD, PagesSystem
-from tests.support.wait import free_port
+from tests.support.wait import autobahn_timers_settled, free_port
 from webtesting.agent import tap as agent_tap
 from webtesting.client import Client
 
@@ -57,6 +57,8 @@ class MetricsTests(unittest.TestCase):
 
     async def test_scraped_after_a_chat(self) -> None:
         """After a login and a chat both daemons' /metrics count the frames, the login, the user, the polls."""
+        # Last of the cleanups: the close handshakes' Autobahn timers fire before trial checks the reactor.
+        self.addCleanup(autobahn_timers_settled)
         system = PagesSystem(self)
         await system.start()
         ws_port, metrics_port = await self.start_agent()

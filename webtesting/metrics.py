@@ -91,12 +91,18 @@ def _hop_family() -> HistogramMetricFamily:
         labels=["service", "hop"],
     )
     for (sid, hop), cells in sorted(HOPS.items()):
-        running, buckets = 0.0, []
-        for bound, count in zip((*HOP_BOUNDS, float("inf")), cells[:-1], strict=True):
-            running += count
-            buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
-        family.add_metric([str(sid), hop], buckets, cells[-1])
+        _add_counts(family, [str(sid), hop], HOP_BOUNDS, cells)
     return family
+
+
+def _add_counts(family: HistogramMetricFamily, labels: list[str], bounds: tuple[float, ...],
+                cells: list[float]) -> None:
+    """One histogram kept as plain counts (one per bucket, the last above every bound, then the sum)."""
+    running, buckets = 0.0, []
+    for bound, count in zip((*bounds, float("inf")), cells[:-1], strict=True):
+        running += count
+        buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+    family.add_metric(labels, buckets, cells[-1])
 
 
 # Python's garbage collector stops the process while it walks its objects: with 10,000 sessions a
@@ -127,11 +133,7 @@ def _gc_family() -> HistogramMetricFamily:
         "Pauses of Python's garbage collector, per generation (2: a full collection, which walks every "
         "object the process holds)", labels=["generation"])
     for generation, cells in sorted(GC_PAUSES.items()):
-        running, buckets = 0.0, []
-        for bound, count in zip((*GC_BOUNDS, float("inf")), cells[:-1], strict=True):
-            running += count
-            buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
-        family.add_metric([str(generation)], buckets, cells[-1])
+        _add_counts(family, [str(generation)], GC_BOUNDS, cells)
     return family
 
 

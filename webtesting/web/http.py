@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import partial, wraps
 from typing import Any
 
 from klein import Klein
@@ -251,6 +251,18 @@ class Worker0Proxy(Resource):
         timer = self.reactor.callLater(PROXY_TIMEOUT, connector.disconnect)
         request.notifyFinish().addBoth(lambda _: timer.cancel() if timer.active() else None)
         return NOT_DONE_YET
+
+
+def _in_worker0(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A route about the Tests page's runs: in another worker (workers: N) passed on to worker 0, which runs them."""
+
+    @wraps(handler)
+    async def route(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.worker0_door is not None:
+            return Worker0Proxy(self.worker0_door, self._reactor)
+        return await handler(self, request, *args, **kwargs)
+
+    return route
 
 
 def make_site(resource: Resource, max_body: int, **access_log: Any) -> Site:
@@ -863,10 +875,9 @@ class RegistryAPI:
             raise InvalidInput(f"{field}: case {case_id}", str(e)) from None
 
     @app.route(f"{CASES}/run", methods=["POST"])
+    @_in_worker0
     async def run_cases(self, request: Any) -> Any:
         """Run saved cases on a service (and, with C{against}, on a second one at once, to compare)."""
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -889,9 +900,8 @@ class RegistryAPI:
         return ok(request, runId=run.id)
 
     @app.route(f"{CASES}/run/<run_id>", methods=["GET"])
+    @_in_worker0
     async def run_status(self, request: Any, run_id: str) -> Any:
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         run = self.runs.runs.get(run_id) if self.runs is not None else None
         if run is None or not (run.account == session.username or session.is_admin):
@@ -899,10 +909,9 @@ class RegistryAPI:
         return ok(request, run=describe_run(run))
 
     @app.route(f"{CASES}/load", methods=["POST"])
+    @_in_worker0
     async def start_load(self, request: Any) -> Any:
         """Simulated testers following one saved case on a registered service (the Tests page's Load tab)."""
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         if self.runs is None:
             raise HTTPError(Result.NOT_FOUND, "this server does not run cases")
@@ -939,16 +948,14 @@ class RegistryAPI:
         return entry
 
     @app.route(f"{CASES}/load/<load_id>", methods=["GET"])
+    @_in_worker0
     async def load_status(self, request: Any, load_id: str) -> Any:
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         return ok(request, load=describe_load(self._load_entry(session, load_id)))
 
     @app.route(f"{CASES}/loadStop", methods=["POST"])
+    @_in_worker0
     async def stop_load(self, request: Any) -> Any:
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         body = require_object(self._json_body(request), "")
         load_id = require_str(body.get("loadId"), "loadId", 64)
@@ -956,10 +963,9 @@ class RegistryAPI:
         return ok(request)
 
     @app.route(f"{CASES}/load/<load_id>/report.html", methods=["GET"])
+    @_in_worker0
     async def load_report(self, request: Any, load_id: str) -> Any:
         """The load's report as webtesting-test load writes it (a summary and a latency-over-time plot)."""
-        if self.worker0_door is not None:
-            return Worker0Proxy(self.worker0_door, self._reactor)
         session = await self._session(request)
         entry = self._load_entry(session, load_id)
         summary = describe_load(entry)["summary"]
