@@ -43,6 +43,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from webtesting.fastframes import FastFrames
+
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -395,7 +397,7 @@ class Connection:
             self._protocol.dropConnection(abort=True)
 
 
-class _Protocol(WebSocketClientProtocol):
+class _Protocol(FastFrames, WebSocketClientProtocol):  # type: ignore[misc]
     factory: _Factory
     connection: Connection | None = None
 

@@ -35,6 +35,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.fastframes import FastFrames
 from webtesting.leanws import LeanProtocol, class_defaults, lean_class, shared_batched_timer
 from webtesting.lifecycle import Backoff, Fault, Lifecycle, Reason
 
@@ -166,7 +167,7 @@ class _GatedConnector:
 
 
 # Ignored (misc): Autobahn's own two bases disagree on the types of peer and _transport_details.
-class LinkProtocol(LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
+class LinkProtocol(FastFrames, LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
     """The wire side of one link; every decision is the dialer's and its owner's."""
 
     _log = Logger()

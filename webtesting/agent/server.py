@@ -31,6 +31,7 @@ from webtesting.agent.health import Finding, HealthMonitor
 from webtesting.agent.loginbook import BookClient
 from webtesting.agent.users import UserSession, UserState
 from webtesting.agent.wxservice import LinkSettings
+from webtesting.fastframes import FastFrames
 from webtesting.givenstate import commands as given_commands
 from webtesting.givenstate import describe as given_describe
 from webtesting.handshake import BoundedHandshake
@@ -637,7 +638,7 @@ def _is_uuid(value: Any) -> TypeGuard[str]:
 
 # Ignored (misc): Autobahn's own two bases of WebSocketServerProtocol
 # disagree on the types of peer and _transport_details.
-class AgentProtocol(BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
+class AgentProtocol(FastFrames, BoundedHandshake, WebSocketServerProtocol):  # type: ignore[misc]
     """One web server link; the decisions are the L{WebLink}'s."""
 
     _log = Logger()

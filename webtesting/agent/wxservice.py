@@ -45,6 +45,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from webtesting.fastframes import FastFrames
 from webtesting.leanws import LeanFactory, LeanProtocol
 from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
 from webtesting.metrics import FRAMES
@@ -102,7 +103,7 @@ class WxServiceListener(Protocol):
 
 
 # Ignored (misc): Autobahn's own two bases disagree on the types of peer and _transport_details.
-class _ClientProtocol(LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
+class _ClientProtocol(FastFrames, LeanProtocol, WebSocketClientProtocol):  # type: ignore[misc]
     """The WebSocket side of one L{WxServiceConnection}."""
 
     _log = Logger()

@@ -1,0 +1,279 @@
+"""
+The short way through Autobahn (webtesting.fastframes): every frame is read
+and written as Autobahn would, and whatever the short way does not take
+reaches Autobahn unchanged.
+
+The main test is differential: the same bytes, cut into the same pieces,
+go to a plain Autobahn protocol and to one with L{FastFrames}; the messages
+delivered, the bytes written back (pongs, close frames with their codes and
+reasons) and the final state must be the same, for well-formed frames,
+fragments, control frames, oversized, unmasked, non-minimal and invalid
+UTF-8 frames alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from webtesting.fastframes import FastFrames, frame, unmask
+
+LIMIT = 1000
+_HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class Transport(StringTransport):
+    def unregisterProducer(self) -> None:
+        # Autobahn unregisters when it drops a connection, registered or not, as real transports allow.
+        self.producer = None
+
+
+class Recording:
+    received: list[tuple[bytes, bool]]
+    pongs: list[bytes]
+    closed: tuple[Any, ...] | None = None
+
+    def onOpen(self) -> None:
+        self.received, self.pongs = [], []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.received.append((payload, isBinary))
+
+    def onPong(self, payload: bytes) -> None:
+        self.pongs.append(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code, reason)
+
+
+class PlainServer(Recording, WebSocketServerProtocol):  # type: ignore[misc]
+    pass
+
+
+class FastServer(Recording, FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
+    pass
+
+
+class PlainClient(Recording, WebSocketClientProtocol):  # type: ignore[misc]
+    pass
+
+
+class FastClient(Recording, FastFrames, WebSocketClientProtocol):  # type: ignore[misc]
+    pass
+
+
+_OPTIONS = dict(maxMessagePayloadSize=LIMIT, maxFramePayloadSize=LIMIT, openHandshakeTimeout=0,
+                closeHandshakeTimeout=0, failByDrop=False, autoPingInterval=0)
+
+
+def server(cls: type) -> Any:
+    """A server protocol of C{cls} with its handshake done, on a StringTransport emptied after it."""
+    factory = WebSocketServerFactory("ws://127.0.0.1:1/ws", reactor=MemoryReactorClock())
+    factory.protocol = cls
+    factory.setProtocolOptions(**_OPTIONS)
+    protocol = factory.buildProtocol(None)
+    transport = Transport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_HANDSHAKE)
+    assert protocol.state == protocol.STATE_OPEN, transport.value()
+    transport.clear()
+    return protocol
+
+
+def pair(server_cls: type, client_cls: type) -> tuple[Any, Any, iosim.IOPump]:
+    """A server and a client of these classes, open, joined by an iosim pump."""
+    reactor = MemoryReactorClock()
+    server_factory = WebSocketServerFactory("ws://127.0.0.1:1/ws", reactor=reactor)
+    server_factory.protocol = server_cls
+    server_factory.setProtocolOptions(**_OPTIONS)
+    client_factory = WebSocketClientFactory("ws://127.0.0.1:1/ws", reactor=reactor)
+    client_factory.protocol = client_cls
+    client_factory.setProtocolOptions(**{k: v for k, v in _OPTIONS.items() if k != "autoPingInterval"})
+    c, s, pump = iosim.connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
+    pump.flush()
+    assert s.state == s.STATE_OPEN and c.state == c.STATE_OPEN
+    return s, c, pump
+
+
+def wire(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bytes | None = b"abcd",
+         length_form: int = 0) -> bytes:
+    """One frame as a peer could send it, valid or not (C{length_form} 126 or 127 forces a longer length)."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mask_bit = 0x80 if mask is not None else 0
+    if length_form == 127 or n > 65535:
+        head = bytes((b0, mask_bit | 127)) + n.to_bytes(8, "big")
+    elif length_form == 126 or n > 125:
+        head = bytes((b0, mask_bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((b0, mask_bit | n))
+    if mask is None:
+        return head + payload
+    return head + mask + unmask(payload, mask)
+
+
+class CodecTests(unittest.TestCase):
+    def test_unmask_matches_the_rfc(self) -> None:
+        """Byte i is XORed with mask byte i mod 4, for every length around the 4-byte boundary."""
+        mask = b"\x01\x80\xff\x10"
+        for n in range(0, 13):
+            payload = os.urandom(n)
+            expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            self.assertEqual(unmask(payload, mask), expected)
+
+    def test_frames_as_autobahn_writes_them(self) -> None:
+        """The server's frames are byte for byte Autobahn's, at each length form the short way writes."""
+        for n in (0, 1, 125, 126, LIMIT):
+            payload = b"x" * n
+            plain, fast = server(PlainServer), server(FastServer)
+            plain.sendMessage(payload, isBinary=n % 2 == 1)
+            fast.sendMessage(payload, isBinary=n % 2 == 1)
+            self.assertEqual(fast.transport.value(), plain.transport.value(), n)
+            self.assertEqual(frame(payload, n % 2 == 1, False), plain.transport.value())
+
+
+class PairTests(unittest.TestCase):
+    """Fast and plain protocols talk to each other, in both roles."""
+
+    def exchange(self, server_cls: type, client_cls: type) -> None:
+        plain = self.talk(PlainServer, PlainClient)
+        self.assertEqual(self.talk(server_cls, client_cls), plain)
+        self.assertEqual(plain[1][1], 1009)  # the client heard why: too large
+
+    def talk(self, server_cls: type, client_cls: type) -> tuple[Any, ...]:
+        s, c, pump = pair(server_cls, client_cls)
+        messages = [(b"", False), (b"{}", False), ("\u4f60\u597d".encode() * 40, False),
+                    (os.urandom(126), True), (b"y" * LIMIT, False)]
+        for payload, binary in messages:
+            c.sendMessage(payload, isBinary=binary)
+            s.sendMessage(payload, isBinary=binary)
+        c.sendPing(b"p1")
+        c.sendMessage(b"after the ping")
+        c.sendMessage(b"z" * 50, fragmentSize=7)  # a fragmented message: Autobahn's way, whole at the end
+        s.sendMessage(b"last")
+        pump.flush()
+        self.assertEqual(s.received, [*messages, (b"after the ping", False), (b"z" * 50, False)])
+        self.assertEqual(c.received, [*messages, (b"last", False)])
+        self.assertEqual(c.pongs, [b"p1"])
+        # Too large for the limit: the receiver closes with 1009, as Autobahn does.
+        c.transport.write(wire(1, b"q" * (LIMIT + 1)))  # the sender's own limit would refuse it
+        pump.flush()
+        return s.closed, c.closed
+
+    def test_fast_server_plain_client(self) -> None:
+        self.exchange(FastServer, PlainClient)
+
+    def test_plain_server_fast_client(self) -> None:
+        self.exchange(PlainServer, FastClient)
+
+    def test_fast_both(self) -> None:
+        self.exchange(FastServer, FastClient)
+
+    def test_client_masks_every_frame(self) -> None:
+        """A fast client's frames are masked (a plain server refuses unmasked ones), with varying keys."""
+        s, c, pump = pair(PlainServer, FastClient)
+        c.sendMessage(b"one")
+        c.sendMessage(b"one")
+        sent = c.transport.stream
+        self.assertEqual(len(sent), 2)
+        self.assertTrue(all(chunk[1] & 0x80 for chunk in sent))
+        self.assertNotEqual(sent[0], sent[1])  # different masks
+        pump.flush()
+        self.assertEqual(s.received, [(b"one", False)] * 2)
+
+    def test_closing_from_onmessage_leaves_the_rest_to_autobahn(self) -> None:
+        """A message that makes the server close stops the short way; Autobahn decides about the rest
+        (it still delivers data frames while closing)."""
+        results = []
+        for base in (FastServer, PlainServer):
+            class Closing(base):  # type: ignore[valid-type,misc]
+                def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                    super().onMessage(payload, isBinary)
+                    if self.state == self.STATE_OPEN:
+                        self.sendClose(4000, "enough")
+            s = server(Closing)
+            s.dataReceived(wire(1, b"first") + wire(1, b"second"))
+            self.assertEqual(s.state, s.STATE_CLOSING)
+            results.append((s.received, s.transport.value()))
+        self.assertEqual(results[0], results[1])
+
+    def test_data_arriving_while_onmessage_runs_comes_after_the_rest(self) -> None:
+        """A synchronous transport delivering more bytes from inside onMessage keeps the order."""
+        class Reentrant(FastServer):
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                super().onMessage(payload, isBinary)
+                if payload == b"1":
+                    self.dataReceived(wire(1, b"3"))
+        s = server(Reentrant)
+        s.dataReceived(wire(1, b"1") + wire(1, b"2"))
+        self.assertEqual([p for p, _ in s.received], [b"1", b"2", b"3"])
+
+
+# -- the differential fuzz ---------------------------------------------------------------
+
+_frames = st.one_of(
+    # Well-formed whole text and binary frames: the short way's own.
+    st.builds(lambda t: wire(1, t.encode()), st.text(max_size=60)),
+    st.builds(lambda b: wire(2, b), st.binary(max_size=300)),
+    st.builds(lambda n: wire(1, b"a" * n), st.integers(LIMIT - 2, LIMIT + 2)),
+    # Everything else, for Autobahn.
+    st.builds(lambda b: wire(1, b), st.binary(min_size=1, max_size=20)),  # often invalid UTF-8
+    st.builds(lambda t: wire(1, t, fin=False) + wire(0, b"end"), st.binary(max_size=10)),
+    st.builds(lambda b: wire(9, b), st.binary(max_size=20)),  # ping
+    st.builds(lambda b: wire(10, b), st.binary(max_size=20)),  # pong
+    st.builds(lambda b: wire(1, b, rsv=1), st.binary(max_size=10)),
+    st.builds(lambda b: wire(1, b, mask=None), st.binary(max_size=10)),
+    st.builds(lambda b, form: wire(2, b, length_form=form), st.binary(max_size=10), st.sampled_from([126, 127])),
+    st.builds(lambda op: wire(op, b"x"), st.sampled_from([0, 3, 7, 11])),
+    st.builds(lambda: wire(8, (1000).to_bytes(2, "big") + b"bye")),
+    st.binary(max_size=6),  # noise
+)
+
+
+def run(cls: type, data: bytes, cuts: list[int]) -> tuple[Any, ...]:
+    protocol = server(cls)
+    pos = 0
+    for cut in sorted(set(cuts)):
+        if 0 < cut < len(data):
+            protocol.dataReceived(data[pos:cut])
+            pos = cut
+    protocol.dataReceived(data[pos:])
+    return (protocol.received, protocol.pongs, protocol.transport.value(), protocol.state,
+            protocol.closed, protocol.transport.disconnecting)
+
+
+class DifferentialTests(unittest.TestCase):
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(_frames, max_size=8), st.lists(st.integers(0, 2500), max_size=6))
+    def test_same_as_autobahn(self, frames: list[bytes], cuts: list[int]) -> None:
+        data = b"".join(frames)
+        self.assertEqual(run(FastServer, data, cuts), run(PlainServer, data, cuts))
+
+    def test_the_fuzz_reaches_the_short_way(self) -> None:
+        """The fuzz is not vacuous: whole frames do take the short way (Autobahn's parser is not called)."""
+        calls: list[int] = []
+
+        class Counting(FastServer):
+            def processData(self) -> bool:
+                calls.append(1)
+                return super().processData()
+        s = server(Counting)
+        s.dataReceived(wire(1, b"a") + wire(2, b"b" * 300))
+        self.assertEqual((s.received, calls), ([(b"a", False), (b"b" * 300, True)], []))
+        s.dataReceived(wire(9, b"ping") + wire(1, b"c"))
+        self.assertEqual(s.received[-1], (b"c", False))
+        self.assertTrue(calls)

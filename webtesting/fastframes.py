@@ -1,0 +1,177 @@
+"""
+A short way through Autobahn for the frames every chat is made of.
+
+Each chat crosses every WebTesting process as small, whole (unfragmented,
+uncompressed) text frames. Autobahn takes each through its general
+machinery: a frame header object, a masker and a UTF-8 validator set up per
+frame, some fifteen method calls (frame begin, data, end; message begin,
+frame, end), traffic counters and debug logs whose arguments are built
+whether or not they are logged. The relay bench's profiles put most of each
+hop's Python time there.
+
+L{FastFrames}, mixed in before Autobahn's protocol class, reads and writes
+those frames itself, and hands everything else back to Autobahn
+unchanged:
+
+- Reading (C{dataReceived}), while the WebSocket is open and Autobahn is
+  not in the middle of a frame or a message: each whole frame with FIN set,
+  no RSV bits, opcode text or binary, masked as the RFC requires of the
+  peer (clients mask, servers do not), a 7- or 16-bit length no larger than
+  L{FastFrames.fast_limit} and the protocol's size limits, and (for text)
+  valid UTF-8, goes straight to C{onMessage}. At the first frame that is
+  anything else (a ping, a close, a fragment, a large or compressed frame,
+  invalid UTF-8, a protocol violation) the rest of the bytes go to
+  Autobahn's own parser, which answers as it always does (1002, 1007,
+  1009, ...). A frame not yet whole waits in Autobahn's buffer, where
+  either parser can pick it up.
+- Writing (C{sendMessage}): a whole message that fits in a 16-bit length
+  frame, with no compression negotiated, nothing queued and no
+  fragmentation asked for, is framed (and masked, from the client side) in
+  one step and written; anything else goes through Autobahn.
+
+What is not done on the short way: Autobahn's traffic counters (shared and
+never read here: L{webtesting.leanws}), its per-frame debug logs, and its
+C{"message"} observer event (nothing here subscribes; the C{onMessage}
+callback is what WebTesting uses). A data frame still counts as traffic
+for the automatic ping, as in Autobahn.
+"""
+
+from __future__ import annotations
+
+from random import getrandbits
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_TEXT = 0x81  # FIN + text
+_BINARY = 0x82  # FIN + binary
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """C{payload} XOR the repeated 4-byte C{mask} (RFC 6455 5.3), as one big-integer operation."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def frame(payload: bytes, binary: bool, masked: bool) -> bytes:
+    """One whole data frame for C{payload} (at most 65,535 bytes), masked with a random key if C{masked}."""
+    n = len(payload)
+    first = _BINARY if binary else _TEXT
+    mask_bit = 0x80 if masked else 0
+    head = bytes((first, mask_bit | n)) if n < 126 else bytes((first, mask_bit | 126, n >> 8, n & 0xFF))
+    if not masked:
+        return head + payload
+    # As Autobahn does (random.getrandbits): the mask guards proxies' caches, not secrets.
+    mask = getrandbits(32).to_bytes(4, "big")
+    return head + mask + unmask(payload, mask)
+
+
+class FastFrames:
+    """Mixed in before Autobahn's protocol class (server or client)."""
+
+    # Frames larger than this go through Autobahn (also bounded by the protocol's own size limits).
+    fast_limit = 65535
+
+    # Autobahn's, from the class this is mixed into.
+    state: int
+    data: bytes
+    factory: Any
+    current_frame: Any
+    inside_message: bool
+    transport: Any
+
+    def _fast_in_limit(self) -> int:
+        """The largest frame payload read on the short way."""
+        limit = self.fast_limit
+        for option in (self.maxFramePayloadSize, self.maxMessagePayloadSize):  # type: ignore[attr-defined]
+            if 0 < option < limit:
+                limit = option
+        return limit
+
+    def dataReceived(self, data: bytes) -> None:
+        if (self.state != _OPEN or self.current_frame is not None or self.inside_message
+                or self._perMessageCompress is not None  # type: ignore[attr-defined]
+                or self.logOctets or self.logFrames):  # type: ignore[attr-defined]
+            self._dataReceived(data)  # type: ignore[attr-defined]
+            return
+        buf = self.data + data if self.data else data
+        server = self.factory.isServer
+        if server and not (self.requireMaskedClientFrames and self.applyMask):  # type: ignore[attr-defined]
+            self._dataReceived(data)  # type: ignore[attr-defined]
+            return
+        limit = self._fast_in_limit()
+        whole = True  # what is left is (the start of) a frame the short way can take
+        while True:
+            end = len(buf)
+            if end < 2:
+                break
+            b0 = buf[0]
+            b1 = buf[1]
+            if (b0 != _TEXT and b0 != _BINARY) or (b1 >> 7) != server:
+                whole = False
+                break
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if end < 4:
+                    break
+                length = (buf[2] << 8) | buf[3]
+                head = 4
+                if length < 126:  # not the minimal encoding: Autobahn's answer
+                    whole = False
+                    break
+            elif length == 127:
+                whole = False
+                break
+            if length > limit:
+                whole = False
+                break
+            start = head + 4 if server else head
+            stop = start + length
+            if stop > end:
+                break
+            payload = buf[start:stop]
+            if server:
+                payload = unmask(payload, buf[head:start])
+            if b0 == _TEXT:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    whole = False
+                    break
+            # What is left stays in Autobahn's buffer while onMessage runs: data that arrives
+            # meanwhile (a synchronous transport) goes after it, as with Autobahn's own parser.
+            self.data = buf[stop:]
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+                self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+            self._onMessage(payload, b0 == _BINARY)  # type: ignore[attr-defined]
+            buf = self.data
+            if self.state != _OPEN:
+                # Closed or closing from onMessage: Autobahn decides what the rest is worth.
+                whole = False
+                break
+        self.data = buf
+        if not whole:
+            self.consumeData()  # type: ignore[attr-defined]
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False, fragmentSize: int | None = None,
+                    sync: bool = False, doNotCompress: bool = False) -> None:
+        n = len(payload)
+        if (fragmentSize is None and not sync and self.state == _OPEN and n <= 65535
+                and type(payload) is bytes
+                and self._perMessageCompress is None  # type: ignore[attr-defined]
+                and not self.send_queue  # type: ignore[attr-defined]
+                and not self.logFrames and not self.logOctets  # type: ignore[attr-defined]
+                and not (0 < self.autoFragmentSize < n)  # type: ignore[attr-defined]
+                and not (0 < self.maxMessagePayloadSize < n)  # type: ignore[attr-defined]
+                and not self.trackedTimings):  # type: ignore[attr-defined]
+            masked = (self.maskServerFrames if self.factory.isServer  # type: ignore[attr-defined]
+                      else self.maskClientFrames)  # type: ignore[attr-defined]
+            if not masked or self.applyMask:  # type: ignore[attr-defined]
+                self.transport.write(frame(payload, isBinary, bool(masked)))
+                return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
