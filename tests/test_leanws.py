@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
+from tests.support.wait import eventually
 from webtesting.leanws import SHARED_TRAFFIC, LeanFactory, LeanProtocol
 
 
@@ -75,3 +79,78 @@ class LeanTests(unittest.TestCase):
         second = self.connect(factory)
         self.assertEqual((first.maxMessagePayloadSize, second.maxMessagePayloadSize), (1, 2))
         self.assertIs(type(second).__mro__[1], Echo)  # one subclass of the base, not a chain
+
+
+_HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class OpenConnectionTests(unittest.TestCase):
+    """An open connection keeps only what it still needs, in a dict of its size."""
+
+    def open(self) -> tuple[Echo, MemoryReactorClock]:
+        reactor = MemoryReactorClock()
+        factory = Factory(reactor=reactor)
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, failByDrop=False)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(_HANDSHAKE)
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+        protocol.transport.clear()
+        return protocol, reactor
+
+    def test_handshake_leftovers_and_defaults_are_dropped(self) -> None:
+        import sys
+
+        from webtesting.leanws import HANDSHAKE_ONLY, STATE_DEFAULTS
+        protocol, _ = self.open()
+        kept = set(vars(protocol))
+        self.assertEqual(kept & HANDSHAKE_ONLY, set())
+        self.assertEqual(kept & set(STATE_DEFAULTS), set())
+        self.assertLessEqual(sys.getsizeof(vars(protocol)), 832)  # it was 3,328 bytes with ~90 attributes
+        # Reads find the class's values.
+        self.assertEqual((protocol.failedByMe, protocol.current_frame, protocol.autoPingPendingSeq), (False, None, 0))
+
+    def test_state_changes_after_shrinking(self) -> None:
+        """Autobahn sets its state again on the instance as it changes: a close handshake runs as before."""
+        protocol, _ = self.open()
+        protocol.sendClose(4000, "bye")
+        self.assertTrue(protocol.closedByMe)
+        self.assertEqual(protocol.localCloseCode, 4000)
+        self.assertFalse(type(protocol).closedByMe)  # the class's default is untouched
+        self.assertEqual(protocol.transport.value()[:2], b"\x88\x05")
+
+    @inlineCallbacks
+    def test_chopped_sends_use_the_small_queue(self) -> Any:
+        """Autobahn's send queue (chopped and synchronous sends, on the global reactor) still delivers, in order."""
+        protocol, _ = self.open()
+        protocol.sendData(b"abcdefgh", chopsize=3)
+        protocol.sendData(b"ij")
+        yield Deferred.fromCoroutine(eventually(lambda: protocol.transport.value() == b"abcdefghij",
+                                                timeout=5, what="the queued sends"))
+        self.assertEqual(protocol.transport.value(), b"abcdefghij")
+
+
+class CompactTests(unittest.TestCase):
+    def test_keeps_what_differs_from_the_class(self) -> None:
+        from webtesting.leanws import compact
+
+        shared = object()
+
+        class Thing:
+            flag = False
+            count = 0
+            ratio = 1.5
+            nothing = None
+            timer = shared
+
+        thing = Thing()
+        thing.flag, thing.count, thing.ratio, thing.nothing, thing.timer = False, 0, 1.5, None, shared
+        thing.other, thing.changed, thing.zero = [], True, 0.0
+        thing.count_as_bool = False
+        compact(thing, frozenset({"other"}))
+        self.assertEqual(vars(thing), {"changed": True, "zero": 0.0, "count_as_bool": False})
+        # A value equal to the class's but of another type stays (False is not 0).
+        thing.count = False
+        compact(thing)
+        self.assertIs(thing.count, False)

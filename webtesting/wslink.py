@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from webtesting.fastframes import FastFrames
-from webtesting.leanws import LeanProtocol, class_defaults, lean_class, shared_batched_timer
+from webtesting.leanws import LeanProtocol, class_defaults, compact, lean_class, shared_batched_timer
 from webtesting.lifecycle import Backoff, Fault, Lifecycle, Reason
 
 _log = Logger()
@@ -235,6 +235,19 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
 
     protocol = LinkProtocol  # type: ignore[assignment]
     _log = Logger()
+    # Per link, unless set otherwise (one link per bot user at the agent: leanws.compact keeps them off
+    # each instance).
+    noisy = False  # the lifecycle logs what matters, once
+    # Our own jitter, bounded (±backoff.jitter): the factory's own is a normal distribution,
+    # which now and then waits far longer.
+    jitter = 0
+    isSecure = False
+    origin = None
+    proxy = None
+    proto: LinkProtocol | None = None
+    _close_reason: Reason | None = None
+    _gate: DialGate | None = None
+    _ticket: GateTicket | None = None
 
     def __init__(
         self, dialer: WebSocketDialer, url: str, *, reactor: Any, backoff: Backoff,
@@ -246,21 +259,15 @@ class LinkFactory(ReconnectingClientFactory, WebSocketClientFactory):  # type: i
         self.protocol = lean_class(LinkProtocol, self)  # type: ignore[assignment]
         self._batched_timer = shared_batched_timer(self._batched_timer)
         self.clock = reactor
-        self.noisy = False  # the lifecycle logs what matters, once
         self.initialDelay = self.delay = backoff.initial
         self.maxDelay = backoff.maximum  # type: ignore[assignment]
         self.factor = backoff.factor
-        # Our own jitter, bounded (±backoff.jitter): the factory's own is a
-        # normal distribution, which now and then waits far longer.
-        self.jitter = 0
         self._backoff = backoff
         self._base = backoff.initial
         self.dialer: WebSocketDialer | None = dialer
         self.names = dialer.names
-        self.proto: LinkProtocol | None = None
-        self._close_reason: Reason | None = None
         self._gate = dialer.gate
-        self._ticket: GateTicket | None = None
+        compact(self)
 
     # -- the gate --------------------------------------------------------------
 
