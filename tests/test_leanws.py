@@ -111,6 +111,22 @@ class OpenConnectionTests(unittest.TestCase):
         # Reads find the class's values.
         self.assertEqual((protocol.failedByMe, protocol.current_frame, protocol.autoPingPendingSeq), (False, None, 0))
 
+    def test_autobahn_parser_after_shrinking(self) -> None:
+        """Autobahn's own parser (fragments, UTF-8 validation) works on a shrunk connection: its validator
+        is made when first used."""
+        from tests.test_fastframes import wire
+        protocol, _ = self.open()
+        self.assertNotIn("utf8validator", vars(protocol))
+        got: list[bytes] = []
+        protocol.onMessage = lambda payload, binary: got.append(payload)  # type: ignore[method-assign]
+        protocol.dataReceived(wire(1, "caf\u00e9".encode()[:4], fin=False) + wire(0, "caf\u00e9".encode()[4:]))
+        self.assertEqual(got, ["caf\u00e9".encode()])
+        self.assertIn("utf8validator", vars(protocol))
+        protocol.dataReceived(wire(1, b"\xff\xfe", fin=False))
+        self.assertEqual(protocol.localCloseCode, 1007)
+        close = protocol.transport.value()
+        self.assertEqual((close[0], close[2:4]), (0x88, (1007).to_bytes(2, "big")))  # a close frame, 1007
+
     def test_state_changes_after_shrinking(self) -> None:
         """Autobahn sets its state again on the instance as it changes: a close handshake runs as before."""
         protocol, _ = self.open()

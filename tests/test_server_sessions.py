@@ -8,9 +8,11 @@ web node at once, on another within its re-check interval).
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.support import wsclient
@@ -252,6 +254,21 @@ class RevocationTests(unittest.TestCase):
         took = await eventually(lambda: ws.closed.called, timeout=3, what="closed by the other node")
         self.assertLess(took, 1.5)
         self.assertEqual((await ws.closed)[1], SESSION_ENDED)
+
+    async def test_expired_login_closes_its_websocket(self) -> None:
+        """A login that expires closes its open WebSocket (4401, "login expired") within the recheck, though
+        the database still has the row; no timer per connection."""
+        now = [time.time()]
+        self.factory.clock = lambda: now[0]
+        client = await self.logged_in("tom", "tom-password-1")
+        ws = await self.websocket(client)
+        protocol = next(iter(self.factory.open_protocols))
+        self.assertEqual([c for c in reactor.getDelayedCalls() if getattr(c.func, "__self__", None) is protocol], [])
+        await deferLater(reactor, 0.5, lambda: None)
+        self.assertFalse(ws.closed.called)  # not yet expired
+        now[0] = protocol.user.expires + 1
+        await eventually(lambda: ws.closed.called, timeout=3, what="closed on expiry")
+        self.assertEqual((await ws.closed)[1:], (SESSION_ENDED, "login expired; log in again"))
 
     async def test_websockets_per_account(self) -> None:
         """An account may hold at most max_per_account WebSockets; the next is refused with 429, closing one frees a

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any
 
 from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.utf8validator import Utf8Validator
 
 # One for every connection of this process: counted into, never read.
 SHARED_TRAFFIC = TrafficStats()
@@ -68,10 +69,29 @@ class _SendQueue(list):  # type: ignore[type-arg]
         return self.pop(0)
 
 
+class _OnFirstUse:
+    """A class attribute that makes C{factory()} for an instance the first time it is read there."""
+
+    def __init__(self, name: str, factory: Any) -> None:
+        self.name, self.factory = name, factory
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.factory()
+        return value
+
+
 class LeanProtocol:
     """Mixed in before Autobahn's protocol class."""
 
     trafficStats = SHARED_TRAFFIC
+    # Autobahn's incremental UTF-8 validator (about 330 bytes with its C state) is used only by its own
+    # frame parser, which webtesting.fastframes leaves the short way's frames out of.
+    utf8validator = _OnFirstUse("utf8validator", Utf8Validator)
+    # The events Autobahn's observers may ask for: the same list for every connection.
+    _valid_events = ["message"]  # noqa: RUF012 - read-only, as Autobahn's own per-connection copy
+    _transport_details = None
 
     def _connectionMade(self) -> None:
         super()._connectionMade()  # type: ignore[misc]
@@ -81,10 +101,17 @@ class LeanProtocol:
     def _onOpen(self) -> None:
         self._shrink()
         super()._onOpen()  # type: ignore[misc]
+        # Read only on opening (TLS channel binding), just done.
+        self.__dict__.pop("_transport_details", None)
 
     def _shrink(self) -> None:
         """Drop what an open connection no longer needs: the handshake's leftovers, copies of the class's defaults."""
-        compact(self, HANDSHAKE_ONLY)
+        drop = set(HANDSHAKE_ONLY)
+        if not self.__dict__.get("inside_message"):
+            drop.add("utf8validator")
+        if self.__dict__.get("_valid_events") == self._valid_events:
+            drop.add("_valid_events")
+        compact(self, frozenset(drop))
 
 
 _MISSING = object()

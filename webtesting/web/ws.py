@@ -27,7 +27,7 @@ next server rather than guessing what happened.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -74,7 +74,6 @@ class BrowserProtocol(FastFrames, LeanProtocol, BoundedHandshake, WebSocketServe
     session: BrowserSession | None = None
     user: Session | None = None
     _counted = False
-    _expiry: Any = None
     _too_large = False
 
     # Autobahn waits for a Deferred from onConnect; its annotation does not say so.
@@ -115,10 +114,7 @@ class BrowserProtocol(FastFrames, LeanProtocol, BoundedHandshake, WebSocketServe
 
     def onOpen(self) -> None:
         try:
-            if self.user is not None:
-                # The login ends for this connection too when it expires.
-                self._expiry = self.factory.reactor.callLater(
-                    max(0.0, self.user.expires - time.time()), self._login_expired)
+            # The login ends for this connection too when it expires: the factory's recheck sees to it.
             self.session = self.factory.relay.open_session(
                 self._deliver, self.user.username if self.user is not None else "")
             self.factory.opened(self)
@@ -134,9 +130,9 @@ class BrowserProtocol(FastFrames, LeanProtocol, BoundedHandshake, WebSocketServe
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode(), isReply=False)
 
-    def _login_expired(self) -> None:
-        self._expiry = None
-        self.sendClose(code=SESSION_ENDED, reason="login expired; log in again")
+    def login_expired(self) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(code=SESSION_ENDED, reason="login expired; log in again")
 
     def _deliver(self, data: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -193,9 +189,6 @@ class BrowserProtocol(FastFrames, LeanProtocol, BoundedHandshake, WebSocketServe
             self.factory.closed(self)
         except Exception:  # noqa: BLE001 - logged with its traceback; the callers go on
             self._log.failure("forgetting a closed browser WebSocket")
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
         if self.session is None:
             return
         session, self.session = self.session, None
@@ -219,9 +212,11 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         origins: Origins | None = None,
         max_per_account: int = 20,
         recheck_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.clock = clock  # the wall clock logins expire by
         self.relay = relay
         self.sessions = sessions
         self.max_per_account = max_per_account
@@ -286,7 +281,15 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
             # It may have read before the latest change: once more when it is done.
             self._again = True
             return self._rechecking
-        open_ = [p for p in self.open_protocols if p.user is not None]
+        # Expired logins close at once, whether or not the database answers (one timer for all of them,
+        # not one per connection: recheck_interval is how late a close may come).
+        now = self.clock()
+        open_ = []
+        for protocol in [p for p in self.open_protocols if p.user is not None]:
+            if protocol.user is not None and protocol.user.expires <= now:
+                protocol.login_expired()
+            else:
+                open_.append(protocol)
         if not open_:
             return None
         d = self.sessions.alive(sorted({p.user.key for p in open_ if p.user is not None}))
