@@ -317,3 +317,36 @@ class PasswordCostTests(unittest.TestCase):
         self.assertTrue(hash_password("x" * 8).startswith(f"scrypt${2**17}$8$1$"))
         salt = "AAAAAAAAAAAAAAAAAAAAAA"
         self.assertFalse(accounts.check_password("x", f"scrypt${2**30}$8$1${salt}${salt}"))
+
+
+class ExpiryWhileTheDatabaseHangsTests(unittest.TestCase):
+    def test_expired_logins_close_while_a_recheck_waits(self) -> None:
+        """A recheck still waiting for the database does not hold back the close of an expired login."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock
+
+        class Hanging:
+            def check(self, token: str | None) -> Deferred[Any]:
+                return Deferred()
+
+            def alive(self, keys: Any) -> Deferred[set[str]]:
+                return Deferred()  # never answers
+
+        class Fake:
+            def __init__(self, expires: int) -> None:
+                self.user = accounts.Session("tom", "tester", expires, key=f"k{expires}")
+                self.expired = 0
+
+            def login_expired(self) -> None:
+                self.expired += 1
+
+        now = [1000.0]
+        factory = BrowserFactory(Relay({}), Hanging(), clock=lambda: now[0], reactor=MemoryReactorClock())
+        soon, later = Fake(1010), Fake(5000)
+        factory.open_protocols.update({soon, later})  # type: ignore[arg-type]
+        first = factory.recheck()
+        self.assertIsNotNone(first)
+        self.assertEqual((soon.expired, later.expired), (0, 0))
+        now[0] = 1010
+        self.assertIs(factory.recheck(), first)  # the query still waits
+        self.assertEqual((soon.expired, later.expired), (1, 0))

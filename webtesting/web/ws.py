@@ -277,19 +277,11 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
 
     def recheck(self) -> Deferred[Any] | None:
         """Close the WebSockets whose login session has ended (one query for all of them)."""
+        open_ = self._close_expired()
         if self._rechecking is not None:
             # It may have read before the latest change: once more when it is done.
             self._again = True
             return self._rechecking
-        # Expired logins close at once, whether or not the database answers (one timer for all of them,
-        # not one per connection: recheck_interval is how late a close may come).
-        now = self.clock()
-        open_ = []
-        for protocol in [p for p in self.open_protocols if p.user is not None]:
-            if protocol.user is not None and protocol.user.expires <= now:
-                protocol.login_expired()
-            else:
-                open_.append(protocol)
         if not open_:
             return None
         d = self.sessions.alive(sorted({p.user.key for p in open_ if p.user is not None}))
@@ -315,6 +307,23 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         d.addBoth(done)
         self._rechecking = d
         return d
+
+    def _close_expired(self) -> list[BrowserProtocol]:
+        """
+        Close the WebSockets whose login has expired, whether or not the
+        database answers (one timer for all of them, not one per connection:
+        recheck_interval is how late a close may come); the others, logged in.
+        """
+        now = self.clock()
+        logged_in = []
+        for protocol in list(self.open_protocols):
+            if protocol.user is None:
+                continue
+            if protocol.user.expires <= now:
+                protocol.login_expired()
+            else:
+                logged_in.append(protocol)
+        return logged_in
 
     def opened(self, protocol: BrowserProtocol) -> None:
         self.open_protocols.add(protocol)
