@@ -93,7 +93,8 @@ class OpenConnectionTests(unittest.TestCase):
         factory = Factory(reactor=reactor)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, failByDrop=False)
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
+        from tests.test_fastframes import Transport
+        protocol.makeConnection(Transport())
         protocol.dataReceived(_HANDSHAKE)
         self.assertEqual(protocol.state, protocol.STATE_OPEN)
         protocol.transport.clear()
@@ -126,6 +127,20 @@ class OpenConnectionTests(unittest.TestCase):
         self.assertEqual(protocol.localCloseCode, 1007)
         close = protocol.transport.value()
         self.assertEqual((close[0], close[2:4]), (0x88, (1007).to_bytes(2, "big")))  # a close frame, 1007
+
+    def test_is_closed_fires_after_shrinking(self) -> None:
+        """The close Deferred, made when first read, fires on close; one taken before close is the one fired."""
+        protocol, _ = self.open()
+        self.assertNotIn("is_closed", vars(protocol))
+        self.assertNotIn("_results", vars(protocol))
+        protocol.dropConnection(abort=True)
+        self.assertTrue(protocol.is_closed.called)
+        waiting, _ = self.open()
+        early = waiting.is_closed
+        self.assertFalse(early.called)
+        waiting.dropConnection(abort=True)
+        self.assertIs(waiting.is_closed, early)
+        self.assertTrue(early.called)
 
     def test_state_changes_after_shrinking(self) -> None:
         """Autobahn sets its state again on the instance as it changes: a close handshake runs as before."""

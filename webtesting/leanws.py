@@ -27,6 +27,7 @@ import types
 from collections import OrderedDict
 from typing import Any
 
+import txaio
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.utf8validator import Utf8Validator
 
@@ -92,6 +93,12 @@ class LeanProtocol:
     # The events Autobahn's observers may ask for: the same list for every connection.
     _valid_events = ["message"]  # noqa: RUF012 - read-only, as Autobahn's own per-connection copy
     _transport_details = None
+    # Made when first read: the Deferred that fires on close (Autobahn reads it to fire it), and the
+    # results of the observers' last events (written by Autobahn's "message" event, which fastframes'
+    # short way does not fire).
+    # (txaio's framework is chosen when autobahn.twisted is imported: looked up when called.)
+    is_closed = _OnFirstUse("is_closed", lambda: txaio.create_future())  # type: ignore[attr-defined]
+    _results = _OnFirstUse("_results", lambda: {"message": None})
 
     def _connectionMade(self) -> None:
         super()._connectionMade()  # type: ignore[misc]
@@ -111,6 +118,11 @@ class LeanProtocol:
             drop.add("utf8validator")
         if self.__dict__.get("_valid_events") == self._valid_events:
             drop.add("_valid_events")
+        if self.__dict__.get("_results") == {"message": None}:
+            drop.add("_results")
+        closed = self.__dict__.get("is_closed")
+        if closed is not None and not closed.called and not closed.callbacks:  # nobody waits on it yet
+            drop.add("is_closed")
         compact(self, frozenset(drop))
 
 
