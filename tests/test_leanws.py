@@ -135,12 +135,27 @@ class OpenConnectionTests(unittest.TestCase):
         self.assertNotIn("_results", vars(protocol))
         protocol.dropConnection(abort=True)
         self.assertTrue(protocol.is_closed.called)
-        waiting, _ = self.open()
+        # Taken before the connection opened (and only held): the one fired.
+        factory = Factory(reactor=MemoryReactorClock())
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        from tests.test_fastframes import Transport
+        waiting = factory.buildProtocol(None)
         early = waiting.is_closed
+        waiting.makeConnection(Transport())
+        waiting.dataReceived(_HANDSHAKE)
+        self.assertEqual(waiting.state, waiting.STATE_OPEN)
         self.assertFalse(early.called)
         waiting.dropConnection(abort=True)
         self.assertIs(waiting.is_closed, early)
         self.assertTrue(early.called)
+
+    def test_custom_events_are_kept(self) -> None:
+        """A connection that asks for other observer events keeps its own list."""
+        protocol, _ = self.open()
+        protocol.set_valid_events(["message", "custom"])
+        protocol._shrink()
+        protocol.on("custom", lambda: None)
+        self.assertEqual(protocol._valid_events, ["message", "custom"])
 
     def test_state_changes_after_shrinking(self) -> None:
         """Autobahn sets its state again on the instance as it changes: a close handshake runs as before."""

@@ -350,3 +350,44 @@ class ExpiryWhileTheDatabaseHangsTests(unittest.TestCase):
         now[0] = 1010
         self.assertIs(factory.recheck(), first)  # the query still waits
         self.assertEqual((soon.expired, later.expired), (1, 0))
+
+    def test_the_timer_closes_expired_logins_while_a_recheck_waits(self) -> None:
+        """The 2 s timer does not wait for a recheck's query, and goes on after an error."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock
+
+        queries: list[Deferred[set[str]]] = []
+
+        class Hanging:
+            def check(self, token: str | None) -> Deferred[Any]:
+                return Deferred()
+
+            def alive(self, keys: Any) -> Deferred[set[str]]:
+                queries.append(Deferred())
+                return queries[-1]  # never answers
+
+        class Fake:
+            def __init__(self, expires: int, fails: bool = False) -> None:
+                self.user = accounts.Session("tom", "tester", expires, key=f"k{expires}")
+                self.expired, self.fails = 0, fails
+
+            def login_expired(self) -> None:
+                self.expired += 1
+                if self.fails:
+                    raise RuntimeError("a broken connection")
+
+        now = [1000.0]
+        clock = MemoryReactorClock()
+        factory = BrowserFactory(Relay({}), Hanging(), clock=lambda: now[0], reactor=clock, recheck_interval=2)
+        broken, soon, later = Fake(1003, fails=True), Fake(1005), Fake(5000)
+        factory.open_protocols.update({broken, soon, later})  # type: ignore[arg-type]
+        factory.startFactory()
+        self.addCleanup(factory.stopFactory)
+        clock.advance(2)
+        self.assertEqual(len(queries), 1)
+        now[0] = 1006
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual((broken.expired >= 1, soon.expired >= 1, later.expired), (True, True, 0))
+        self.assertEqual(len(queries), 1)  # one query at a time
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), broken.expired)

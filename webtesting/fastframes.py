@@ -29,6 +29,13 @@ unchanged:
   fragmentation asked for, is framed (and masked, from the client side) in
   one step and written; anything else goes through Autobahn.
 
+A class that overrides Autobahn's streaming hooks (C{onMessageBegin},
+C{onMessageFrameBegin}, ...) must keep the frames those hooks are for off
+the short way with L{FastFrames._fast_in_limit}, as the browser WebSocket
+does for its size limit. Invalid UTF-8 in a text frame is found once the
+frame is whole (Autobahn finds it at the first bad byte): the close (1007)
+is the same, a little later.
+
 What is not done on the short way: Autobahn's traffic counters (shared and
 never read here: L{webtesting.leanws}), its per-frame debug logs, and its
 C{"message"} observer event (nothing here subscribes; the C{onMessage}
@@ -95,7 +102,7 @@ class FastFrames:
     def dataReceived(self, data: bytes) -> None:
         if (self.state != _OPEN or self.current_frame is not None or self.inside_message
                 or self._perMessageCompress is not None  # type: ignore[attr-defined]
-                or self.logOctets or self.logFrames):  # type: ignore[attr-defined]
+                or self.logOctets or self.logFrames or self.trackedTimings):  # type: ignore[attr-defined]
             self._dataReceived(data)  # type: ignore[attr-defined]
             return
         buf = self.data + data if self.data else data
@@ -144,7 +151,7 @@ class FastFrames:
                     whole = False
                     break
             # What is left stays in Autobahn's buffer while onMessage runs: data that arrives
-            # meanwhile (a synchronous transport) goes after it, as with Autobahn's own parser.
+            # meanwhile (a synchronous transport calling dataReceived again) goes after it.
             self.data = buf[stop:]
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
                 self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]

@@ -93,12 +93,23 @@ class LeanProtocol:
     # The events Autobahn's observers may ask for: the same list for every connection.
     _valid_events = ["message"]  # noqa: RUF012 - read-only, as Autobahn's own per-connection copy
     _transport_details = None
-    # Made when first read: the Deferred that fires on close (Autobahn reads it to fire it), and the
-    # results of the observers' last events (written by Autobahn's "message" event, which fastframes'
-    # short way does not fire).
+    # Made when first read (Autobahn makes them with the connection; LeanProtocol.__init__ drops them
+    # before anyone can hold them): the Deferred that fires on close (Autobahn reads it to fire it), and
+    # the results of the observers' last events (written by Autobahn's "message" event, which
+    # fastframes' short way does not fire).
     # (txaio's framework is chosen when autobahn.twisted is imported: looked up when called.)
     is_closed = _OnFirstUse("is_closed", lambda: txaio.create_future())  # type: ignore[attr-defined]
     _results = _OnFirstUse("_results", lambda: {"message": None})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Made up front by Autobahn, held by nobody yet: made again when first read.
+        state = self.__dict__
+        state.pop("is_closed", None)
+        if state.get("_results") == {"message": None}:
+            del state["_results"]
+        if state.get("_valid_events") == LeanProtocol._valid_events:
+            del state["_valid_events"]
 
     def _connectionMade(self) -> None:
         super()._connectionMade()  # type: ignore[misc]
@@ -116,13 +127,6 @@ class LeanProtocol:
         drop = set(HANDSHAKE_ONLY)
         if not self.__dict__.get("inside_message"):
             drop.add("utf8validator")
-        if self.__dict__.get("_valid_events") == self._valid_events:
-            drop.add("_valid_events")
-        if self.__dict__.get("_results") == {"message": None}:
-            drop.add("_results")
-        closed = self.__dict__.get("is_closed")
-        if closed is not None and not closed.called and not closed.callbacks:  # nobody waits on it yet
-            drop.add("is_closed")
         compact(self, frozenset(drop))
 
 

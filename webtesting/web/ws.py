@@ -223,7 +223,7 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         self._per_account: dict[str, int] = {}
         # Sessions ended on another web node (or by webtesting-account) close
         # here within this many seconds; ended here, at once (recheck()).
-        self._recheck = LoopingCall(self.recheck)
+        self._recheck = LoopingCall(self._tick)
         self._recheck.clock = self.reactor
         self._recheck_interval = recheck_interval
         self._rechecking: Deferred[Any] | None = None
@@ -308,6 +308,17 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         self._rechecking = d
         return d
 
+    def _tick(self) -> None:
+        """
+        The recheck timer: never waits for a recheck's query (a slow
+        database must not hold back the expiry closes) and never stops on
+        an error.
+        """
+        try:
+            self.recheck()
+        except Exception:  # noqa: BLE001 - logged with its traceback; the timer goes on
+            self._log.failure("re-checking the browsers' sessions")
+
     def _close_expired(self) -> list[BrowserProtocol]:
         """
         Close the WebSockets whose login has expired, whether or not the
@@ -320,7 +331,10 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
             if protocol.user is None:
                 continue
             if protocol.user.expires <= now:
-                protocol.login_expired()
+                try:
+                    protocol.login_expired()
+                except Exception:  # noqa: BLE001 - logged with its traceback; the others still close
+                    self._log.failure("closing a WebSocket whose login expired")
             else:
                 logged_in.append(protocol)
         return logged_in
