@@ -277,3 +277,57 @@ class DifferentialTests(unittest.TestCase):
         s.dataReceived(wire(9, b"ping") + wire(1, b"c"))
         self.assertEqual(s.received[-1], (b"c", False))
         self.assertTrue(calls)
+
+
+class WriteNowTests(unittest.TestCase):
+    """write_now on real TCP: at once when nothing waits, in order always."""
+
+    async def connected(self) -> tuple[Any, list[bytes], Any]:
+        from twisted.internet import protocol, reactor
+        from twisted.internet.defer import Deferred
+
+        received: list[bytes] = []
+        done: Deferred[None] = Deferred()
+
+        class Sink(protocol.Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(None)
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Sink), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = await protocol.ClientCreator(reactor, protocol.Protocol).connectTCP(
+            "127.0.0.1", port.getHost().port)
+
+        async def close() -> None:
+            client.transport.loseConnection()
+            await done
+        self.addCleanup(lambda: Deferred.fromCoroutine(close()))
+        return client.transport, received, reactor
+
+    async def test_sent_at_once_when_nothing_waits(self) -> None:
+        from tests.support.wait import eventually
+        from webtesting.fastframes import write_now
+
+        transport, received, reactor = await self.connected()
+        write_now(transport, b"hello")
+        self.assertNotIn(transport, reactor.getWriters())  # not left for the next poll
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        await eventually(lambda: b"".join(received) == b"hello", what="the bytes")
+
+    async def test_order_kept_behind_buffered_bytes(self) -> None:
+        """Behind bytes Twisted still holds (a small write, then more than the socket takes), in order."""
+        from tests.support.wait import eventually
+        from webtesting.fastframes import write_now
+
+        transport, received, _ = await self.connected()
+        transport.write(b"first;")
+        write_now(transport, b"second;")
+        big = os.urandom(8 * 1024 * 1024)
+        write_now(transport, big)  # more than a socket takes at once: the rest waits in Twisted's buffer
+        write_now(transport, b";last")
+        expected = b"first;second;" + big + b";last"
+        await eventually(lambda: sum(map(len, received)) >= len(expected), timeout=20, what="all the bytes")
+        self.assertEqual(b"".join(received), expected)
