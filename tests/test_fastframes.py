@@ -24,6 +24,9 @@ from autobahn.twisted.websocket import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -283,7 +286,7 @@ class WriteNowTests(unittest.TestCase):
     """write_now on real TCP: at once when nothing waits, in order always."""
 
     async def connected(self) -> tuple[Any, list[bytes], Any]:
-        from twisted.internet import protocol, reactor
+        from twisted.internet import protocol
         from twisted.internet.defer import Deferred
 
         received: list[bytes] = []
@@ -331,3 +334,48 @@ class WriteNowTests(unittest.TestCase):
         expected = b"first;second;" + big + b";last"
         await eventually(lambda: sum(map(len, received)) >= len(expected), timeout=20, what="all the bytes")
         self.assertEqual(b"".join(received), expected)
+
+    async def test_nothing_sent_after_an_abort(self) -> None:
+        """After abortConnection (its close still a turn away) nothing more reaches the peer."""
+        from tests.support.wait import eventually
+        from webtesting.fastframes import write_now
+
+        transport, received, _ = await self.connected()
+        write_now(transport, b"before;")
+        await eventually(lambda: received, what="the first bytes")
+        transport.abortConnection()
+        write_now(transport, b"after")
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(b"".join(received), b"before;")
+
+    async def test_a_reset_is_a_lost_connection(self) -> None:
+        """A send that finds the peer's reset ends the connection as lost, not as closed cleanly."""
+        import socket
+        import struct
+        import time as time_
+
+        from twisted.internet import protocol
+        from twisted.internet.defer import Deferred
+
+        from webtesting.fastframes import write_now
+
+        lost: Deferred[Any] = Deferred()
+        made: Deferred[Any] = Deferred()
+
+        class Server(protocol.Protocol):
+            def connectionMade(self) -> None:
+                made.callback(self.transport)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                lost.callback([reason])  # a Failure as the result would be an errback
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        transport = await made
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset
+        time_.sleep(0.1)  # the reset arrives; the reactor has not looked yet
+        write_now(transport, b"into a reset connection")
+        [reason] = await lost
+        self.assertTrue(reason.check(ConnectionLost), reason)

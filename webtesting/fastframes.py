@@ -45,11 +45,14 @@ for the automatic ping, as in Autobahn.
 
 from __future__ import annotations
 
+import errno
 from random import getrandbits
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _TEXT = 0x81  # FIN + text
@@ -96,15 +99,39 @@ def write_now(transport: Any, data: bytes) -> None:
     """
     if (type(transport) in _PLAIN_TCP and not transport._tempDataLen
             and len(transport.dataBuffer) == transport.offset and not transport.TLS
-            and transport.connected and not transport.disconnecting and not transport._writeDisconnected):
+            and transport.connected and not transport.disconnecting and not transport._writeDisconnected
+            and not transport._aborting and transport.producer is None):
         try:
             sent = transport.socket.send(data)
-        except OSError:  # would block, or the connection is going: write() finds out as it always does
+        except (BlockingIOError, InterruptedError):
             sent = 0
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                sent = 0
+            else:
+                _send_failed(transport)
+                return
         if sent == len(data):
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _send_failed(transport: Any) -> None:
+    """
+    A send found the connection gone (reset, broken pipe). The kernel has
+    now reported its error and will not report it again, so the connection
+    ends here with the reason Twisted gives a failed send (ConnectionLost),
+    on the next reactor turn, the way Twisted's own C{abortConnection} ends
+    one (rather than as "closed cleanly" when the next read finds the end).
+    """
+    if transport.disconnected or transport._aborting:
+        return
+    transport._aborting = True
+    transport.stopReading()
+    transport.stopWriting()
+    transport.doRead = transport.doWrite = lambda *args, **kwargs: None
+    transport.reactor.callLater(0, transport.connectionLost, Failure(ConnectionLost()))
 
 
 class FastFrames:
