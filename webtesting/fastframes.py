@@ -157,16 +157,14 @@ class FastFrames:
         return limit
 
     def dataReceived(self, data: bytes) -> None:
+        server = self.factory.isServer
         if (self.state != _OPEN or self.current_frame is not None or self.inside_message
                 or self._perMessageCompress is not None  # type: ignore[attr-defined]
-                or self.logOctets or self.logFrames or self.trackedTimings):  # type: ignore[attr-defined]
+                or self.logOctets or self.logFrames or self.trackedTimings  # type: ignore[attr-defined]
+                or (server and not (self.requireMaskedClientFrames and self.applyMask))):  # type: ignore[attr-defined]
             self._dataReceived(data)  # type: ignore[attr-defined]
             return
         buf = self.data + data if self.data else data
-        server = self.factory.isServer
-        if server and not (self.requireMaskedClientFrames and self.applyMask):  # type: ignore[attr-defined]
-            self._dataReceived(data)  # type: ignore[attr-defined]
-            return
         limit = self._fast_in_limit()
         whole = True  # what is left is (the start of) a frame the short way can take
         while True:

@@ -61,6 +61,10 @@ HANDSHAKE_ONLY = frozenset((
 ))
 
 
+# Also dropped on opening (no message is under way yet): the UTF-8 validator, made again when used.
+_DROPPED_ON_OPEN = HANDSHAKE_ONLY | {"utf8validator"}
+
+
 class _SendQueue(list):  # type: ignore[type-arg]
     """Autobahn's send queue (used only by chopped or synchronous sends): 56 bytes, where a deque takes 760."""
 
@@ -113,7 +117,7 @@ class LeanProtocol:
 
     def _connectionMade(self) -> None:
         super()._connectionMade()  # type: ignore[misc]
-        self.trafficStats = SHARED_TRAFFIC
+        del self.trafficStats  # Autobahn's own for this connection: the class's shared one is read instead
         self.send_queue = _SendQueue()
 
     def _onOpen(self) -> None:
@@ -124,10 +128,7 @@ class LeanProtocol:
 
     def _shrink(self) -> None:
         """Drop what an open connection no longer needs: the handshake's leftovers, copies of the class's defaults."""
-        drop = set(HANDSHAKE_ONLY)
-        if not self.__dict__.get("inside_message"):
-            drop.add("utf8validator")
-        compact(self, frozenset(drop))
+        compact(self, _DROPPED_ON_OPEN)
 
 
 _MISSING = object()
