@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from webtesting.dbpool import DatabaseUnavailable
+from webtesting.protocol import json_text
 from webtesting.web.schema import dialect_sql as _sql
 
 TABLE = "tb_history"
@@ -87,6 +88,22 @@ Event = tuple[int, str, str, str, str, int, Any]
 _DIFFS = (("tag", "newTags", "deletedTags"), ("curTopicList", "newTopics", "deletedTopics"),
           ("memory", "new", "deleted"))
 
+
+
+_string = json.encoder.encode_basestring  # type: ignore[attr-defined]  # as json.dumps(str, ensure_ascii=False)
+
+
+class _Chunk:
+    """One row being built: a bot user's events under one account, as JSON texts."""
+
+    __slots__ = ("user", "account", "parts", "said", "at")
+
+    def __init__(self, user: tuple[int, str, str], account: str) -> None:
+        self.user = user
+        self.account = account
+        self.parts: list[str] = []
+        self.said = 0  # how many are chats (say)
+        self.at = 0  # the last one's time
 
 
 def _load(body: Any) -> dict[str, Any] | None:
@@ -245,16 +262,24 @@ class History(service.Service):
         """On the database's thread: cut the states, one row per bot user and account, trim."""
         # (user, account) -> [turns, last at, events]; a user's events stay in order
         # (a new row whenever the account changes, which a takeover does).
-        chunks: list[tuple[tuple[int, str, str], str, list[Any]]] = []
-        last: dict[tuple[int, str, str], tuple[str, list[Any]]] = {}
+        # Each event is written as its JSON text here, in one pass: a chat's
+        # text with the C encoder of a string, an agent's reply as it came
+        # (the relay forwards it to pages as it is, so it is JSON already).
+        chunks: list[_Chunk] = []
+        last: dict[tuple[int, str, str], _Chunk] = {}
         turns: dict[tuple[int, str, str], int] = {}
         for service_id, appid, uname, account, kind, at, body in events:
             user = (service_id, appid, uname)
+            said = 0
             if kind == "say":
                 turns[user] = turns.get(user, 0) + 1
-                kept: Any = body
+                said = 1
+                part = f'["say",{at},{_string(body)}]'
             elif kind == "reply":
-                kept = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+                if isinstance(body, bytes) and body.startswith(b"{"):
+                    part = f'["reply",{at},{body.decode("utf-8", "replace")}]'
+                else:
+                    part = json_text([kind, at, body.decode("utf-8", "replace") if isinstance(body, bytes) else body])
             elif kind == "state":
                 first = user in self._first
                 kept = state_body(body, first)
@@ -265,31 +290,22 @@ class History(service.Service):
                 if not first and topic == self._topic.get(user) and not _changed(kept):
                     continue  # nothing moved
                 self._topic[user] = topic
+                part = json_text([kind, at, kept])
             else:  # login, logout
-                kept = body if isinstance(body, dict) else {}
                 if kind == "login":
                     self._first.add(user)
                 else:
                     self._first.discard(user)
                 self._topic.pop(user, None)
-            held = last.get(user)
-            if held is None or held[0] != account or len(held[1]) >= PER_ROW:
-                held = (account, [])
-                last[user] = held
-                chunks.append((user, account, held[1]))
-            held[1].append((kind, at, kept))
-        rows = []
-        for user, account, chunk in chunks:
-            said = 0
-            parts = []
-            for kind, at, kept in chunk:
-                if kind == "reply" and isinstance(kept, str) and kept.startswith("{"):
-                    # The agent's frame is JSON already (the relay forwards it to pages as it is): not escaped again.
-                    parts.append(f'["reply",{at},{kept}]')
-                    continue
-                said += kind == "say"
-                parts.append(json.dumps([kind, at, kept], ensure_ascii=False))
-            rows.append((*user, account, said, chunk[-1][1], "[" + ",".join(parts) + "]"))
+                part = json_text([kind, at, body if isinstance(body, dict) else {}])
+            chunk = last.get(user)
+            if chunk is None or chunk.account != account or len(chunk.parts) >= PER_ROW:
+                chunk = last[user] = _Chunk(user, account)
+                chunks.append(chunk)
+            chunk.parts.append(part)
+            chunk.said += said
+            chunk.at = at
+        rows = [(*c.user, c.account, c.said, c.at, "[" + ",".join(c.parts) + "]") for c in chunks]
         if rows:
             cursor.executemany(self._insert, rows)
         # Trimming reads the user's rows back: once every `turns` turns, so a user
