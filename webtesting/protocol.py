@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 from autobahn.websocket.util import parse_url
 
+from webtesting import jsoncodec
+
 
 class Result(IntEnum):
     OK = 1
@@ -104,27 +106,11 @@ MAX_REDIS_NODES = 64
 MAX_APPIDS = 64
 
 
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# json.dumps makes a new encoder for every call, about 2 µs of a relay hop's
-# ~40 per message: the C encoder is made once. No circular-reference check
-# (markers None): what is written here is a tree built from parsed JSON.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_compact = (_c_make_encoder(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-            if _c_make_encoder is not None else None)
-
-
-def json_text(value: Any) -> str:
-    """
-    The compact JSON text of C{value}, as
-    C{json.dumps(value, ensure_ascii=False, separators=(",", ":"))} writes
-    it: every message and frame this system sends, and JSON columns.
-    """
-    if _compact is None:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return "".join(_compact(value, 0))
+# The compact JSON of every message and frame this system sends, and of JSON
+# columns: text as json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# writes it, and the same as UTF-8 bytes (webtesting.jsoncodec).
+json_text = jsoncodec.text
+json_data = jsoncodec.data
 
 
 def _join(where: str, name: str) -> str:
@@ -456,7 +442,7 @@ def routed_frame(uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = 
     C{tail} (compact JSON members, each led by a comma) goes in as the last
     members: a chat reply's L{hops_tail}.
     """
-    data = uuid.encode("ascii") + mark + json_text(message).encode()
+    data = uuid.encode("ascii") + mark + json_data(message)
     return data[:-1] + tail + b"}" if tail else data
 
 
@@ -509,6 +495,9 @@ _NAME_SHOWN = 64
 def _loads(payload: bytes | str) -> tuple[Any, bool]:
     """The decoded JSON value, and whether it may hold a string with no UTF-8 form."""
     if isinstance(payload, bytes):
+        flat = jsoncodec.loads_flat(payload)
+        if flat is not None:
+            return flat, False  # read by orjson, which refuses a lone surrogate
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:

@@ -45,7 +45,7 @@ from webtesting.protocol import (
     Result,
     answer_message,
     check_browser_request,
-    json_text,
+    json_data,
     parse_json_object,
     request_echo,
     require_int,
@@ -193,7 +193,7 @@ class WebLink:
     # -- sending ------------------------------------------------------------
 
     def _json(self, message: dict[str, Any]) -> None:
-        self._send(json_text(message).encode())
+        self._send(json_data(message))
 
     def frame(self, uuid: str, mark: bytes, message: dict[str, Any], tail: bytes = b"") -> None:
         data = routed_frame(uuid, mark, message, tail)

@@ -48,7 +48,7 @@ from webtesting.fastframes import FastFrames
 from webtesting.leanws import LeanFactory, LeanProtocol
 from webtesting.lifecycle import Backoff, Health, Lifecycle, Reason
 from webtesting.metrics import FRAMES
-from webtesting.protocol import InvalidInput, json_text, parse_json_object
+from webtesting.protocol import InvalidInput, json_data, parse_json_object
 from webtesting.wslink import BOT, DialGate, LinkProtocol, WebSocketDialer
 
 OK = 1
@@ -385,7 +385,7 @@ class WxServiceConnection:
         if not self.open or self._closing or self._protocol.state != _ClientProtocol.STATE_OPEN:
             raise NotOpen("the WxService connection is closed")
         FRAMES[_BOT_OUT] += 1
-        self._protocol.sendMessage(json_text(message).encode(), isBinary=False)
+        self._protocol.sendMessage(json_data(message), isBinary=False)
 
     # -- from the protocol ------------------------------------------------
 

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from webtesting import framebatch, linkauth
 from webtesting.lifecycle import Backoff, Fault, Health, Lifecycle, Reason
 from webtesting.metrics import FRAMES
-from webtesting.protocol import SERVICE_FIELDS, json_text, tester_reason
+from webtesting.protocol import SERVICE_FIELDS, json_data, tester_reason
 from webtesting.web.sessions import Relay
 from webtesting.wslink import AGENT, LinkProtocol, WebSocketDialer
 
@@ -152,7 +152,7 @@ class AgentLink:
 
     def send(self, message: dict[str, Any]) -> None:
         if self._proto is not None and self._proto.state == LinkProtocol.STATE_OPEN:
-            data = json_text(message).encode()
+            data = json_data(message)
             FRAMES[_AGENT_OUT] += 1
             if self._batch is not None:
                 self._batch.add(data)

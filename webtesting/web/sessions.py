@@ -43,7 +43,7 @@ from webtesting.protocol import (
     answer_message,
     check_browser_request,
     frame_method,
-    json_text,
+    json_data,
     parse_json_object,
     request_echo,
     tester_reason,
@@ -154,7 +154,7 @@ def names_only(frame: bytes, service_id: int) -> bool:
 
 
 def _encode(message: dict[str, Any]) -> bytes:
-    return json_text(message).encode()
+    return json_data(message)
 
 
 # The reason code of each error result the relay answers by itself.
