@@ -252,12 +252,15 @@ def start_webtesting(bench: Bench, web_changes: dict[str, Any] | None = None,
         made = subprocess.run(account + ["token", user, "--label", "bench"], check=True, cwd=bench.folder,
                               capture_output=True, env=env)
         tokens[role] = made.stdout.decode().strip().splitlines()[-1]
-    twistd = os.path.join(bindir, "twistd")
-    agent = bench.start(f"webtesting{name}-agent", [twistd, "-n", "--pidfile=", "--logfile",
+    # The reactor the shipped units run, where that checkout has it (an older --compare one may not).
+    reactor = (["--reactor", "webtesting-epoll"] if os.path.exists(os.path.join(root, "webtesting", "reactor.py"))
+               else [])
+    twistd = [os.path.join(bindir, "twistd"), *reactor]
+    agent = bench.start(f"webtesting{name}-agent", [*twistd, "-n", "--pidfile=", "--logfile",
                                                     os.path.join(bench.folder, f"agent{name}.twistd.log"),
                                                     "webtesting-agent", "--config", agent_config], agent_port,
                         env=env)
-    web = bench.start(f"webtesting{name}-web", [twistd, "-n", "--pidfile=", "--logfile",
+    web = bench.start(f"webtesting{name}-web", [*twistd, "-n", "--pidfile=", "--logfile",
                                                 os.path.join(bench.folder, f"web{name}.twistd.log"),
                                                 "webtesting-web", "--config", web_config], http_port, env=env)
     base = f"http://127.0.0.1:{http_port}"

@@ -123,8 +123,9 @@ class TwistdWebTests(unittest.TestCase):
         self.assertEqual(listed, b"boss\tadmin\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         proc = subprocess.Popen(
-            [twistd, "--nodaemon", "--pidfile=", "--logfile", os.path.join(folder, "web.log"),
-             "webtesting-web", "--config", path],
+            # The reactor the shipped units choose.
+            [twistd, "--reactor=webtesting-epoll", "--nodaemon", "--pidfile=", "--logfile",
+             os.path.join(folder, "web.log"), "webtesting-web", "--config", path],
             cwd=folder,
         )
         self.addCleanup(proc.wait, 10)
@@ -169,6 +170,7 @@ class TwistdWebTests(unittest.TestCase):
         with open(os.path.join(folder, "web.log"), encoding="utf-8") as f:
             log = f.read()
         self.assertIn("saying goodbye (1001) to 2 browsers", log)
+        self.assertIn("reactor class: webtesting.reactor.ShortDispatchEPollReactor", log)
         self.assertIn("Main loop terminated", log)
         self.assertNotIn("Traceback", log)
 

@@ -42,14 +42,20 @@ class UnitTests(unittest.TestCase):
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
 
     def test_each_unit_starts_a_known_daemon_with_file_limits(self) -> None:
-        """Each ExecStart names a twistd plugin that answers --help, and each unit raises LimitNOFILE."""
+        """
+        Each ExecStart names WebTesting's reactor and a twistd plugin, which
+        answer --help together, and each unit raises LimitNOFILE.
+        """
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         for name, text in self.units().items():
-            match = re.search(r"^ExecStart=\S+ --nodaemon --pidfile= --logfile=- (\S+) --config (\S+)$", text, re.M)
+            match = re.search(r"^ExecStart=\S+ --reactor=(\S+) --nodaemon --pidfile= --logfile=- (\S+) --config (\S+)$",
+                              text, re.M)
             assert match is not None, name
-            plugin, config = match.groups()
+            reactor, plugin, config = match.groups()
+            self.assertEqual(reactor, "webtesting-epoll")
             self.assertEqual(plugin, name.removesuffix(".service"))
             self.assertTrue(os.path.exists(os.path.join(os.path.dirname(ETC), os.path.basename(config))), config)
-            answer = subprocess.run([twistd, plugin, "--help"], capture_output=True, text=True, timeout=60)
+            answer = subprocess.run([twistd, f"--reactor={reactor}", plugin, "--help"], capture_output=True, text=True,
+                                    timeout=60)
             self.assertEqual(answer.returncode, 0, answer.stderr)
             self.assertIn("LimitNOFILE=65536", text, name)

@@ -51,6 +51,8 @@ from webtesting.guardian import Guardian, Processes
 
 DEMO_DESCRIPTION = "Demo: the reference bot (webtesting-wxsim)"
 MYSQL_PORT = 3306
+# The reactor the systemd units choose (webtesting/reactor.py).
+REACTOR = "webtesting-epoll"
 
 
 def say(text: str) -> None:
@@ -306,7 +308,7 @@ class Demo:
     def twistd(self, plugin: str, config: str) -> None:
         bindir = os.path.dirname(sys.executable)
         self.guard(plugin, [
-            os.path.join(bindir, "twistd"), "--nodaemon", "--pidfile=",
+            os.path.join(bindir, "twistd"), f"--reactor={REACTOR}", "--nodaemon", "--pidfile=",
             "--logfile", os.path.join(self.logs, f"{plugin}.log"),
             plugin, "--config", self.config(config),
         ])

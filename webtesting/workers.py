@@ -57,6 +57,13 @@ _TWISTD = ("import os, sys; os.setsid(); sys.argv[0] = 'twistd'; "
 
 _log = Logger()
 
+
+def _same_reactor(reactor: Any) -> list[str]:
+    """twistd's option that gives a worker the reactor worker 0 runs, if it is WebTesting's (webtesting.reactor)."""
+    cls = type(reactor)
+    return ["--reactor=webtesting-epoll"] if (cls.__module__, cls.__name__) == (
+        "webtesting.reactor", "ShortDispatchEPollReactor") else []
+
 WORKER_OPTION = ["worker", None, "0", "which worker this process is (workers: N): set by worker 0 when it "
                  "starts the others"]
 
@@ -302,7 +309,7 @@ class _Launcher:
                 child_fds: dict[int, Any] = {0: null.fileno(), 1: "r", 2: 2, CHANNEL_FD: theirs.fileno()}
                 for i, fd in enumerate(pool.listening()):
                     child_fds[FIRST_LISTENING_FD + i] = fd
-                argv = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=",
+                argv = [sys.executable, "-c", _TWISTD, *_same_reactor(pool.reactor), "--nodaemon", "--pidfile=",
                         "--logger", "webtesting.workers.log_to_worker0", pool.plugin, *pool.arguments(number)]
                 transport = pool.reactor.spawnProcess(_Worker(number, ended), sys.executable, argv,
                                                       env=dict(os.environ), childFDs=child_fds)

@@ -171,7 +171,9 @@ def _profile(bench: Bench, proc: Proc, folder: str, label: str, seconds: float) 
     out = os.path.join(folder, f"{label}-{proc.name}.{'svg' if form == 'flamegraph' else 'txt'}")
     return subprocess.Popen(
         [spy, "record", "--pid", str(proc.popen.pid), "--duration", str(int(seconds)), "--rate", "200",
-         "--nonblocking", "--format", form, "--output", out],
+         "--nonblocking", "--format", form, "--output", out,
+         # WT_PYSPY_ARGS="--gil": only the thread holding the GIL, i.e. Python's CPU without the syscalls.
+         *os.environ.get("WT_PYSPY_ARGS", "").split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_setup(bench.load_cpu))
 
 

@@ -1,5 +1,6 @@
 # twistd plugin registrations. Each maker is lazy: nothing in webtesting is
 # imported until `twistd <name>` is actually run.
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 webtesting_web = ServiceMaker(
@@ -19,4 +20,12 @@ webtesting_wxsim = ServiceMaker(
     "webtesting.wxsim.tap",
     "WebTesting reference bot: a WxService that writes user state like a real bot",
     "webtesting-wxsim",
+)
+
+# `twistd --reactor webtesting-epoll`: Twisted's epoll reactor with a short
+# way for plain read events (webtesting/reactor.py); the shipped units use it.
+webtesting_epoll = Reactor(
+    "webtesting-epoll",
+    "webtesting.reactor",
+    "epoll, reading ready sockets without the legacy log context (Linux; WebTesting's daemons)",
 )
