@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet import error, main
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.test import test_core, test_fdset, test_socket, test_tcp, test_time
+from twisted.internet.test import test_core, test_fdset, test_process, test_socket, test_tcp, test_threads, test_time
 from twisted.python import context, log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -49,7 +49,9 @@ def test_lostFileDescriptor(self: Any) -> None:
     number = ours.fileno()
     ours.close()
     again = [socket.socketpair() for _ in range(3)]
-    self.addCleanup(lambda: [s.close() for pair in again for s in pair] and None)
+    for pair in again:
+        self.addCleanup(pair[0].close)
+        self.addCleanup(pair[1].close)
     self.addCleanup(theirs.close)
     reused = [pair for pair in again if pair[0].fileno() == number]
     for _ours, b in again:
@@ -76,9 +78,41 @@ for _builder in (
     test_core.SystemEventTestsBuilder,
     test_time.TimeTestsBuilder,
     test_socket.AdoptStreamPortErrorsTestsBuilder,
+    test_threads.ThreadTestsBuilder,  # callFromThread, which the database threads use
 ):
     globals().update(_on_ours(_builder))
+
+
+def test_changeUID(self: Any) -> None:
+    """
+    Twisted's test switches the child to uid 1, which cannot run this
+    checkout's Python on these machines (it fails on Twisted's own epoll
+    reactor too): here the child is given the uid this test runs as, through
+    the same spawnProcess argument, and must report it.
+    """
+    import os
+    import sys
+
+    from twisted.internet.protocol import ProcessProtocol
+
+    ended: list[Failure] = []
+    reactor = self.buildReactor()
+
+    class Ended(ProcessProtocol):
+        def processEnded(self, reason: Failure) -> None:
+            ended.append(reason)
+            reactor.stop()
+
+    uid = os.getuid()
+    reactor.callWhenRunning(reactor.spawnProcess, Ended(), sys.executable,
+                            [sys.executable, "-c", f"import os; raise SystemExit(os.getuid() != {uid})"], uid=uid)
+    self.runReactor(reactor)
+    self.assertEqual(ended[0].value.exitCode, 0)  # type: ignore[union-attr]
+
+
 globals().update(_on_ours(test_fdset.ReactorFDSetTestsBuilder, test_lostFileDescriptor=test_lostFileDescriptor))
+# The workers' spawnProcess with childFDs.
+globals().update(_on_ours(test_process.ProcessTestsBuilder, test_changeUID=test_changeUID))
 
 
 class _Reader(FileDescriptor):
@@ -202,6 +236,80 @@ class ShortWayTests(SynchronousTestCase):
         # epoll reports both in one poll; whichever is read first removes the other, which is not read.
         self.assertEqual(sorted(r.reads for r in readers), [0, 1])
 
+    def record_call_with_logger(self) -> list[Any]:
+        """Each call of log.callWithLogger from now on (which still does its work)."""
+        calls: list[Any] = []
+        real = log.callWithLogger
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        self.patch(log, "callWithLogger", recording)
+        return calls
+
+    def test_a_read_takes_the_short_way(self) -> None:
+        """No log.callWithLogger for a read: what this reactor is for (the rest would pass on Twisted's)."""
+        calls = self.record_call_with_logger()
+        reader = self.reader(lambda r: r.socket.recv(100))
+        self.theirs.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual((reader.reads, calls), (1, []))
+
+    def test_another_context_tracker_takes_twisteds_way(self) -> None:
+        calls = self.record_call_with_logger()
+        self.patch(context, "theContextTracker", context.ContextTracker())
+        reader = self.reader(lambda r: r.socket.recv(100))
+        self.theirs.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual((reader.reads, len(calls)), (1, 1))
+
+    def test_the_outer_log_context_reaches_the_handler(self) -> None:
+        seen: list[dict[str, Any]] = []
+
+        def read(r: _Reader) -> None:
+            r.socket.recv(100)
+            seen.append(dict(context.get(log.ILogContext)))
+
+        self.reader(read)
+        self.theirs.send(b"x")
+        log.callWithContext({"request": "r1"}, self.reactor.doIteration, 1)
+        self.assertEqual(seen, [{"system": "test-reader", "request": "r1"}])
+
+    def test_a_nested_iteration_keeps_the_context_stack(self) -> None:
+        stack = context.theContextTracker.currentContext().contexts
+        depth = len(stack)
+        seen: list[str] = []
+
+        def read(r: _Reader) -> None:
+            r.socket.recv(100)
+            if len(seen) == 0:
+                seen.append(context.get(log.ILogContext)["system"])
+                self.theirs.send(b"again")
+                self.reactor.doIteration(1)  # a handler that runs the reactor (as a test helper may)
+            else:
+                seen.append(context.get(log.ILogContext)["system"])
+
+        self.reader(read)
+        self.theirs.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual(seen, ["test-reader", "test-reader"])
+        self.assertEqual(len(stack), depth)
+
+    def test_an_interrupt_in_log_prefix_is_raised(self) -> None:
+        """As callWithLogger: KeyboardInterrupt goes through, after one call."""
+        reader = self.reader(lambda r: r.socket.recv(100))
+        calls: list[int] = []
+
+        def interrupted() -> str:
+            calls.append(1)
+            raise KeyboardInterrupt()
+
+        reader.logPrefix = interrupted  # type: ignore[method-assign]
+        self.theirs.send(b"x")
+        self.assertRaises(KeyboardInterrupt, self.reactor.doIteration, 1)
+        self.assertEqual((calls, reader.reads), ([1], 0))
+
     def test_a_broken_log_prefix_is_logged_and_the_read_still_done(self) -> None:
         got: list[bytes] = []
         reader = self.reader(lambda r: got.append(r.socket.recv(100)))
@@ -240,6 +348,13 @@ class ChosenTests(SynchronousTestCase):
 
         self.assertEqual(_same_reactor(object.__new__(ShortDispatchEPollReactor)), ["--reactor=webtesting-epoll"])
         self.assertEqual(_same_reactor(object.__new__(EPollReactor)), [])
+
+    def test_twisteds_suites_build_this_reactor(self) -> None:
+        """ReactorBuilder skips a suite whose reactor cannot be built: these are built."""
+        case = globals()["ShortDispatchTCP4ClientTestsBuilder_ShortDispatchEPollReactorTests"]("test_logPrefix")
+        reactor = case.buildReactor()
+        self.assertIs(type(reactor), ShortDispatchEPollReactor)
+        case._unbuildReactor(reactor)
 
     def test_twistd_finds_it_by_name(self) -> None:
         from twisted.application.reactors import getReactorTypes

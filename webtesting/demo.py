@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -51,8 +52,8 @@ from webtesting.guardian import Guardian, Processes
 
 DEMO_DESCRIPTION = "Demo: the reference bot (webtesting-wxsim)"
 MYSQL_PORT = 3306
-# The reactor the systemd units choose (webtesting/reactor.py).
-REACTOR = "webtesting-epoll"
+# The reactor the systemd units choose (webtesting/reactor.py), where there is epoll.
+REACTOR = ["--reactor=webtesting-epoll"] if hasattr(select, "epoll") else []
 
 
 def say(text: str) -> None:
@@ -308,7 +309,7 @@ class Demo:
     def twistd(self, plugin: str, config: str) -> None:
         bindir = os.path.dirname(sys.executable)
         self.guard(plugin, [
-            os.path.join(bindir, "twistd"), f"--reactor={REACTOR}", "--nodaemon", "--pidfile=",
+            os.path.join(bindir, "twistd"), *REACTOR, "--nodaemon", "--pidfile=",
             "--logfile", os.path.join(self.logs, f"{plugin}.log"),
             plugin, "--config", self.config(config),
         ])

@@ -9,9 +9,10 @@ message's ~40 in each of a relay's processes. Here the same context (the
 outer log context with C{system} set to the prefix) is pushed on the
 reactor thread's context stack directly, C{_doReadOrWrite} is called in it
 as before, and an exception that escapes it is logged with the prefix as
-C{callWithLogger} logs it. Nothing else differs: Twisted's own reactor test
-suites run against it in C{tests/test_reactor.py}. A C{logPrefix} that
-raises, or a context tracker other than Twisted's, takes Twisted's way.
+C{callWithLogger} logs it (a C{logPrefix} that raises too). Nothing else
+differs: Twisted's own reactor test suites run against it in
+C{tests/test_reactor.py}. A context tracker other than Twisted's takes
+Twisted's way.
 
 Chosen with C{twistd --reactor webtesting-epoll} (the plugin in
 C{twisted/plugins/webtesting_plugins.py}); the shipped systemd units,
@@ -57,9 +58,11 @@ class ShortDispatchEPollReactor(EPollReactor):
                 continue
             try:
                 prefix = selectable.logPrefix()
-            except BaseException:  # noqa: BLE001 - Twisted's way logs a broken logPrefix and goes on
-                log.callWithLogger(selectable, handle, selectable, fd, event)
-                continue
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - as callWithLogger: logged, and the descriptor still handled
+                prefix = "(buggy logPrefix method)"
+                log.err(system=prefix)
             # What log.callWithLogger(selectable, ...) pushes.
             stack.append({ILogContext: {**outer, "system": prefix}})
             try:

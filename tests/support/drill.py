@@ -124,7 +124,8 @@ class Daemon:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         with open(os.path.join(self.folder, f"{self.name}-{self.starts}.out"), "wb") as out:
             self.process = subprocess.Popen(
-                [twistd, "--nodaemon", "--pidfile=", "--logfile", self.log_path(),
+                # The reactor the systemd units choose.
+                [twistd, "--reactor=webtesting-epoll", "--nodaemon", "--pidfile=", "--logfile", self.log_path(),
                  self.plugin, "--config", self.config],
                 cwd=self.folder, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,

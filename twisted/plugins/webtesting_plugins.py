@@ -22,10 +22,11 @@ webtesting_wxsim = ServiceMaker(
     "webtesting-wxsim",
 )
 
-# `twistd --reactor webtesting-epoll`: Twisted's epoll reactor with a short
-# way for plain read events (webtesting/reactor.py); the shipped units use it.
+# `twistd --reactor webtesting-epoll`: Twisted's epoll reactor with a cheaper
+# way into each ready socket's log context (webtesting/reactor.py); the
+# shipped units use it.
 webtesting_epoll = Reactor(
     "webtesting-epoll",
     "webtesting.reactor",
-    "epoll, reading ready sockets without the legacy log context (Linux; WebTesting's daemons)",
+    "epoll, setting each ready socket's log context for less (Linux; WebTesting's daemons)",
 )

@@ -260,7 +260,7 @@ class History(service.Service):
 
     def _write(self, cursor: Any, events: list[Event]) -> None:
         """On the database's thread: cut the states, one row per bot user and account, trim."""
-        # (user, account) -> [turns, last at, events]; a user's events stay in order
+        # One _Chunk per row: a bot user's events under one account, in order
         # (a new row whenever the account changes, which a takeover does).
         # Each event is written as its JSON text here, in one pass: a chat's
         # text with the C encoder of a string, an agent's reply as it came
@@ -276,10 +276,11 @@ class History(service.Service):
                 said = 1
                 part = f'["say",{at},{_string(body)}]'
             elif kind == "reply":
-                if isinstance(body, bytes) and body.startswith(b"{"):
-                    part = f'["reply",{at},{body.decode("utf-8", "replace")}]'
+                text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+                if isinstance(text, str) and text.startswith("{"):
+                    part = f'["reply",{at},{text}]'
                 else:
-                    part = json_text([kind, at, body.decode("utf-8", "replace") if isinstance(body, bytes) else body])
+                    part = json_text([kind, at, text])
             elif kind == "state":
                 first = user in self._first
                 kept = state_body(body, first)
