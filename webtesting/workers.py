@@ -60,9 +60,11 @@ _log = Logger()
 
 def _same_reactor(reactor: Any) -> list[str]:
     """twistd's option that gives a worker the reactor worker 0 runs, if it is WebTesting's (webtesting.reactor)."""
-    cls = type(reactor)
-    return ["--reactor=webtesting-epoll"] if (cls.__module__, cls.__name__) == (
-        "webtesting.reactor", "ShortDispatchEPollReactor") else []
+    # Loaded only where it runs (it needs epoll): if it is not loaded, worker 0 does not run it.
+    ours = sys.modules.get("webtesting.reactor")
+    if ours is None or not isinstance(reactor, ours.ShortDispatchEPollReactor):
+        return []
+    return [f"--reactor={ours.NAME}"]
 
 WORKER_OPTION = ["worker", None, "0", "which worker this process is (workers: N): set by worker 0 when it "
                  "starts the others"]

@@ -153,10 +153,6 @@ def names_only(frame: bytes, service_id: int) -> bool:
     return True
 
 
-def _encode(message: dict[str, Any]) -> bytes:
-    return json_data(message)
-
-
 # The reason code of each error result the relay answers by itself.
 _CODES = {
     Result.BAD_REQUEST: "bad_request",
@@ -174,7 +170,7 @@ def _answer(deliver: Deliver, method: str, result: Result, msg: str, code: str =
     message = answer_message(method, result, msg, **fields)
     if result != Result.OK:
         message["code"] = code or _CODES.get(result, "internal")
-    deliver(_encode(message))
+    deliver(json_data(message))
 
 
 class Relay:
@@ -497,7 +493,7 @@ class Relay:
                 login.restoring = False
                 link = self.links.get(service_id)
                 if link is not None and link.up:
-                    session.deliver(_encode({"method": "servStatus", "serviceId": service_id,
+                    session.deliver(json_data({"method": "servStatus", "serviceId": service_id,
                                              "appid": login.appid, "status": 1, "msg": "ok", "code": "ok"}))
         elif mark == LOGGED_OUT:
             if login.restoring:
@@ -543,7 +539,7 @@ class Relay:
         if shown == message["msg"]:
             return frame
         message["msg"] = shown
-        return frame[:UUID_LEN + 1] + _encode(message)
+        return frame[:UUID_LEN + 1] + json_data(message)
 
     def _restore_refused(self, session: BrowserSession, service_id: int, login: Login, frame: bytes) -> None:
         code = "relogin_refused"
@@ -568,7 +564,7 @@ class Relay:
             login = session.logins[service_id]
             if not login.active:
                 continue  # it hears of the service with its (restored) loginResp
-            session.deliver(_encode({
+            session.deliver(json_data({
                 "method": "servStatus", "serviceId": service_id, "appid": login.appid,
                 "status": status, "msg": msg, "code": code,
             }))
