@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from autobahn.exception import PayloadExceededError
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -82,11 +83,16 @@ _OPTIONS = dict(maxMessagePayloadSize=LIMIT, maxFramePayloadSize=LIMIT, openHand
                 closeHandshakeTimeout=0, failByDrop=False, autoPingInterval=0)
 
 
-def server(cls: type) -> Any:
-    """A server protocol of C{cls} with its handshake done, on a StringTransport emptied after it."""
+def server(cls: type, **factory_attrs: Any) -> Any:
+    """
+    A server protocol of C{cls} with its handshake done, on a StringTransport
+    emptied after it (C{factory_attrs}: Autobahn options set on the factory).
+    """
     factory = WebSocketServerFactory("ws://127.0.0.1:1/ws", reactor=MemoryReactorClock())
     factory.protocol = cls
     factory.setProtocolOptions(**_OPTIONS)
+    for name, value in factory_attrs.items():
+        setattr(factory, name, value)
     protocol = factory.buildProtocol(None)
     transport = Transport()
     protocol.makeConnection(transport)
@@ -257,6 +263,50 @@ def run(cls: type, data: bytes, cuts: list[int]) -> tuple[Any, ...]:
     protocol.dataReceived(data[pos:])
     return (protocol.received, protocol.pongs, protocol.transport.value(), protocol.state,
             protocol.closed, protocol.transport.disconnecting)
+
+
+class OptionsTests(unittest.TestCase):
+    """Autobahn's options, read once the WebSocket is open, keep frames off the short way where they must."""
+
+    def counting(self, **factory_attrs: Any) -> tuple[Any, list[int]]:
+        calls: list[int] = []
+
+        class Counting(FastServer):
+            def processData(self) -> bool:
+                calls.append(1)
+                return super().processData()
+        return server(Counting, **factory_attrs), calls
+
+    def test_frames_logged_by_autobahn_are_read_by_autobahn(self) -> None:
+        s, calls = self.counting(logFrames=True)
+        s.dataReceived(wire(1, b"a"))
+        self.assertEqual((s.received, bool(calls)), ([(b"a", False)], True))
+        s, calls = self.counting()
+        s.dataReceived(wire(1, b"a"))
+        self.assertEqual((s.received, calls), ([(b"a", False)], []))
+
+    def test_unmasked_frames_from_a_client_are_autobahns_to_answer(self) -> None:
+        s, calls = self.counting()
+        s.dataReceived(wire(1, b"a", mask=None))
+        self.assertTrue(calls)
+        self.assertEqual(s.received, [])
+        self.assertNotEqual(s.state, s.STATE_OPEN)  # a protocol error: Autobahn fails the connection
+
+    def test_auto_fragmented_messages_are_written_by_autobahn(self) -> None:
+        s = server(FastServer, autoFragmentSize=8)
+        s.sendMessage(b"x" * 20)
+        sent = s.transport.value()
+        self.assertEqual(sent[0], 0x01)  # text, FIN clear: the first of three fragments
+        self.assertEqual(len(sent), 3 * 2 + 20)
+        s.transport.clear()
+        s.sendMessage(b"x" * 8)
+        self.assertEqual(s.transport.value(), frame(b"x" * 8, False, False))
+
+    def test_a_message_over_the_size_limit_is_autobahns_to_refuse(self) -> None:
+        s = server(FastServer)
+        with self.assertRaises(PayloadExceededError):
+            s.sendMessage(b"x" * (LIMIT + 1))
+        self.assertEqual(s.transport.value(), b"")
 
 
 class DifferentialTests(unittest.TestCase):

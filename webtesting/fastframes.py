@@ -36,6 +36,12 @@ does for its size limit. Invalid UTF-8 in a text frame is found once the
 frame is whole (Autobahn finds it at the first bad byte): the close (1007)
 is the same, a little later.
 
+What the short way depends on and cannot change once the WebSocket is
+open (the negotiated compression; Autobahn's log, timing, masking and size
+options, copied from the factory when the connection is made) is read
+then, once per connection (L{FastFrames._fast_open}). Whole frames go to
+C{onMessage} directly, as Autobahn's Twisted adapter (C{_onMessage}) does.
+
 What is not done on the short way: Autobahn's traffic counters (shared and
 never read here: L{webtesting.leanws}), its per-frame debug logs, and its
 C{"message"} observer event (nothing here subscribes; the C{onMessage}
@@ -82,6 +88,8 @@ def frame(payload: bytes, binary: bool, masked: bool) -> bytes:
 
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
+
+_SHAPES: dict[tuple[int, int, int, bool], tuple[int, int, int, bool]] = {}
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -140,6 +148,12 @@ class FastFrames:
     # Frames larger than this go through Autobahn (also bounded by the protocol's own size limits).
     fast_limit = 65535
 
+    # What cannot change once the WebSocket is open, read then (L{_fast_open}): the mask bit the
+    # peer's frames carry, or -1 if no frame is read on the short way; the largest payload read
+    # on it by Autobahn's own limits; the largest message written on it, or -1 if none is; and
+    # whether written frames are masked. None until open.
+    _fast: tuple[int, int, int, bool] | None = None
+
     # Autobahn's, from the class this is mixed into.
     state: int
     data: bytes
@@ -148,24 +162,52 @@ class FastFrames:
     inside_message: bool
     transport: Any
 
-    def _fast_in_limit(self) -> int:
-        """The largest frame payload read on the short way."""
-        limit = self.fast_limit
+    def _fast_open(self) -> tuple[int, int, int, bool]:
+        """
+        Read, once open, what the short way depends on and cannot change
+        any more: compression is negotiated, Autobahn's options (logs,
+        timings, masking, size limits) were copied from the factory when
+        the connection was made.
+        """
+        server = bool(self.factory.isServer)
+        plain = (self._perMessageCompress is None  # type: ignore[attr-defined]
+                 and not (self.logOctets or self.logFrames or self.trackedTimings))  # type: ignore[attr-defined]
+        read_mask = -1
+        if plain and (not server or (self.requireMaskedClientFrames and self.applyMask)):  # type: ignore[attr-defined]
+            read_mask = int(server)  # clients mask, servers do not
+        read_limit = self.fast_limit
         for option in (self.maxFramePayloadSize, self.maxMessagePayloadSize):  # type: ignore[attr-defined]
-            if 0 < option < limit:
-                limit = option
-        return limit
+            if 0 < option < read_limit:
+                read_limit = option
+        masked = bool(self.maskServerFrames if server else self.maskClientFrames)  # type: ignore[attr-defined]
+        write_limit = -1
+        if plain and (not masked or self.applyMask):  # type: ignore[attr-defined]
+            write_limit = 65535
+            for option in (self.autoFragmentSize, self.maxMessagePayloadSize):  # type: ignore[attr-defined]
+                if 0 < option < write_limit:
+                    write_limit = option
+        # One tuple for every connection alike (a few kinds in a process), not one each.
+        shape = (read_mask, read_limit, write_limit, masked)
+        fast = self._fast = _SHAPES.setdefault(shape, shape)
+        return fast
+
+    def _fast_in_limit(self) -> int:
+        """The largest frame payload read on the short way (once open)."""
+        fast = self._fast
+        return (fast or self._fast_open())[1]
 
     def dataReceived(self, data: bytes) -> None:
-        server = self.factory.isServer
-        if (self.state != _OPEN or self.current_frame is not None or self.inside_message
-                or self._perMessageCompress is not None  # type: ignore[attr-defined]
-                or self.logOctets or self.logFrames or self.trackedTimings  # type: ignore[attr-defined]
-                or (server and not (self.requireMaskedClientFrames and self.applyMask))):  # type: ignore[attr-defined]
+        if self.state != _OPEN or self.current_frame is not None or self.inside_message:
+            self._dataReceived(data)  # type: ignore[attr-defined]
+            return
+        fast = self._fast or self._fast_open()
+        masked = fast[0]
+        if masked < 0:
             self._dataReceived(data)  # type: ignore[attr-defined]
             return
         buf = self.data + data if self.data else data
         limit = self._fast_in_limit()
+        on_message = self.onMessage  # type: ignore[attr-defined]  # what Autobahn's _onMessage calls
         whole = True  # what is left is (the start of) a frame the short way can take
         while True:
             end = len(buf)
@@ -173,7 +215,7 @@ class FastFrames:
                 break
             b0 = buf[0]
             b1 = buf[1]
-            if (b0 != _TEXT and b0 != _BINARY) or (b1 >> 7) != server:
+            if (b0 != _TEXT and b0 != _BINARY) or (b1 >> 7) != masked:
                 whole = False
                 break
             length = b1 & 0x7F
@@ -192,13 +234,17 @@ class FastFrames:
             if length > limit:
                 whole = False
                 break
-            start = head + 4 if server else head
-            stop = start + length
-            if stop > end:
-                break
-            payload = buf[start:stop]
-            if server:
-                payload = unmask(payload, buf[head:start])
+            if masked:
+                start = head + 4
+                stop = start + length
+                if stop > end:
+                    break
+                payload = unmask(buf[start:stop], buf[head:start])
+            else:
+                stop = head + length
+                if stop > end:
+                    break
+                payload = buf[head:stop]
             if b0 == _TEXT:
                 try:
                     payload.decode("utf-8")
@@ -210,7 +256,7 @@ class FastFrames:
             self.data = buf[stop:]
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
                 self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
-            self._onMessage(payload, b0 == _BINARY)  # type: ignore[attr-defined]
+            on_message(payload, b0 == _BINARY)
             buf = self.data
             if self.state != _OPEN:
                 # Closed or closing from onMessage: Autobahn decides what the rest is worth.
@@ -222,18 +268,9 @@ class FastFrames:
 
     def sendMessage(self, payload: bytes, isBinary: bool = False, fragmentSize: int | None = None,
                     sync: bool = False, doNotCompress: bool = False) -> None:
-        n = len(payload)
-        if (fragmentSize is None and not sync and self.state == _OPEN and n <= 65535
-                and type(payload) is bytes
-                and self._perMessageCompress is None  # type: ignore[attr-defined]
-                and not self.send_queue  # type: ignore[attr-defined]
-                and not self.logFrames and not self.logOctets  # type: ignore[attr-defined]
-                and not (0 < self.autoFragmentSize < n)  # type: ignore[attr-defined]
-                and not (0 < self.maxMessagePayloadSize < n)  # type: ignore[attr-defined]
-                and not self.trackedTimings):  # type: ignore[attr-defined]
-            masked = (self.maskServerFrames if self.factory.isServer  # type: ignore[attr-defined]
-                      else self.maskClientFrames)  # type: ignore[attr-defined]
-            if not masked or self.applyMask:  # type: ignore[attr-defined]
-                write_now(self.transport, frame(payload, isBinary, bool(masked)))
+        if self.state == _OPEN and fragmentSize is None and not sync and type(payload) is bytes:
+            fast = self._fast or self._fast_open()
+            if len(payload) <= fast[2] and not self.send_queue:  # type: ignore[attr-defined]
+                write_now(self.transport, frame(payload, isBinary, fast[3]))
                 return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
