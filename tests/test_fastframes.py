@@ -292,15 +292,53 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(s.received, [])
         self.assertNotEqual(s.state, s.STATE_OPEN)  # a protocol error: Autobahn fails the connection
 
+    def test_frames_not_to_be_unmasked_are_read_by_autobahn(self) -> None:
+        """applyMask off: Autobahn hands the payload over as it came; the short way would unmask it."""
+        s, calls = self.counting(applyMask=False)
+        plain = server(PlainServer, applyMask=False)
+        for p in (s, plain):
+            p.dataReceived(wire(1, b"abc"))
+        self.assertTrue(calls)
+        self.assertEqual(s.received, plain.received)
+        self.assertNotEqual(s.received, [(b"abc", False)])
+
+    def sends(self, **factory_attrs: Any) -> tuple[Any, list[int]]:
+        """A fast server and the messages it left to Autobahn's sendMessage."""
+        calls: list[int] = []
+
+        class AutobahnSends(WebSocketServerProtocol):  # type: ignore[misc]
+            def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:
+                calls.append(len(payload))
+                super().sendMessage(payload, *args, **kwargs)
+
+        class Server(Recording, FastFrames, AutobahnSends):  # type: ignore[misc]
+            pass
+        return server(Server, **factory_attrs), calls
+
     def test_auto_fragmented_messages_are_written_by_autobahn(self) -> None:
-        s = server(FastServer, autoFragmentSize=8)
+        s, calls = self.sends(autoFragmentSize=8)
         s.sendMessage(b"x" * 20)
         sent = s.transport.value()
         self.assertEqual(sent[0], 0x01)  # text, FIN clear: the first of three fragments
         self.assertEqual(len(sent), 3 * 2 + 20)
         s.transport.clear()
-        s.sendMessage(b"x" * 8)
-        self.assertEqual(s.transport.value(), frame(b"x" * 8, False, False))
+        s.sendMessage(b"x" * 8)  # fits one fragment: the short way
+        s.sendMessage(b"x" * 9)
+        self.assertEqual(calls, [20, 9])
+
+    def test_messages_within_the_limits_are_written_the_short_way(self) -> None:
+        s, calls = self.sends()
+        s.sendMessage(b"x" * LIMIT)
+        self.assertEqual((calls, s.transport.value()), ([], frame(b"x" * LIMIT, False, False)))
+
+    def test_masked_server_frames_are_written_by_autobahn_unless_masking_applies(self) -> None:
+        s, calls = self.sends(maskServerFrames=True)
+        s.sendMessage(b"abc")
+        self.assertEqual(calls, [])
+        self.assertEqual(s.transport.value()[1] & 0x80, 0x80)  # masked, by the short way
+        s, calls = self.sends(maskServerFrames=True, applyMask=False)
+        s.sendMessage(b"abc")
+        self.assertEqual(calls, [3])
 
     def test_a_message_over_the_size_limit_is_autobahns_to_refuse(self) -> None:
         s = server(FastServer)

@@ -188,7 +188,9 @@ class FastFrames:
                     write_limit = option
         # One tuple for every connection alike (a few kinds in a process), not one each.
         shape = (read_mask, read_limit, write_limit, masked)
-        fast = self._fast = _SHAPES.setdefault(shape, shape)
+        fast = _SHAPES.setdefault(shape, shape)
+        if self.state == _OPEN:  # kept only once nothing of it can change (compression is negotiated)
+            self._fast = fast
         return fast
 
     def _fast_in_limit(self) -> int:
