@@ -72,6 +72,22 @@ class BrowserWebSocketTests(unittest.TestCase):
         self.assertEqual((await self.client.expect("error"))["result"], 413)
         await self.still_works(self.client)
 
+    async def test_a_limit_raised_by_a_reload_holds_on_open_connections(self) -> None:
+        """Past Autobahn's backstop (1 MiB here) too: a larger message is answered, not closed with 1009."""
+        factory = self.port.factory
+        factory.set_max_message(4 * 1024 * 1024)
+        self.client.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x" * 2_000_000})
+        answer = await self.client.expect("aichatResp")  # read whole, and checked
+        self.assertEqual((answer["result"], answer["msg"]),
+                         (400, "content: must be at most 4096 characters, got 2000000"))
+        await self.still_works(self.client)
+        late = await self.connect()
+        late.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x" * 2_000_000})
+        self.assertEqual((await late.expect("aichatResp"))["result"], 400)
+        factory.set_max_message(1024)
+        self.client.send({"method": "aichatReq", "serviceId": 1, "appid": "1.00002", "content": "x" * 5000})
+        self.assertEqual((await self.client.expect("error"))["result"], 413)
+
     async def test_lone_surrogates(self) -> None:
         """A string with a lone surrogate escape is answered 400 naming the field, as the request's own answer."""
         self.client.send(rb'{"method":"loginReq","serviceId":1,"appid":"1.00002","uname":"\ud800"}')

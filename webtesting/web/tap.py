@@ -155,7 +155,7 @@ def _apply_web(old: WebConfig, new: WebConfig, changed: set[str], *, relay: Rela
         "websocket.max_logins_per_account": lambda: setattr(relay, "max_logins_per_account",
                                                             ws.max_logins_per_account),
         "websocket.max_per_account": lambda: setattr(browsers, "max_per_account", ws.max_per_account),
-        "websocket.max_message_bytes": lambda: setattr(browsers, "max_message", ws.max_message_bytes),
+        "websocket.max_message_bytes": lambda: browsers.set_max_message(ws.max_message_bytes),
         "http.max_body_bytes": lambda: setattr(site, "requestFactory",
                                                partial(LimitedRequest, max_body=http.max_body_bytes)),
         "http.metrics": lambda: setattr(api, "serve_metrics", http.metrics),

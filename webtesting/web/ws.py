@@ -49,6 +49,15 @@ from webtesting.web.origins import Origins
 from webtesting.web.sessions import BrowserSession, Relay
 
 _INTERNAL = b'{"method":"error","result":500,"msg":"internal error"}'
+
+
+def _backstop(max_message: int) -> int:
+    """
+    Autobahn's own message and frame size limit, well above C{max_message}:
+    a larger message is dropped here as it arrives and answered 413 (the
+    hooks of L{BrowserProtocol}); Autobahn closes with 1009 only past this.
+    """
+    return max(16 * max_message, 1024 * 1024)
 GOING_AWAY = 1001
 GOING_AWAY_REASON = "the server is shutting down"
 
@@ -235,7 +244,7 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         self.open_protocols: set[BrowserProtocol] = set()
         self.going_away = False
         self._drained: list[Deferred[None]] = []
-        backstop = max(16 * max_message, 1024 * 1024)
+        backstop = _backstop(max_message)
         self.setProtocolOptions(
             maxMessagePayloadSize=backstop,
             maxFramePayloadSize=backstop,
@@ -244,6 +253,19 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
             openHandshakeTimeout=10,
             failByDrop=False,
         )
+
+    def set_max_message(self, max_message: int) -> None:
+        """
+        A live reload changed the limit: Autobahn's backstop follows, for
+        the browsers that come and for those already here (Autobahn copied
+        its options into each when it connected).
+        """
+        self.max_message = max_message
+        backstop = _backstop(max_message)
+        self.setProtocolOptions(maxMessagePayloadSize=backstop, maxFramePayloadSize=backstop)
+        for browser in self.open_protocols:
+            browser.maxMessagePayloadSize = backstop  # type: ignore[attr-defined]
+            browser.maxFramePayloadSize = backstop  # type: ignore[attr-defined]
 
     # -- shutdown: every open browser is told 1001 -----------------------------
 
