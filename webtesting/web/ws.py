@@ -240,25 +240,19 @@ class BrowserFactory(LeanFactory, WebSocketServerFactory):
         self.path = path
         # Pages from these origins only (scheme, host and port, exactly).
         self.origins = origins or Origins("http://127.0.0.1")
-        self.max_message = max_message
         self.open_protocols: set[BrowserProtocol] = set()
         self.going_away = False
         self._drained: list[Deferred[None]] = []
-        backstop = _backstop(max_message)
-        self.setProtocolOptions(
-            maxMessagePayloadSize=backstop,
-            maxFramePayloadSize=backstop,
-            autoPingInterval=20,
-            autoPingTimeout=10,
-            openHandshakeTimeout=10,
-            failByDrop=False,
-        )
+        self.setProtocolOptions(autoPingInterval=20, autoPingTimeout=10, openHandshakeTimeout=10, failByDrop=False)
+        self.set_max_message(max_message)
 
     def set_max_message(self, max_message: int) -> None:
         """
-        A live reload changed the limit: Autobahn's backstop follows, for
-        the browsers that come and for those already here (Autobahn copied
-        its options into each when it connected).
+        The largest message a browser may send (at start, and when a live
+        reload changes it). Autobahn's own limit behind it (see
+        L{_backstop}) follows, for the browsers that come and for those
+        already here (Autobahn copied its options into each when it
+        connected).
         """
         self.max_message = max_message
         backstop = _backstop(max_message)
